@@ -1,0 +1,118 @@
+"""ONNX file to a frozen, differentiable torch module, checked against onnxruntime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from converters.contract import ContractOverrides, ModelContract, detect_contract
+from converters.errors import ModelError
+from converters.onnx2torch_compat import import_onnx2torch
+from converters.onnx_prepare import PreparedOnnx, opset_of, prepare_onnx
+
+# Converted outputs must match onnxruntime to this fraction of the output's magnitude (float32 noise
+# across a deep graph stays far below it; a mis-converted op lands far above it).
+RELATIVE_TOLERANCE = 1e-3
+VERIFY_SEED = 1234
+
+
+@dataclass
+class ConvertedModel:
+    module: torch.nn.Module  # eval mode, weights frozen; input and output in the model's own layout
+    contract: ModelContract
+    prepared: PreparedOnnx
+    source_path: Path
+    max_abs_diff: float  # torch vs onnxruntime on the verification batch
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def source_opset(self) -> int:
+        return opset_of(self.prepared.original)
+
+    @property
+    def converted_opset(self) -> int:
+        return opset_of(self.prepared.convertible)
+
+
+def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot load the model ({str(exc).strip().splitlines()[0][:300]})") from None
+
+
+def run_ort(session: ort.InferenceSession, input_name: str, output_name: str, batch: np.ndarray) -> np.ndarray:
+    input_type = session.get_inputs()[0].type
+    dtype = np.float64 if "double" in input_type else np.float32
+    try:
+        (scores,) = session.run([output_name], {input_name: batch.astype(dtype)})
+    except Exception as exc:
+        raise ModelError(f"onnxruntime fails on a batch of shape {list(batch.shape)} ({_short(exc)})") from None
+    return np.asarray(scores, dtype=np.float64)
+
+
+def convert_module(prepared: PreparedOnnx) -> torch.nn.Module:
+    onnx2torch = import_onnx2torch()
+    try:
+        module = onnx2torch.convert(prepared.convertible)
+    except Exception as exc:
+        raise ModelError(f"onnx2torch cannot convert the model ({_short(exc)})") from None
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def verify_against_ort(module: torch.nn.Module, session: ort.InferenceSession, contract: ModelContract) -> float:
+    """Max |torch - onnxruntime| on a seeded random batch; ModelError when beyond float tolerance."""
+    generator = np.random.default_rng(VERIFY_SEED)
+    batch = generator.random(contract.model_input_shape(contract.batch_size or 4), dtype=np.float32)
+    expected = run_ort(session, contract.input_name, contract.output_name, batch)
+    with torch.no_grad():
+        try:
+            got = module(torch.from_numpy(batch)).double().numpy()
+        except Exception as exc:
+            shape = list(batch.shape)
+            raise ModelError(f"the converted module fails on a batch of shape {shape} ({_short(exc)})") from None
+    if got.shape != expected.shape:
+        raise ModelError(f"converted module outputs shape {list(got.shape)}, onnxruntime {list(expected.shape)}")
+    diff = float(np.max(np.abs(got - expected)))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if not np.isfinite(diff) or diff > RELATIVE_TOLERANCE * scale:
+        raise ModelError(
+            f"the converted module disagrees with onnxruntime (max difference {diff:.3g} on outputs of "
+            f"magnitude {scale:.3g}); refusing to scan a model we cannot reproduce"
+        )
+    return diff
+
+
+def load_onnx_classifier(
+    path: str | Path,
+    overrides: ContractOverrides = ContractOverrides(),
+    input_name: str | None = None,
+    output_name: str | None = None,
+) -> ConvertedModel:
+    """Load an ONNX image classifier as a frozen torch module with its contract, or raise ModelError."""
+    prepared = prepare_onnx(path, input_name, output_name)
+    session = ort_session(prepared.scoring)
+    generator = np.random.default_rng(VERIFY_SEED)
+
+    def run_sample(shape: tuple[int, ...]) -> np.ndarray:
+        return run_ort(session, prepared.input_name, prepared.output_name, generator.random(shape, dtype=np.float32))
+
+    contract = detect_contract(prepared.scoring, prepared.input_name, prepared.output_name, run_sample, overrides)
+    module = convert_module(prepared)
+    diff = verify_against_ort(module, session, contract)
+    return ConvertedModel(module, contract, prepared, Path(path), diff, list(prepared.notes))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"

@@ -1,0 +1,176 @@
+"""`scan(model_path, data, config) -> ScanReport`: the whole detection pipeline, under the CLI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from converters.errors import ConfigError, DataError
+from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier
+from scanner import __version__
+from scanner.config import ScanConfig
+from scanner.data import CleanData, load_clean_data
+from scanner.mad import mad_outliers
+from scanner.model import ScoringModel, accuracy
+from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
+from scanner.report import LabelResult, ScalingChoice, ScanReport, file_sha256
+from scanner.reverse import LabelTrigger, TriggerReverser
+
+ACCURACY_SAMPLE = 2000  # labelled images used to measure accuracy when choosing a scaling
+CHANCE_MARGIN = 0.2  # refuse a scan when clean accuracy is within this fraction of the way above chance
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device here")
+    return device
+
+
+def minimum_accuracy(config: ScanConfig, num_classes: int) -> float:
+    if config.min_accuracy >= 0:
+        return config.min_accuracy
+    chance = 1.0 / num_classes
+    return chance + CHANCE_MARGIN * (1 - chance)
+
+
+def choose_scaling(
+    converted: ConvertedModel, data: CleanData, config: ScanConfig, device: torch.device
+) -> tuple[Scaling, ScalingChoice]:
+    """The user's scaling, else the candidate with the best clean accuracy, else the default; refuses
+    (DataError) when labelled data shows accuracy near chance, the sign of a preprocessing mismatch."""
+    channels = converted.contract.channels
+    if config.scale:
+        candidates = [make_scaling(config.scale, channels, config.mean or None, config.std or None)]
+        chosen_by = "user"
+    elif data.labels is None:
+        candidates, chosen_by = [make_scaling(DEFAULT_SCALE, channels)], "default"
+    else:
+        candidates, chosen_by = candidate_scalings(channels), "accuracy"
+    if data.labels is None:
+        return candidates[0], ScalingChoice(candidates[0].describe(), chosen_by, None)
+
+    sample = data.subset(np.arange(min(len(data), ACCURACY_SAMPLE)))
+    trials = {
+        scaling: accuracy(
+            ScoringModel(converted.module, converted.contract, scaling), sample.images, sample.labels, device
+        )
+        for scaling in candidates
+    }
+    best = max(trials, key=trials.get)
+    floor = minimum_accuracy(config, converted.contract.num_classes)
+    if trials[best] < floor:
+        tried = ", ".join(f"{scaling.describe()}: {acc:.3f}" for scaling, acc in trials.items())
+        raise DataError(
+            f"clean accuracy stays near chance ({tried}; need >= {floor:.3f}): the data or its scaling does not "
+            "match the model; pass --scale (or --mean/--std) and check the data's labels and layout"
+        )
+    named_trials = {scaling.describe(): acc for scaling, acc in trials.items()}
+    return best, ScalingChoice(best.describe(), chosen_by, trials[best], named_trials)
+
+
+def scan_labels(config: ScanConfig, num_classes: int) -> list[int]:
+    labels = list(config.labels) or list(range(num_classes))
+    bad = [label for label in labels if not 0 <= label < num_classes]
+    if bad:
+        raise ConfigError(f"label(s) {bad} out of range for a model with {num_classes} classes")
+    return labels
+
+
+def scan(
+    model_path: str | Path,
+    data: str | Path | CleanData,
+    config: ScanConfig = ScanConfig(),
+    progress: Callable[[LabelTrigger, int, int], None] | None = None,
+) -> ScanReport:
+    """Scan an ONNX image classifier for backdoors with Neural Cleanse.
+
+    `data` is a path (.npz, .npy, .h5 or a folder of class subfolders) or a CleanData. `progress`, when
+    given, is called as each label finishes with (result, labels done, labels total).
+    """
+    started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
+    config.reverse.validate()
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    converted = load_onnx_classifier(model_path, config.contract, config.input_name or None, config.output_name or None)
+    contract = converted.contract
+    if not isinstance(data, CleanData):
+        data = load_clean_data(
+            data,
+            contract.channels,
+            contract.height,
+            contract.width,
+            contract.num_classes,
+            config.max_images or None,
+            config.seed,
+        )
+    labels = scan_labels(config, contract.num_classes)
+    converted.module.to(device)
+    scaling, scaling_choice = choose_scaling(converted, data, config, device)
+    model = ScoringModel(converted.module, contract, scaling, channels_last=device.type == "cpu")
+
+    done = 0
+
+    def on_label(result: LabelTrigger) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(result, done, len(labels))
+
+    triggers = TriggerReverser(model, config.reverse, device, config.seed).reverse(data.images, labels, on_label)
+    norms = {trigger.label: trigger.norm for trigger in triggers}
+    mad = mad_outliers(norms, config.mad_threshold)
+    label_results = [
+        LabelResult(
+            label=t.label,
+            l1_norm=t.norm,
+            attack_success=t.attack_success,
+            found=t.found,
+            steps=t.steps,
+            seconds=t.seconds,
+            anomaly_index=mad.anomaly_indices[t.label],
+            flagged=t.label in mad.flagged,
+        )
+        for t in triggers
+    ]
+    return ScanReport(
+        tool_version=__version__,
+        model_path=str(model_path),
+        model_sha256=file_sha256(model_path),
+        contract=contract,
+        conversion={
+            "converter": "onnx2torch",
+            "source_opset": converted.source_opset,
+            "converted_opset": converted.converted_opset,
+            "max_abs_diff_vs_onnxruntime": converted.max_abs_diff,
+            "notes": converted.notes,
+        },
+        data={
+            "source": data.source,
+            "images": len(data),
+            "labelled": data.labels is not None,
+            "notes": data.notes,
+        },
+        scaling=scaling_choice,
+        config=config,
+        labels=label_results,
+        mad=mad,
+        device=str(device),
+        threads=torch.get_num_threads(),
+        seconds_total=time.perf_counter() - started,
+        started_at=started_at,
+        triggers=triggers,
+    )

@@ -1,0 +1,192 @@
+"""The `cleanse` command. Exit codes: 0 no backdoor found, 1 backdoor found, 2 the scan could not be done."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from converters.contract import LAYOUTS, OUTPUT_KINDS
+from converters.errors import InputError
+from scanner import __version__
+from scanner.config import PRESETS, make_config, merge_settings, read_config_file
+from scanner.preprocess import SCALE_NAMES
+from scanner.report import format_summary, write_report
+from scanner.reverse import LabelTrigger
+
+EXIT_CLEAN, EXIT_INFECTED, EXIT_ERROR = 0, 1, 2
+
+
+def parse_numbers(text: str | None, kind: type) -> tuple | None:
+    if not text:
+        return None
+    try:
+        return tuple(kind(part) for part in text.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
+
+
+def cli_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings the user gave on the command line, in make_config's nested form (unset flags omitted)."""
+    top = {
+        "preset": options["preset"],
+        "seed": options["seed"],
+        "device": options["device"],
+        "threads": options["threads"],
+        "labels": parse_numbers(options["labels"], int),
+        "max_images": options["max_images"],
+        "scale": options["scale"],
+        "mean": parse_numbers(options["mean"], float),
+        "std": parse_numbers(options["std"], float),
+        "min_accuracy": options["min_accuracy"],
+        "mad_threshold": options["mad_threshold"],
+        "input_name": options["input_name"],
+        "output_name": options["output_name"],
+    }
+    reverse = {
+        "images_per_step": options["images_per_step"],
+        "batch_size": options["mini_batch"],
+        "max_steps": options["max_steps"],
+        "patience": options["patience"],
+        "early_stop_patience": options["early_stop_patience"],
+        "init_cost": options["init_cost"],
+        "labels_per_batch": options["labels_per_batch"],
+    }
+    contract = {
+        "layout": options["layout"],
+        "channels": options["channels"],
+        "height": options["height"],
+        "width": options["width"],
+        "num_classes": options["classes"],
+        "output_kind": options["output_kind"],
+        "batch_size": options["batch_size"],
+    }
+    settings: dict[str, Any] = {key: value for key, value in top.items() if value is not None}
+    for name, table in (("reverse", reverse), ("contract", contract)):
+        given = {key: value for key, value in table.items() if value is not None}
+        if given:
+            settings[name] = given
+    return settings
+
+
+def progress_printer(quiet: bool) -> Callable[[LabelTrigger, int, int], None]:
+    """A one-line progress display on stderr: labels done, the last label's norm, time so far."""
+    elapsed = 0.0
+    interactive = sys.stderr.isatty()
+
+    def show(result: LabelTrigger, done: int, total: int) -> None:
+        nonlocal elapsed
+        elapsed += result.seconds
+        if quiet:
+            return
+        width = 30
+        filled = int(width * done / total)
+        eta = elapsed / done * (total - done)
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} labels | label {result.label}: "
+            f"L1 {result.norm:.1f} in {result.steps} steps | {elapsed:.0f}s, ~{eta:.0f}s left"
+        )
+        if interactive:  # redraw one line in place; logs get a line per label
+            click.echo("\r" + line + " ", err=True, nl=done == total)
+        else:
+            click.echo(line, err=True)
+
+    return show
+
+
+def fail(message: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"cleanse: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cleanse")
+def main() -> None:
+    """Cleanse: find and remove backdoors in image classifiers (Neural Cleanse on ONNX models)."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Clean images: .npz (x, optional y), .npy, .h5 (X_test/Y_test) or a folder of class subfolders.",
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Report folder (report.json and trigger images).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout; human text goes to stderr.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML config file; flags override it.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Reverse-engineering budget (default: default).")
+@click.option(
+    "--scale",
+    type=click.Choice(SCALE_NAMES),
+    help="Input scaling; default: chosen by clean accuracy when the data has labels, else unit (0-1).",
+)
+@click.option("--mean", help="Per-channel mean in 0-1 units, for --scale custom (e.g. 0.485,0.456,0.406).")
+@click.option("--std", help="Per-channel std in 0-1 units, for --scale custom.")
+@click.option("--min-accuracy", type=float, help="Refuse to scan below this clean accuracy (default: near chance).")
+@click.option("--layout", type=click.Choice(LAYOUTS), help="Model input layout (default: read from the graph).")
+@click.option("--channels", type=int, help="Image channels (default: from the graph).")
+@click.option("--height", type=int, help="Image height (default: from the graph).")
+@click.option("--width", type=int, help="Image width (default: from the graph).")
+@click.option("--classes", type=int, help="Number of classes (default: the output size).")
+@click.option("--output-kind", type=click.Choice(OUTPUT_KINDS), help="What the output holds (default: detected).")
+@click.option("--batch-size", type=int, help="The graph's fixed batch size (default: from the graph).")
+@click.option("--input", "input_name", help="Graph input to use, when there are several.")
+@click.option("--output", "output_name", help="Graph tensor holding class scores (default: detected).")
+@click.option("--labels", help="Only these labels, comma-separated (default: all).")
+@click.option("--max-images", type=int, help="Use at most this many clean images (drawn with the seed).")
+@click.option("--images-per-step", type=int, help="Images per optimization step.")
+@click.option("--mini-batch", type=int, help="Images per mini-batch.")
+@click.option("--max-steps", type=int, help="Step limit per label.")
+@click.option("--patience", type=int, help="Steps before the cost is adjusted.")
+@click.option("--early-stop-patience", type=int, help="Steps without improvement before stopping a label.")
+@click.option("--init-cost", type=float, help="Initial weight of the mask's L1 norm in the loss.")
+@click.option("--labels-per-batch", type=int, help="Labels reversed together in one forward pass (0: auto).")
+@click.option("--mad-threshold", type=float, help="Anomaly index above which a label is flagged (default 2).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (default: auto).")
+@click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
+@click.option("--seed", type=int, help="Random seed; the same seed gives the same result on the same machine.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def scan(
+    model: Path,
+    data: Path,
+    out: Path | None,
+    as_json: bool,
+    config_file: Path | None,
+    quiet: bool,
+    debug: bool,
+    **options: Any,
+) -> None:
+    """Scan MODEL (an ONNX image classifier) for backdoors.
+
+    Exit code 0: no backdoor found; 1: backdoor found; 2: the scan could not be done.
+    """
+    from scanner.api import scan as run_scan
+
+    try:
+        settings = cli_settings(options)
+        if config_file:
+            settings = merge_settings(read_config_file(config_file), settings)
+        config = make_config(settings)
+        report = run_scan(model, data, config, progress=progress_printer(quiet))
+        if out:
+            write_report(report, out)
+    except InputError as exc:
+        fail(str(exc), debug)
+    except click.BadParameter:
+        raise
+    except Exception as exc:  # a bug, not bad input: still one line and exit 2 for a CI gate
+        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
+    click.echo(format_summary(report) + (f"\nreport     {out}/report.json" if out else ""), err=as_json)
+    if as_json:
+        click.echo(json.dumps(report.to_json_dict(), indent=2))
+    sys.exit(EXIT_INFECTED if report.mad.infected else EXIT_CLEAN)

@@ -1,0 +1,345 @@
+"""Neural Cleanse trigger reverse engineering, several labels at a time.
+
+For each target label, find the smallest mask m (H x W, shared over channels) and a pattern p (C x H x W)
+such that x' = (1 - m) * x + m * p sends clean images to the label: minimize CE(f(x'), label) + cost * |m|_1
+with Adam in tanh space, tuning `cost` on the fly (Wang et al., S&P 2019, and their visualizer.py).
+
+Labels are independent problems. Several of them share one forward pass as "slots" of a batch: each slot
+has its own parameters, Adam moments, cost schedule, early stop and stream of clean images, so a label's
+result does not depend on which labels run beside it. A finished label leaves its slot to the next one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from scanner.config import ReverseConfig
+
+TANH_EPSILON = 1e-7  # keeps arctanh finite at mask 0/1, as in the reference
+ADAM_EPSILON = 1e-8
+PIXEL_MAX = 255.0
+
+
+# ---------------------------------------------------------------- cost schedule (pure, one label)
+
+
+@dataclass
+class CostSchedule:
+    """The reference's per-step bookkeeping: cost tuning, best mask, early stop."""
+
+    cost: float = 0.0
+    cost_set_counter: int = 0
+    cost_up_counter: int = 0
+    cost_down_counter: int = 0
+    cost_up_flag: bool = False
+    cost_down_flag: bool = False
+    best_norm: float = math.inf
+    early_stop_best: float = math.inf
+    early_stop_counter: int = 0
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    improved: bool  # this step's mask is the new best
+    stop: bool  # early stop
+
+
+def advance_schedule(state: CostSchedule, success: float, norm: float, config: ReverseConfig) -> StepOutcome:
+    """Update `state` after one step with mean attack success `success` and mean mask norm `norm`,
+    in the reference's order: best mask, early stop, then cost."""
+    reached = success >= config.attack_success_threshold
+    improved = reached and norm < state.best_norm
+    if improved:
+        state.best_norm = norm
+
+    if config.early_stop:
+        if state.best_norm < math.inf:
+            if state.best_norm >= config.early_stop_threshold * state.early_stop_best:
+                state.early_stop_counter += 1
+            else:
+                state.early_stop_counter = 0
+        state.early_stop_best = min(state.best_norm, state.early_stop_best)
+        if state.cost_down_flag and state.cost_up_flag and state.early_stop_counter >= config.early_stop_patience:
+            return StepOutcome(improved, stop=True)
+
+    if state.cost == 0 and reached:
+        state.cost_set_counter += 1
+        if state.cost_set_counter >= config.patience:
+            state.cost = config.init_cost
+            state.cost_up_counter = state.cost_down_counter = 0
+            state.cost_up_flag = state.cost_down_flag = False
+    else:
+        state.cost_set_counter = 0
+
+    if reached:
+        state.cost_up_counter += 1
+        state.cost_down_counter = 0
+    else:
+        state.cost_up_counter = 0
+        state.cost_down_counter += 1
+    if state.cost_up_counter >= config.patience:
+        state.cost_up_counter = 0
+        state.cost *= config.cost_multiplier_up
+        state.cost_up_flag = True
+    elif state.cost_down_counter >= config.patience:
+        state.cost_down_counter = 0
+        state.cost /= config.cost_multiplier_down
+        state.cost_down_flag = True
+    return StepOutcome(improved, stop=False)
+
+
+# ---------------------------------------------------------------- math helpers
+
+
+def mask_from_tanh(mask_tanh: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(mask_tanh) / (2 - TANH_EPSILON) + 0.5
+
+
+def pattern_from_tanh(pattern_tanh: torch.Tensor) -> torch.Tensor:
+    return (torch.tanh(pattern_tanh) / (2 - TANH_EPSILON) + 0.5) * PIXEL_MAX
+
+
+def to_tanh(values01: np.ndarray) -> np.ndarray:
+    return np.arctanh((values01 - 0.5) * (2 - TANH_EPSILON))
+
+
+def stamp(images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """x' = (1 - m) * x + m * p; raw pixels, broadcasting mask (.., 1, H, W) over channels."""
+    return (1 - mask) * images + mask * pattern
+
+
+def adam_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    first_moment: torch.Tensor,
+    second_moment: torch.Tensor,
+    steps: torch.Tensor,
+    learning_rate: float,
+    beta1: float,
+    beta2: float,
+) -> None:
+    """torch.optim.Adam's update in place, with a step count per slot (dim 0) so that slots restart alone."""
+    first_moment.mul_(beta1).add_(grad, alpha=1 - beta1)
+    second_moment.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    shape = (-1,) + (1,) * (param.dim() - 1)
+    bias1 = (1 - beta1**steps).view(shape)
+    bias2 = (1 - beta2**steps).view(shape)
+    param.sub_(learning_rate * (first_moment / bias1) / ((second_moment / bias2).sqrt() + ADAM_EPSILON))
+
+
+def label_rng(seed: int, label: int) -> np.random.Generator:
+    return np.random.default_rng([seed, label])
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class LabelTrigger:
+    label: int
+    mask: np.ndarray  # (H, W) in [0, 1]
+    pattern: np.ndarray  # (C, H, W) raw pixels 0-255
+    norm: float  # L1 norm of the mask
+    attack_success: float  # mean attack success over the step that produced the mask
+    found: bool  # False: no step reached the success threshold; the mask is the last one
+    steps: int
+    seconds: float
+    final_cost: float
+
+
+@dataclass
+class _Slot:
+    """One label being reversed: its schedule, data stream and best-so-far."""
+
+    label: int
+    rng: np.random.Generator
+    schedule: CostSchedule = field(default_factory=CostSchedule)
+    order: np.ndarray | None = None
+    cursor: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    success_sum: float = 0.0
+    norm_sum: float = 0.0
+    best: tuple[np.ndarray, np.ndarray, float] | None = None  # mask, pattern, success
+
+    def next_indices(self, count: int, population: int) -> np.ndarray:
+        """Shuffled passes over the clean images, as the reference's data generator."""
+        picked = []
+        while count:
+            if self.order is None or self.cursor >= population:
+                self.order, self.cursor = self.rng.permutation(population), 0
+            take = min(count, population - self.cursor)
+            picked.append(self.order[self.cursor : self.cursor + take])
+            self.cursor += take
+            count -= take
+        return np.concatenate(picked)
+
+
+ProgressCallback = Callable[[LabelTrigger], None]
+
+
+def auto_labels_per_batch(device: torch.device, batch_size: int, label_count: int) -> int:
+    """One label at a time on CPU (stacking was measured slower per label on a 2-core CPU); on a GPU,
+    enough labels to fill about 512 images per forward pass."""
+    if device.type == "cpu":
+        return 1
+    return max(1, min(label_count, 512 // batch_size))
+
+
+class TriggerReverser:
+    """`TriggerReverser(model, config).reverse(images, labels)`: one reversed trigger per label.
+
+    `model` maps raw NCHW pixels to log-probabilities (see scanner.model.ScoringModel).
+    """
+
+    def __init__(self, model: torch.nn.Module, config: ReverseConfig, device: torch.device, seed: int = 0):
+        self.model = model
+        self.config = config
+        self.device = device
+        self.seed = seed
+
+    def reverse(
+        self, images: np.ndarray, labels: Sequence[int], progress: ProgressCallback | None = None
+    ) -> list[LabelTrigger]:
+        """Reverse a trigger for every label, from clean raw NCHW images (float32, 0-255)."""
+        if len(images) == 0:
+            raise ValueError("no clean images to reverse triggers with")
+        config = self.config
+        clean = torch.from_numpy(images).to(self.device)
+        channels, height, width = images.shape[1:]
+        width_slots = config.labels_per_batch or auto_labels_per_batch(self.device, config.batch_size, len(labels))
+        pending = list(labels)
+        slots: list[_Slot] = []
+        params = _SlotTensors(self.device, channels, height, width)
+        results: dict[int, LabelTrigger] = {}
+
+        def fill() -> None:
+            while pending and len(slots) < width_slots:
+                label = pending.pop(0)
+                slot = _Slot(label, label_rng(self.seed, label))
+                params.append(slot.rng, height, width, channels)
+                slots.append(slot)
+
+        fill()
+        while slots:
+            self._run_step(clean, slots, params)
+            finished = [i for i, slot in enumerate(slots) if self._after_step(slot, params, i)]
+            for i in reversed(finished):
+                result = self._result(slots[i], params, i)
+                results[result.label] = result
+                if progress:
+                    progress(result)
+                del slots[i]
+                params.remove(i)
+            fill()
+        return [results[label] for label in labels]
+
+    def _run_step(self, clean: torch.Tensor, slots: list[_Slot], params: _SlotTensors) -> None:
+        config = self.config
+        targets = torch.tensor([slot.label for slot in slots], device=self.device)
+        costs = torch.tensor([slot.schedule.cost for slot in slots], device=self.device, dtype=clean.dtype)
+        for slot in slots:
+            slot.success_sum = slot.norm_sum = 0.0
+        for _ in range(config.batches_per_step):
+            started = time.perf_counter()
+            index = np.stack([slot.next_indices(config.batch_size, len(clean)) for slot in slots])
+            batch = clean[torch.from_numpy(index).to(self.device)]  # (K, B, C, H, W)
+            params.mask_tanh.requires_grad_(True)
+            params.pattern_tanh.requires_grad_(True)
+            mask = mask_from_tanh(params.mask_tanh)  # (K, 1, H, W)
+            pattern = pattern_from_tanh(params.pattern_tanh)  # (K, C, H, W)
+            stamped = stamp(batch, mask.unsqueeze(1), pattern.unsqueeze(1))
+            log_probs = self.model(stamped.flatten(0, 1)).view(len(slots), config.batch_size, -1)
+            target_log_probs = log_probs.gather(2, targets.view(-1, 1, 1).expand(-1, config.batch_size, 1))
+            cross_entropy = -target_log_probs.squeeze(2).mean(dim=1)  # (K,)
+            norms = mask.sum(dim=(1, 2, 3))  # (K,)
+            loss = (cross_entropy + costs * norms).sum()
+            mask_grad, pattern_grad = torch.autograd.grad(loss, [params.mask_tanh, params.pattern_tanh])
+            with torch.no_grad():
+                success = (log_probs.argmax(dim=2) == targets.view(-1, 1)).float().mean(dim=1)
+                params.step(mask_grad, pattern_grad, config)
+            elapsed = (time.perf_counter() - started) / len(slots)
+            for slot, slot_success, slot_norm in zip(slots, success.tolist(), norms.tolist(), strict=True):
+                slot.success_sum += slot_success
+                slot.norm_sum += slot_norm
+                slot.seconds += elapsed
+
+    def _after_step(self, slot: _Slot, params: _SlotTensors, index: int) -> bool:
+        """Advance one slot's schedule after a step; True when the label is finished."""
+        batches = self.config.batches_per_step
+        success, norm = slot.success_sum / batches, slot.norm_sum / batches
+        slot.steps += 1
+        outcome = advance_schedule(slot.schedule, success, norm, self.config)
+        if outcome.improved:
+            mask, pattern = params.current(index)
+            slot.best = (mask, pattern, success)
+        return outcome.stop or slot.steps >= self.config.max_steps
+
+    def _result(self, slot: _Slot, params: _SlotTensors, index: int) -> LabelTrigger:
+        found = slot.best is not None
+        if found:
+            mask, pattern, success = slot.best
+        else:
+            mask, pattern = params.current(index)
+            success = slot.success_sum / self.config.batches_per_step
+        return LabelTrigger(
+            label=slot.label,
+            mask=mask,
+            pattern=pattern,
+            norm=float(np.abs(mask).sum()),
+            attack_success=float(success),
+            found=found,
+            steps=slot.steps,
+            seconds=slot.seconds,
+            final_cost=slot.schedule.cost,
+        )
+
+
+class _SlotTensors:
+    """The stacked parameters and Adam state of the active slots (dim 0 = slot)."""
+
+    def __init__(self, device: torch.device, channels: int, height: int, width: int):
+        self.device = device
+        self.mask_tanh = torch.zeros((0, 1, height, width), device=device)
+        self.pattern_tanh = torch.zeros((0, channels, height, width), device=device)
+        self.moments = [torch.zeros_like(self.mask_tanh) for _ in range(2)]
+        self.moments += [torch.zeros_like(self.pattern_tanh) for _ in range(2)]
+        self.steps = torch.zeros(0, device=device)
+
+    def append(self, rng: np.random.Generator, height: int, width: int, channels: int) -> None:
+        """A new slot initialized as the reference does: uniform random mask and pattern."""
+        mask = to_tanh(rng.random((1, 1, height, width))).astype(np.float32)
+        pattern = to_tanh(rng.random((1, channels, height, width))).astype(np.float32)
+        self.mask_tanh = torch.cat([self.mask_tanh.detach(), torch.from_numpy(mask).to(self.device)])
+        self.pattern_tanh = torch.cat([self.pattern_tanh.detach(), torch.from_numpy(pattern).to(self.device)])
+        self.moments = [torch.cat([m, m.new_zeros((1, *m.shape[1:]))]) for m in self.moments]
+        self.steps = torch.cat([self.steps, torch.zeros(1, device=self.device)])
+
+    def remove(self, index: int) -> None:
+        keep = [i for i in range(len(self.steps)) if i != index]
+        self.mask_tanh = self.mask_tanh.detach()[keep]
+        self.pattern_tanh = self.pattern_tanh.detach()[keep]
+        self.moments = [m[keep] for m in self.moments]
+        self.steps = self.steps[keep]
+
+    def step(self, mask_grad: torch.Tensor, pattern_grad: torch.Tensor, config: ReverseConfig) -> None:
+        self.mask_tanh = self.mask_tanh.detach()
+        self.pattern_tanh = self.pattern_tanh.detach()
+        self.steps += 1
+        mask_m, mask_v, pattern_m, pattern_v = self.moments
+        hyper = (config.learning_rate, config.beta1, config.beta2)
+        adam_update(self.mask_tanh, mask_grad, mask_m, mask_v, self.steps, *hyper)
+        adam_update(self.pattern_tanh, pattern_grad, pattern_m, pattern_v, self.steps, *hyper)
+
+    def current(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mask (H, W), pattern (C, H, W)) of one slot, as numpy."""
+        with torch.no_grad():
+            mask = mask_from_tanh(self.mask_tanh[index, 0]).cpu().numpy()
+            pattern = pattern_from_tanh(self.pattern_tanh[index]).cpu().numpy()
+        return mask, pattern
