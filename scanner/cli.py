@@ -15,6 +15,7 @@ from converters.contract import LAYOUTS, OUTPUT_KINDS
 from converters.errors import InputError
 from scanner import __version__
 from scanner.config import PRESETS, make_config, merge_settings, read_config_file
+from scanner.html_report import write_html_report
 from scanner.preprocess import SCALE_NAMES
 from scanner.report import format_summary, write_report
 from scanner.reverse import LabelTrigger
@@ -180,6 +181,7 @@ def scan(
         report = run_scan(model, data, config, progress=progress_printer(quiet))
         if out:
             write_report(report, out)
+            write_html_report(report, out)
     except InputError as exc:
         fail(str(exc), debug)
     except click.BadParameter:
@@ -190,3 +192,150 @@ def scan(
     if as_json:
         click.echo(json.dumps(report.to_json_dict(), indent=2))
     sys.exit(EXIT_INFECTED if report.mad.infected else EXIT_CLEAN)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="The ONNX file to write.")
+@click.option("--opset", type=int, help="ONNX opset (default: the exporter's; 18 for .pt2, else 17).")
+@click.option("--channels", type=int, help="Input channels (TorchScript only: it records no input shape).")
+@click.option("--height", type=int, help="Input height (TorchScript only).")
+@click.option("--width", type=int, help="Input width (TorchScript only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the conversion record as JSON on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def convert(
+    model: Path,
+    out: Path,
+    opset: int | None,
+    channels: int | None,
+    height: int | None,
+    width: int | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Convert MODEL (.pt2, TorchScript, .keras, .h5 or a SavedModel folder) to ONNX, checked against the source.
+
+    Pickled checkpoints (.pt/.pth/.pkl/.bin) are refused unread. Exit code 0: written; 2: refused or failed.
+    """
+    from converters.intake import convert_to_onnx
+
+    try:
+        record = convert_to_onnx(model, out, opset, (channels, height, width))
+    except InputError as exc:
+        fail(str(exc), debug)
+    except Exception as exc:
+        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
+    click.echo(
+        f"wrote {out}: {record.source_format} via {record.converter}, opset {record.opset}, "
+        f"max difference vs the source {record.max_abs_diff_vs_source:.3g}",
+        err=as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--report", required=True, type=click.Path(path_type=Path), help="Scan report folder.")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled clean images (as for scan).")
+@click.option("--method", type=click.Choice(["unlearn", "prune", "filter"]), default="unlearn", show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The patched ONNX file to write.")
+@click.option("--trigger", nargs=2, type=click.Path(path_type=Path), help="Real trigger: MASK PATTERN (.npy).")
+@click.option("--trigger-target", type=int, help="Real trigger's target (default: the label it sends most images to).")
+@click.option("--labels", help="Remove these labels' reversed triggers (default: the report's flagged labels).")
+@click.option("--holdout", type=float, help="Fraction of the clean images held out for the table (default 0.3).")
+@click.option("--fraction", type=float, help="unlearn: fraction of repair images carrying a trigger (default 0.2).")
+@click.option("--epochs", type=int, help="unlearn: epochs (default 1).")
+@click.option("--lr", type=float, help="unlearn: learning rate (default 1e-3).")
+@click.option("--layer", help="prune/filter: the Conv/Gemm/MatMul node reading the neurons (default: the last).")
+@click.option("--prune-target", type=float, help="prune: stop below this attack success (default 0.05).")
+@click.option("--max-accuracy-drop", type=float, help="prune: clean accuracy it may cost (default 0.03).")
+@click.option("--fpr", type=float, help="filter: false-positive rate on clean images (default 0.05).")
+@click.option("--top-neurons", type=float, help="filter: fraction of the layer's neurons scored (default 0.01).")
+@click.option("--json-out", type=click.Path(path_type=Path), help="Where mitigation.json goes (default: beside --out).")
+@click.option("--max-images", type=int, help="Use at most this many clean images.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (default: auto).")
+@click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
+@click.option("--seed", type=int, help="Random seed for the split, the stamping and the training.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def mitigate(
+    model: Path,
+    report: Path,
+    data: Path,
+    out: Path,
+    trigger: tuple[Path, Path] | None,
+    trigger_target: int | None,
+    json_out: Path | None,
+    debug: bool,
+    **options: Any,
+) -> None:
+    """Patch MODEL against the triggers its scan reversed; write the patched ONNX file and a before/after table.
+
+    Exit code 0: written; 2: bad arguments or the model could not be patched.
+    """
+    from scanner.mitigate.options import run_from_options
+
+    try:
+        result, json_path = run_from_options(model, report, data, out, trigger, trigger_target, json_out, options)
+    except InputError as exc:
+        fail(str(exc), debug)
+    except Exception as exc:
+        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
+    click.echo(result.format() + f"\ntable      {json_path}")
+
+
+@main.command()
+@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--manifest", type=click.Path(path_type=Path), help="TOML manifest: models with their own data/settings.")
+@click.option("--data", type=click.Path(path_type=Path), help="Clean images for every model (a manifest's data wins).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Audit folder: store, summary, reports.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Reverse-engineering budget (default: default).")
+@click.option("--images-per-step", type=int, help="Images per optimization step.")
+@click.option("--max-steps", type=int, help="Step limit per label.")
+@click.option("--max-images", type=int, help="Use at most this many clean images per model.")
+@click.option("--mad-threshold", type=float, help="Anomaly index above which a label is flagged (default 2).")
+@click.option("--seed", type=int, help="Random seed of every scan.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (default: auto; auto runs one worker per GPU).")
+@click.option("--workers", type=int, help="Models scanned at once here (default: one per GPU, else per CPU core).")
+@click.option("--threads", type=int, help="torch CPU threads per worker (default: the cores shared out).")
+@click.option("--ray", "ray_address", help="Run on a Ray cluster: its ADDRESS, auto, or local (a private instance).")
+@click.option("--retry-errors", is_flag=True, help="Rescan models whose earlier scan ended in an error.")
+@click.option("--errors-win", is_flag=True, help="Exit 2, not 1, when some models are infected and others failed.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def audit(
+    models: tuple[Path, ...],
+    manifest: Path | None,
+    data: Path | None,
+    out: Path,
+    workers: int | None,
+    threads: int | None,
+    ray_address: str | None,
+    retry_errors: bool,
+    errors_win: bool,
+    quiet: bool,
+    debug: bool,
+    **options: Any,
+) -> None:
+    """Scan many models (files, folders of .onnx files, or a --manifest) into one resumable audit folder.
+
+    Rerunning the same command skips the models already done. Exit code 0: all clean; 1: some model infected;
+    2: some model could not be scanned (--errors-win decides when both happen).
+    """
+    from scanner.audit.api import AuditOptions, audit as run_audit
+    from scanner.audit.summary import format_table
+
+    reverse = {key: options.pop(key) for key in ("images_per_step", "max_steps") if options[key] is not None}
+    settings = {key: value for key, value in options.items() if value is not None}
+    settings |= {"reverse": reverse} if reverse else {}
+    audit_options = AuditOptions(
+        out, data, settings, workers or 0, threads or 0, ray_address or "", retry_errors, errors_win, quiet
+    )
+    try:
+        result = run_audit(list(models), manifest, audit_options)
+    except InputError as exc:
+        fail(str(exc), debug)
+    except Exception as exc:
+        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
+    click.echo(format_table(result.rows) + f"\nscanned now {result.scanned}; reports in {out}/index.html")
+    sys.exit(result.exit_code)

@@ -98,11 +98,12 @@ def advance_schedule(state: CostSchedule, success: float, norm: float, config: R
 
 
 def mask_from_tanh(mask_tanh: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(mask_tanh) / (2 - TANH_EPSILON) + 0.5
+    # The clamp only removes float32 rounding (about 6e-8 past 0 or 1 when tanh saturates).
+    return (torch.tanh(mask_tanh) / (2 - TANH_EPSILON) + 0.5).clamp(0.0, 1.0)
 
 
 def pattern_from_tanh(pattern_tanh: torch.Tensor) -> torch.Tensor:
-    return (torch.tanh(pattern_tanh) / (2 - TANH_EPSILON) + 0.5) * PIXEL_MAX
+    return (torch.tanh(pattern_tanh) / (2 - TANH_EPSILON) + 0.5).clamp(0.0, 1.0) * PIXEL_MAX
 
 
 def to_tanh(values01: np.ndarray) -> np.ndarray:

@@ -1,0 +1,28 @@
+"""Shared fixtures: the digits models are built once per test session (seconds) into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fixtures.paths import shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> dict[str, Path]:
+    """{file name: path} of the digits fixtures (infected target 7, clean, variants, test data, trigger)."""
+    from fixtures.digits import build_digits
+
+    cache = os.environ.get("CLEANSE_TEST_FIXTURES")
+    folder = Path(cache) if cache else tmp_path_factory.mktemp("digits")
+    return build_digits(folder)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    folder = shared_data_dir()
+    if not (folder / "gtsrb_test.npz").exists():
+        pytest.skip(f"real datasets not found at {folder} (set CLEANSE_DATA_DIR)")
+    return folder

@@ -1,0 +1,132 @@
+"""The `cleanse scan` command: exit codes a CI gate branches on, the report folder, --json, config files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from scanner.cli import main
+
+FAST = ["--max-steps", "200", "--seed", "1"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed console entry point in a real subprocess, as a CI job would call it."""
+    command = [sys.executable, "-c", "from scanner.cli import main; main()", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_infected_exits_1_and_writes_the_report(digits, tmp_path):
+    out = tmp_path / "report"
+    result = run_cli(
+        "scan", str(digits["digits_infected.onnx"]), "--data", str(digits["digits_test.npz"]), "--out", str(out), *FAST
+    )
+    assert result.returncode == 1, result.stderr
+    assert "INFECTED" in result.stdout and "flagged label(s) 7" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] and report["verdict"] == "infected" and report["flagged_labels"] == [7]
+    assert len(report["model"]["sha256"]) == 64
+    assert report["contract"]["layout"] == "NCHW" and report["config"]["seed"] == 1
+    assert len(report["labels"]) == 10 and report["anomaly_index"] > 2
+    for kind in ("mask", "pattern", "fusion"):
+        assert (out / "triggers" / f"label_007_{kind}.png").exists()
+    mask = np.load(out / "triggers" / "label_007_mask.npy")
+    pattern = np.load(out / "triggers" / "label_007_pattern.npy")
+    assert mask.shape == (8, 8) and pattern.shape == (8, 8, 1)
+    assert abs(float(mask.sum()) - report["labels"][7]["l1_norm"]) < 1e-3
+
+
+def test_clean_exits_0_and_json_goes_to_stdout(digits):
+    result = run_cli(
+        "scan", str(digits["digits_clean.onnx"]), "--data", str(digits["digits_test.npz"]), "--json", "--quiet", *FAST
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "clean" and report["flagged_labels"] == []
+    assert "CLEAN" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "make_model, message",
+    [
+        (lambda folder: folder / "missing.onnx", "no such file"),
+        (lambda folder: _write(folder / "text.onnx", b"this is not a model"), "not a readable ONNX model"),
+    ],
+)
+def test_bad_model_files_exit_2_with_one_line(digits, tmp_path, make_model, message):
+    result = run_cli("scan", str(make_model(tmp_path)), "--data", str(digits["digits_test.npz"]))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def test_truncated_model_exits_2(digits, tmp_path):
+    data = digits["digits_infected.onnx"].read_bytes()
+    truncated = _write(tmp_path / "truncated.onnx", data[: len(data) // 2])
+    result = run_cli("scan", str(truncated), "--data", str(digits["digits_test.npz"]))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ONNX" in result.stderr
+
+
+def test_bad_options_exit_2(digits, tmp_path):
+    runner = CliRunner()
+    model, data = str(digits["digits_infected.onnx"]), str(digits["digits_test.npz"])
+    assert runner.invoke(main, ["scan", model, "--data", data, "--scale", "bogus"]).exit_code == 2
+    result = runner.invoke(main, ["scan", model, "--data", data, "--labels", "3,42"])
+    assert result.exit_code == 2 and "out of range" in result.output
+    result = runner.invoke(main, ["scan", model, "--data", str(tmp_path / "none.npz")])
+    assert result.exit_code == 2 and "no such file" in result.output
+    result = runner.invoke(main, ["scan", model, "--data", data, "--max-steps", "0"])
+    assert result.exit_code == 2 and "max_steps" in result.output
+
+
+def test_config_file_sets_options_and_flags_override_it(digits, tmp_path):
+    config = tmp_path / "scan.toml"
+    config.write_text("seed = 4\nlabels = [0, 7]\n[reverse]\nmax_steps = 3\nimages_per_step = 64\n")
+    runner = CliRunner()
+    args = [
+        "scan",
+        str(digits["digits_infected.onnx"]),
+        "--data",
+        str(digits["digits_test.npz"]),
+        "--config",
+        str(config),
+        "--json",
+        "--quiet",
+    ]
+    result = runner.invoke(main, [*args, "--seed", "9"])
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads(result.stdout)
+    assert report["config"]["seed"] == 9
+    assert report["config"]["labels"] == [0, 7]
+    assert report["config"]["reverse"]["max_steps"] == 3
+    assert all(label["steps"] <= 3 for label in report["labels"])
+    config.write_text("sede = 4\n")
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2 and "unknown scan setting" in result.output
+
+
+def test_model_with_no_image_input_exits_2(tmp_path, digits):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["tokens"], ["scores"])],
+        "text",
+        [onnx.helper.make_tensor_value_info("tokens", onnx.TensorProto.FLOAT, ["n", 5, 7, 2, 3])],
+        [onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["n", 5, 7, 2, 3])],
+    )
+    path = tmp_path / "text.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    result = run_cli("scan", str(path), "--data", str(digits["digits_test.npz"]))
+    assert result.returncode == 2 and "no image-like input" in result.stderr

@@ -1,0 +1,100 @@
+"""The scan pipeline end to end on real backdoored digits models (target label 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from converters.errors import DataError
+from scanner import make_config, scan
+from scanner.data import load_clean_data
+
+TARGET = 7
+FAST = {"reverse": {"max_steps": 200}}
+
+
+def test_infected_model_is_flagged_with_its_target(digits):
+    report = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], make_config({"seed": 1}))
+    assert report.verdict == "infected"
+    assert report.flagged == [TARGET]
+    assert report.mad.anomaly_index > 2
+    by_label = {result.label: result for result in report.labels}
+    assert by_label[TARGET].l1_norm < report.mad.median
+    assert all(result.found for result in report.labels)
+    assert report.scaling.name == "unit" and report.scaling.chosen_by == "accuracy"
+    assert report.scaling.accuracy > 0.9
+
+
+def test_clean_model_is_not_flagged(digits):
+    report = scan(digits["digits_clean.onnx"], digits["digits_test.npz"], make_config({"seed": 1}))
+    assert report.verdict == "clean"
+    assert report.flagged == []
+    assert report.mad.anomaly_index <= 2
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "digits_infected_nhwc_softmax.onnx",  # NHWC input, probabilities out, inception scaling
+        "digits_infected_dynamo.onnx",  # torch's default exporter: opset 20
+        "digits_infected_fixed_batch.onnx",  # baked batch size 16
+        "digits_infected_raw.onnx",  # expects raw 0-255 pixels
+    ],
+)
+def test_model_variants_are_read_and_flagged(digits, model):
+    report = scan(digits[model], digits["digits_test.npz"], make_config({"seed": 1, **FAST}))
+    assert report.flagged == [TARGET], report.to_json_dict()["labels"]
+
+
+def test_contract_is_read_from_the_graph(digits):
+    config = make_config({"labels": [0, 1], "reverse": {"max_steps": 2}})
+    nhwc = scan(digits["digits_infected_nhwc_softmax.onnx"], digits["digits_test.npz"], config)
+    assert (nhwc.contract.layout, nhwc.contract.output_kind) == ("NHWC", "probabilities")
+    assert nhwc.scaling.name == "inception"
+    fixed = scan(digits["digits_infected_fixed_batch.onnx"], digits["digits_test.npz"], config)
+    assert fixed.contract.batch_size == 16
+    assert fixed.conversion["source_opset"] >= 18 and fixed.conversion["converted_opset"] == 17
+    raw = scan(digits["digits_infected_raw.onnx"], digits["digits_test.npz"], config)
+    assert raw.scaling.name == "raw"
+    assert (raw.contract.layout, raw.contract.output_kind, raw.contract.batch_size) == ("NCHW", "logits", None)
+
+
+def test_same_seed_gives_the_same_norms(digits):
+    config = make_config({"seed": 3, "labels": [2, 7], "reverse": {"max_steps": 30}})
+    first = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config)
+    second = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config)
+    assert [r.l1_norm for r in first.labels] == [r.l1_norm for r in second.labels]
+    assert [r.steps for r in first.labels] == [r.steps for r in second.labels]
+
+
+def test_batching_labels_does_not_change_their_triggers(digits):
+    one = make_config({"seed": 5, "labels": [1, 7, 9], "reverse": {"max_steps": 15, "labels_per_batch": 1}})
+    three = make_config({"seed": 5, "labels": [1, 7, 9], "reverse": {"max_steps": 15, "labels_per_batch": 3}})
+    alone = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], one)
+    batched = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], three)
+    np.testing.assert_allclose([r.l1_norm for r in alone.labels], [r.l1_norm for r in batched.labels], rtol=1e-3)
+    assert [r.steps for r in alone.labels] == [r.steps for r in batched.labels]
+
+
+def test_scan_refuses_when_accuracy_is_near_chance(digits, tmp_path):
+    test = np.load(digits["digits_test.npz"])
+    shuffled = tmp_path / "wrong_labels.npz"
+    np.savez(shuffled, x=test["x"], y=np.random.default_rng(0).permutation(test["y"]))
+    with pytest.raises(DataError, match="near chance"):
+        scan(digits["digits_infected.onnx"], shuffled, make_config({}))
+
+
+def test_unlabelled_data_uses_the_given_or_default_scaling(digits, tmp_path):
+    unlabelled = tmp_path / "x.npy"
+    np.save(unlabelled, np.load(digits["digits_test.npz"])["x"])
+    config = make_config({"labels": [0], "reverse": {"max_steps": 2}})
+    assert scan(digits["digits_infected.onnx"], unlabelled, config).scaling.chosen_by == "default"
+    given = make_config({"labels": [0], "scale": "raw", "reverse": {"max_steps": 2}})
+    assert scan(digits["digits_infected_raw.onnx"], unlabelled, given).scaling.name == "raw"
+
+
+def test_scan_accepts_loaded_data(digits):
+    data = load_clean_data(digits["digits_test.npz"], 1, 8, 8, 10, max_images=100, seed=0)
+    report = scan(digits["digits_infected.onnx"], data, make_config({"labels": [7], "reverse": {"max_steps": 5}}))
+    assert report.data["images"] == 100
+    assert [r.label for r in report.labels] == [7]
