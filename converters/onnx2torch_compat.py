@@ -39,15 +39,17 @@ def _install_torchvision_stand_in() -> None:
 
 
 def import_onnx2torch():
-    """Return the onnx2torch module, importable with or without a working torchvision."""
-    if "onnx2torch" in sys.modules:
-        return sys.modules["onnx2torch"]
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        _install_torchvision_stand_in()
-    import onnx2torch
+    """Return the onnx2torch module, importable with or without a working torchvision, with Cleanse's own
+    converters (converters/ops) registered."""
+    if "onnx2torch" not in sys.modules:
+        try:
+            import torchvision  # noqa: F401
+        except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
+            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+                del sys.modules[name]
+            _install_torchvision_stand_in()
+        import onnx2torch  # noqa: F401
+    from converters.ops import register_onnx2torch_converters
 
-    return onnx2torch
+    register_onnx2torch_converters()
+    return sys.modules["onnx2torch"]

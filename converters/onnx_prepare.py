@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from converters.errors import ModelError
+from converters.ops.gelu import expand_gelu
 
 ONNX2TORCH_MAX_OPSET = 17
 ML_DOMAIN = "ai.onnx.ml"
@@ -201,6 +202,8 @@ def prepare_onnx(path: str | Path, input_name: str | None = None, output_name: s
     convertible.CopyFrom(scoring)
     opset = opset_of(convertible)
     if opset > ONNX2TORCH_MAX_OPSET:
+        if expanded := expand_gelu(convertible):
+            notes.append(f"Gelu written out as Erf/Tanh arithmetic on {expanded} node(s) (no opset-17 Gelu)")
         convertible = down_convert(convertible)
         notes.append(f"opset {opset} converted to {ONNX2TORCH_MAX_OPSET}")
     if cleared := clear_reshape_allowzero(convertible):

@@ -81,13 +81,18 @@ def verify_against_ort(module: torch.nn.Module, session: ort.InferenceSession, c
         except Exception as exc:
             shape = list(batch.shape)
             raise ModelError(f"the converted module fails on a batch of shape {shape} ({_short(exc)})") from None
+    return checked_difference(got, expected, "the converted module", "onnxruntime")
+
+
+def checked_difference(got: np.ndarray, expected: np.ndarray, converted: str, reference: str) -> float:
+    """Max |got - expected|; ModelError when shapes differ or the difference is beyond float tolerance."""
     if got.shape != expected.shape:
-        raise ModelError(f"converted module outputs shape {list(got.shape)}, onnxruntime {list(expected.shape)}")
+        raise ModelError(f"{converted} outputs shape {list(got.shape)}, {reference} {list(expected.shape)}")
     diff = float(np.max(np.abs(got - expected)))
     scale = max(1.0, float(np.max(np.abs(expected))))
     if not np.isfinite(diff) or diff > RELATIVE_TOLERANCE * scale:
         raise ModelError(
-            f"the converted module disagrees with onnxruntime (max difference {diff:.3g} on outputs of "
+            f"{converted} disagrees with {reference} (max difference {diff:.3g} on outputs of "
             f"magnitude {scale:.3g}); refusing to scan a model we cannot reproduce"
         )
     return diff

@@ -167,7 +167,7 @@ def scan(
     debug: bool,
     **options: Any,
 ) -> None:
-    """Scan MODEL (an ONNX image classifier) for backdoors.
+    """Scan MODEL (ONNX, or .pt2, TorchScript, .keras, .h5, SavedModel: see `convert`) for backdoors.
 
     Exit code 0: no backdoor found; 1: backdoor found; 2: the scan could not be done.
     """
@@ -287,7 +287,7 @@ def mitigate(
 @main.command()
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--manifest", type=click.Path(path_type=Path), help="TOML manifest: models with their own data/settings.")
-@click.option("--data", type=click.Path(path_type=Path), help="Clean images for every model (a manifest's data wins).")
+@click.option("--data", type=click.Path(path_type=Path), help="Clean images for every model (a manifest entry's wins).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Audit folder: store, summary, reports.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Reverse-engineering budget (default: default).")
 @click.option("--images-per-step", type=int, help="Images per optimization step.")
@@ -322,12 +322,14 @@ def audit(
     Rerunning the same command skips the models already done. Exit code 0: all clean; 1: some model infected;
     2: some model could not be scanned (--errors-win decides when both happen).
     """
-    from scanner.audit.api import AuditOptions, audit as run_audit
+    from scanner.audit.api import AuditOptions, run_audit
     from scanner.audit.summary import format_table
 
-    reverse = {key: options.pop(key) for key in ("images_per_step", "max_steps") if options[key] is not None}
-    settings = {key: value for key, value in options.items() if value is not None}
-    settings |= {"reverse": reverse} if reverse else {}
+    reverse_keys = ("images_per_step", "max_steps")
+    settings = {key: value for key, value in options.items() if value is not None and key not in reverse_keys}
+    reverse = {key: options[key] for key in reverse_keys if options[key] is not None}
+    if reverse:
+        settings["reverse"] = reverse
     audit_options = AuditOptions(
         out, data, settings, workers or 0, threads or 0, ray_address or "", retry_errors, errors_win, quiet
     )
@@ -335,6 +337,8 @@ def audit(
         result = run_audit(list(models), manifest, audit_options)
     except InputError as exc:
         fail(str(exc), debug)
+    except KeyboardInterrupt:
+        fail(f"interrupted: the models finished so far are in {out}; rerun the same command to resume", debug)
     except Exception as exc:
         fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
     click.echo(format_table(result.rows) + f"\nscanned now {result.scanned}; reports in {out}/index.html")

@@ -54,7 +54,7 @@ class ReverseConfig:
 # same algorithm on a smaller budget per step; benchmarks/scan_gtsrb.py measures that its verdicts match.
 PRESETS: dict[str, ReverseConfig] = {
     "paper": ReverseConfig(),
-    "default": ReverseConfig(images_per_step=128, max_steps=300, patience=3, early_stop_patience=10),
+    "default": ReverseConfig(images_per_step=256, max_steps=150, patience=2, early_stop_patience=6),
 }
 
 

@@ -3,6 +3,10 @@
 # torch goes in first as a pinned CPU build; the range in setup.cfg then installs nothing more.
 # onnx2torch goes in without dependencies: its torchvision requirement would pull a CUDA wheel that
 # fails to import beside the CPU torch, and a classifier never needs it (see converters/onnx2torch_compat.py).
+# Optional extras, comma-separated: CLEANSE_EXTRAS=keras bash scripts/install.sh adds TensorFlow, Keras and
+# tf2onnx for .keras/.h5/SavedModel intake. They install with their declared dependencies: tf2onnx 1.17.0 pins
+# nothing stale (protobuf>=3.20, numpy>=1.23.5, onnx>=1.14), so onnx 1.23 and numpy 2.x stay; tensorflow-cpu
+# 2.21.0 moves h5py to 3.14 (its cap, <3.15) and needs protobuf<8.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# One torch thread everywhere, subprocesses included: training and scans then give the same numbers on any
+# core count, and parallel audit workers do not oversubscribe a small CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,146 @@
+"""Any supported model file to an ONNX file, with a record of how it was converted and how faithfully.
+
+`detect_kind` tells the format from the bytes (refusing pickles); a framework loader (torch_source,
+keras_source) loads it without running code from the file; its exporter writes ONNX; then onnxruntime runs
+the ONNX file and the source framework runs its own model on the same seeded sample batch, and a
+conversion that does not reproduce the source is refused. ONNX files pass through untouched.
+
+Converted files are cached by content (`$CLEANSE_CACHE_DIR`, else `~/.cache/cleanse`), so scanning the same
+Keras or torch file again does not load TensorFlow or re-export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from converters.errors import ModelError
+from converters.model_files import ModelKind, detect_kind
+from converters.onnx_prepare import load_checked
+from converters.onnx_to_torch import VERIFY_SEED, checked_difference, ort_session, run_ort
+from converters.source_model import SourceModel
+
+CACHE_ENV = "CLEANSE_CACHE_DIR"
+CACHE_VERSION = 1  # bump when a converter changes what it writes
+
+
+@dataclass(frozen=True)
+class ConversionRecord:
+    """What the report's conversion section says about how the scanned ONNX graph came to be."""
+
+    source_format: str  # a ModelKind value
+    source_sha256: str
+    converter: str | None = None  # None: the file was ONNX already
+    opset: int | None = None
+    max_abs_diff_vs_source: float | None = None  # produced ONNX in onnxruntime vs the source framework
+    sample_shape: list[int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    onnx_path: Path
+    record: ConversionRecord
+
+
+def source_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents) for a SavedModel."""
+    from scanner.report import file_sha256  # not at the top: importing `scanner` imports this module
+
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(path)}\0{file_sha256(item)}\n".encode())
+    return digest.hexdigest()
+
+
+def load_source(path: Path, kind: ModelKind, image_shape: tuple[int, int, int] | None) -> SourceModel:
+    if kind is ModelKind.TORCH_EXPORT:
+        from converters.torch_source import load_exported_program
+
+        return load_exported_program(path)
+    if kind is ModelKind.TORCHSCRIPT:
+        from converters.torch_source import load_torchscript
+
+        return load_torchscript(path, image_shape)
+    from converters.keras_source import load_keras, load_saved_model
+
+    return load_saved_model(path) if kind is ModelKind.TF_SAVED_MODEL else load_keras(path)
+
+
+def max_difference_vs_source(source: SourceModel, onnx_path: Path) -> float:
+    """Max |onnxruntime - source| on a seeded random batch; ModelError beyond float tolerance."""
+    batch = np.random.default_rng(VERIFY_SEED).random(source.sample_shape, dtype=np.float32)
+    session = ort_session(load_checked(onnx_path))
+    got = run_ort(session, session.get_inputs()[0].name, session.get_outputs()[0].name, batch)
+    expected = source.run(batch)
+    return checked_difference(got, expected, "the converted ONNX file", "the source model")
+
+
+def convert_to_onnx(
+    path: str | Path, out: str | Path, opset: int | None = None, image_shape: tuple[int, int, int] | None = None
+) -> ConversionRecord:
+    """Write `path` (any supported format) as the ONNX file `out`, checked against the source framework.
+
+    `image_shape` (C, H, W) is needed only for TorchScript files, which record no input shape.
+    """
+    path, out = Path(path), Path(out)
+    kind = detect_kind(path)
+    if kind is ModelKind.ONNX:
+        raise ModelError(f"{path}: already an ONNX file")
+    source = load_source(path, kind, image_shape)
+    opset = opset or source.default_opset
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source.export(out, opset)
+    diff = max_difference_vs_source(source, out)
+    return ConversionRecord(
+        source_format=kind.value,
+        source_sha256=source_sha256(path),
+        converter=source.converter,
+        opset=opset,
+        max_abs_diff_vs_source=diff,
+        sample_shape=list(source.sample_shape),
+        notes=list(source.notes),
+    )
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cleanse"
+    return Path(root) / "intake"
+
+
+def intake_model(path: str | Path, image_shape: tuple[int, int, int] | None = None) -> IntakeResult:
+    """An ONNX file for any supported model file: the file itself for ONNX, else a checked, cached conversion."""
+    path = Path(path)
+    kind = detect_kind(path)
+    digest = source_sha256(path)
+    if kind is ModelKind.ONNX:
+        return IntakeResult(path, ConversionRecord(source_format=kind.value, source_sha256=digest))
+    shape_key = "x".join(map(str, image_shape)) if kind is ModelKind.TORCHSCRIPT and image_shape else ""
+    key = hashlib.sha256(f"{CACHE_VERSION}:{digest}:{shape_key}".encode()).hexdigest()[:32]
+    folder = cache_dir()
+    onnx_path, record_path = folder / f"{key}.onnx", folder / f"{key}.json"
+    if onnx_path.exists() and record_path.exists():
+        return IntakeResult(onnx_path, ConversionRecord(**json.loads(record_path.read_text())))
+    from scanner.report import write_json_atomic  # not at the top: importing `scanner` imports this module
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".onnx")
+    os.close(handle)
+    try:
+        record = convert_to_onnx(path, temporary, image_shape=image_shape)
+        os.replace(temporary, onnx_path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    write_json_atomic(record_path, record.to_dict())
+    return IntakeResult(onnx_path, record)

@@ -1,0 +1,151 @@
+"""torch.export (`.pt2`) and TorchScript files, loaded without running untrusted pickles, as SourceModels.
+
+- `.pt2`: `converters.pt2_check` closes the loader's code-running paths first; then `torch.export.load`,
+  and torch's default (dynamo) ONNX exporter takes the ExportedProgram as it is, dynamic batch included.
+- TorchScript: `torch.jit.load` reads `data.pkl`/`constants.pkl` with TorchScript's own C++ unpickler, which
+  resolves only torch's tensor-rebuild functions and the classes compiled from the archive's `code/`
+  folder; it never imports Python modules or calls Python callables as `pickle.load` would. The code
+  itself is TorchScript, a Python subset without `open`, `exec` or `import`, that can only call registered
+  torch operators. As a second line, the pickles' globals are listed from their opcodes (no unpickling)
+  and must all be such names. TorchScript keeps no input shape, so the caller gives (C, H, W); the legacy
+  (TorchScript-based) exporter writes it with a dynamic batch axis at that NCHW shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from converters.errors import ModelError
+from converters.model_files import zip_root
+from converters.pickle_scan import pickle_globals
+from converters.pt2_check import check_pt2_archive
+from converters.source_model import SourceModel, one_line
+
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+DYNAMO_MIN_OPSET = 18
+LEGACY_OPSET = 17
+SAMPLE_BATCH = 2
+# The globals torch.jit.save writes into data.pkl/constants.pkl, besides the archive's own `__torch__` classes.
+TORCHSCRIPT_GLOBALS: dict[str, Callable[[str], bool]] = {
+    "torch": lambda name: name.endswith("Storage"),
+    "torch._utils": lambda name: name.startswith("_rebuild_"),
+    "torch.jit._pickle": lambda name: name.startswith(("build_", "restore_")),
+    "collections": lambda name: name == "OrderedDict",
+}
+
+
+def is_torchscript_global(module: str, name: str) -> bool:
+    allowed = TORCHSCRIPT_GLOBALS.get(module)
+    return module.startswith("__torch__.") or (allowed is not None and allowed(name))
+
+
+def check_torchscript_archive(path: Path) -> None:
+    """ModelError when a pickle in the archive names a global TorchScript's unpickler would not resolve."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        root = zip_root(names)
+        for name in (f"{root}data.pkl", f"{root}constants.pkl"):
+            if name not in names:
+                continue
+            try:
+                imported = pickle_globals(archive.read(name))
+            except ValueError as exc:
+                raise ModelError(f"{path}: {name} is {exc}") from None
+            foreign = sorted(f"{module}.{attr}" for module, attr in imported if not is_torchscript_global(module, attr))
+            if foreign:
+                raise ModelError(
+                    f"{path}: refusing this TorchScript archive: {name} imports {', '.join(foreign[:3])}, "
+                    "which TorchScript never writes"
+                )
+
+
+def as_numpy_run(module: torch.nn.Module):
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            output = module(torch.from_numpy(batch))
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        return output.detach().double().numpy()
+
+    return run
+
+
+def first_tensor_input(program: torch.export.ExportedProgram, path: Path) -> torch.Tensor:
+    args, kwargs = program.example_inputs or ((), {})
+    tensors = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor)]
+    if len(tensors) != 1:
+        raise ModelError(f"{path}: the program takes {len(tensors)} tensor inputs; an image classifier takes one")
+    return tensors[0]
+
+
+def load_exported_program(path: Path) -> SourceModel:
+    check_pt2_archive(path)
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path}: torch.export.load fails ({one_line(exc)})") from None
+    example = first_tensor_input(program, path)
+
+    def export(out: Path, opset: int) -> None:
+        if opset < DYNAMO_MIN_OPSET:
+            raise ModelError(f"torch's exporter writes an ExportedProgram at opset {DYNAMO_MIN_OPSET} or above")
+        # The exporter logs a warning per torchvision op it cannot register, and pytree deprecation notices.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                program, (), str(out), dynamo=True, opset_version=opset, external_data=False, verbose=False
+            )
+
+    return SourceModel(
+        converter="torch.onnx.export (dynamo) of the torch.export ExportedProgram",
+        sample_shape=tuple(example.shape),
+        run=as_numpy_run(program.module()),
+        export=export,
+        default_opset=DYNAMO_MIN_OPSET,
+    )
+
+
+def load_torchscript(path: Path, image_shape: tuple[int, int, int] | None) -> SourceModel:
+    if image_shape is None or None in image_shape:
+        raise ModelError(
+            f"{path}: a TorchScript file records no input shape; pass --channels, --height and --width "
+            "(the model is exported with an NCHW input of that size)"
+        )
+    check_torchscript_archive(path)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:
+        raise ModelError(f"{path}: torch.jit.load fails ({one_line(exc)})") from None
+    sample_shape = (SAMPLE_BATCH, *image_shape)
+
+    def export(out: Path, opset: int) -> None:
+        example = torch.zeros(sample_shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+            torch.onnx.export(
+                module,
+                (example,),
+                str(out),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+
+    return SourceModel(
+        converter="torch.onnx.export (legacy TorchScript exporter) of the TorchScript module",
+        sample_shape=sample_shape,
+        run=as_numpy_run(module),
+        export=export,
+        default_opset=LEGACY_OPSET,
+        notes=(f"input taken as NCHW {'x'.join(map(str, image_shape))} (TorchScript records no shape)",),
+    )

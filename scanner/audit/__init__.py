@@ -1,0 +1,1 @@
+"""Batch audits: many models, one SQLite store, run in parallel locally or on a Ray cluster."""

@@ -1,0 +1,230 @@
+"""report.html: one self-contained page per scan (inline SVG and base64 PNGs, no scripts, no external assets),
+and index.html: an audit's models with their verdicts, linking to each report."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import os
+from html import escape
+from pathlib import Path
+
+from scanner.audit.store import DONE, ERROR, INFECTED, AuditRow
+from scanner.report import ScanReport, trigger_paths
+
+REPORT_HTML, INDEX_HTML = "report.html", "index.html"
+TRIGGER_KINDS = ("mask", "pattern", "fusion")
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.4em; word-break: break-all; } h2 { font-size: 1.15em; margin-top: 2em; }
+.verdict { display: inline-block; padding: .2em .8em; border-radius: .3em; color: #fff; font-weight: bold; }
+.infected { background: #c62828; } .clean { background: #2e7d32; } .error { background: #6d4c41; }
+.running { background: #757575; }
+table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; }
+th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.grid { display: flex; flex-wrap: wrap; gap: .8em; }
+.trigger { border: 2px solid #ddd; border-radius: .4em; padding: .5em; }
+.trigger.flagged { border-color: #c62828; background: #ffebee; }
+.trigger img { width: 72px; height: 72px; image-rendering: pixelated; border: 1px solid #999; margin-right: 2px; }
+.trigger .kinds { font-size: .75em; color: #666; }
+pre { background: #f5f5f5; padding: 1em; overflow: auto; font-size: .85em; }
+svg text { font-size: 11px; fill: #333; }
+"""
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def threshold_norm(median: float, mad: float, threshold: float) -> float:
+    """The L1 norm at which a label's anomaly index reaches the threshold: smaller norms are flagged."""
+    return median - threshold * mad
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """An HTML table; cells are already escaped HTML."""
+    head = "".join(f"<th>{escape(header)}</th>" for header in headers)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+
+
+def bar_chart_svg(norms: dict[int, float], flagged: list[int], median: float, cutoff: float) -> str:
+    """Per-label L1 norms as bars, flagged labels in red, with the median and the anomaly threshold as lines."""
+    labels = sorted(norms)
+    bar, gap, left, top, height, bottom, legend = 22, 6, 48, 16, 220, 34, 150
+    axis_end = left + len(labels) * (bar + gap)
+    width = axis_end + legend
+    top_value = max([*norms.values(), median, 1e-9]) * 1.1
+
+    def y(value: float) -> float:
+        return top + height * (1 - max(value, 0.0) / top_value)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + bottom}" '
+        f'role="img" aria-label="L1 norm of each label\'s reversed trigger">',
+        f'<line x1="{left}" y1="{top + height}" x2="{axis_end}" y2="{top + height}" stroke="#333"/>',
+        f'<text x="4" y="{top + 4}">{top_value:.0f}</text><text x="4" y="{top + height}">0</text>',
+        f'<text x="{left}" y="{top + height + 30}">label (L1 norm of the reversed trigger mask)</text>',
+    ]
+    for slot, label in enumerate(labels):
+        x = left + gap + slot * (bar + gap)
+        color = "#c62828" if label in flagged else "#5c6bc0"
+        parts.append(
+            f'<rect class="bar{" flagged" if label in flagged else ""}" x="{x}" y="{y(norms[label]):.1f}" '
+            f'width="{bar}" height="{top + height - y(norms[label]):.1f}" fill="{color}">'
+            f"<title>label {label}: L1 {norms[label]:.2f}</title></rect>"
+            f'<text x="{x + bar / 2}" y="{top + height + 14}" text-anchor="middle">{label}</text>'
+        )
+    for name, value, style in (("median", median, "6 3"), ("threshold", cutoff, "2 2")):
+        if value < 0:
+            continue  # no norm can fall below a negative threshold: nothing to draw
+        parts.append(
+            f'<line class="{name}" x1="{left}" y1="{y(value):.1f}" x2="{axis_end}" y2="{y(value):.1f}" '
+            f'stroke="#222" stroke-dasharray="{style}"/>'
+            f'<text x="{axis_end + 4}" y="{y(value) + 4:.1f}">{name} {value:.2f}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------- report.html
+
+
+def png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def trigger_grid(report: ScanReport, folder: Path) -> str:
+    """Each label's mask, pattern and fusion as written by write_report; flagged labels first and marked."""
+    results = sorted(report.labels, key=lambda result: (not result.flagged, result.label))
+    cards = []
+    for result in results:
+        paths = trigger_paths(folder, result.label)
+        images = "".join(
+            f'<img src="{png_data_uri(Path(f"{paths[kind]}.png"))}" alt="label {result.label} {kind}">'
+            for kind in TRIGGER_KINDS
+            if Path(f"{paths[kind]}.png").exists()
+        )
+        mark = " <strong>FLAGGED</strong>" if result.flagged else ""
+        cards.append(
+            f'<div class="trigger{" flagged" if result.flagged else ""}" id="label-{result.label}">'
+            f"<div>label {result.label}{mark}</div><div>{images}</div>"
+            f'<div class="kinds">mask · pattern · fusion</div>'
+            f"<div>L1 {result.l1_norm:.2f}, anomaly {fmt(result.anomaly_index)}</div></div>"
+        )
+    return f'<div class="grid">{"".join(cards)}</div>'
+
+
+def render_report(report: ScanReport, folder: Path) -> str:
+    mad = report.mad
+    cutoff = threshold_norm(mad.median, mad.mad, mad.threshold)
+    flagged = ", ".join(map(str, report.flagged)) or "none"
+    norms = {result.label: result.l1_norm for result in report.labels}
+    label_rows = [
+        [
+            str(result.label),
+            f"{result.l1_norm:.2f}",
+            f"{result.attack_success:.3f}",
+            fmt(result.anomaly_index),
+            str(result.steps),
+            f"{result.seconds:.1f}",
+            "flagged" if result.flagged else "",
+        ]
+        for result in sorted(report.labels, key=lambda result: result.label)
+    ]
+    contract = [[escape(key), escape(str(value))] for key, value in dataclasses.asdict(report.contract).items()]
+    scaling = report.scaling
+    accuracy = f", clean accuracy {scaling.accuracy:.3f}" if scaling.accuracy is not None else ""
+    body = f"""
+<h1>Cleanse report: {escape(report.model_path)}</h1>
+<p><span class="verdict {report.verdict}">{report.verdict.upper()}</span>
+flagged label(s): <strong id="flagged">{flagged}</strong></p>
+<p>anomaly index {fmt(mad.anomaly_index)} (threshold {mad.threshold:g}); median L1 {mad.median:.2f},
+MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
+<p>sha256 <code>{escape(report.model_sha256)}</code></p>
+<h2>L1 norm per label</h2>
+{bar_chart_svg(norms, report.flagged, mad.median, cutoff)}
+<h2>Reversed triggers</h2>
+{trigger_grid(report, folder)}
+<h2>Labels</h2>
+{table(["label", "L1 norm", "attack success", "anomaly index", "steps", "seconds", ""], label_rows, {1, 2, 3, 4, 5})}
+<h2>Model contract</h2>
+{table(["field", "value"], contract)}
+<p>scaling {escape(scaling.name)} ({escape(scaling.chosen_by)}{accuracy});
+data: {report.data["images"]} images from {escape(str(report.data["source"]))}</p>
+<h2>Timings</h2>
+<p>{report.seconds_total:.1f} s in all on {escape(report.device)} with {report.threads} thread(s),
+started {escape(report.started_at)}; cleanse {escape(report.tool_version)}</p>
+<h2>Config</h2>
+<pre>{escape(json.dumps(report.config.to_dict(), indent=2))}</pre>
+<h2>Conversion</h2>
+<pre>{escape(json.dumps(report.conversion, indent=2, default=str))}</pre>
+"""
+    return page(f"Cleanse: {report.verdict} - {Path(report.model_path).name}", body)
+
+
+def write_html_report(report: ScanReport, folder: str | Path) -> Path:
+    """report.html into a folder that write_report has filled (it embeds the trigger PNGs from there)."""
+    path = Path(folder) / REPORT_HTML
+    path.write_text(render_report(report, Path(folder)), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- index.html
+
+
+def index_row(row: AuditRow, out: Path) -> list[str]:
+    verdict = row.verdict if row.status == DONE else row.status
+    name = (
+        f'<span title="{escape(row.key.path)} sha256 {escape(row.key.sha256)}">{escape(Path(row.key.path).name)}</span>'
+    )
+    report = Path(row.report_dir or "") / REPORT_HTML
+    if row.status == DONE and report.exists():
+        name = f'<a href="{escape(Path(os.path.relpath(report, out)).as_posix())}">{name}</a>'
+    flagged = ", ".join(map(str, row.flagged_labels))
+    return [
+        name,
+        f'<span class="verdict {escape(verdict or ERROR)}">{escape(verdict or ERROR)}</span>',
+        fmt(row.anomaly_index),
+        flagged,
+        fmt(row.seconds, 1),
+        escape(row.error or ""),
+    ]
+
+
+def render_index(rows: list[AuditRow], out: Path) -> str:
+    infected = sum(row.verdict == INFECTED for row in rows)
+    errors = sum(row.status == ERROR for row in rows)
+    ordered = sorted(rows, key=lambda row: (row.verdict != INFECTED, row.status != ERROR, row.key.path))
+    headers = ["model", "verdict", "anomaly index", "flagged", "seconds", "error"]
+    models = table(headers, [index_row(row, out) for row in ordered], {2, 4})
+    body = f"""
+<h1>Cleanse audit</h1>
+<p>{len(rows)} model(s): {infected} infected, {errors} could not be scanned.</p>
+{models}
+"""
+    return page("Cleanse audit", body)
+
+
+def write_index(rows: list[AuditRow], out: str | Path) -> Path:
+    path = Path(out) / INDEX_HTML
+    path.write_text(render_index(rows, Path(out)), encoding="utf-8")
+    return path

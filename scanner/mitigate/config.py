@@ -1,0 +1,61 @@
+"""Every knob of a mitigation, in one dataclass that the CLI, the API and mitigation.json share."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from converters.errors import ConfigError
+
+METHODS = ("unlearn", "prune", "filter")
+
+
+@dataclass(frozen=True)
+class MitigationConfig:
+    method: str = "unlearn"
+    labels: tuple[int, ...] = ()  # whose reversed triggers to remove; empty = the report's flagged labels
+    holdout_fraction: float = 0.3  # of the labelled clean images, kept out of the repair for the table
+    max_images: int = 0  # clean images used; 0 = all
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    # unlearn
+    unlearn_fraction: float = 0.2  # of the repair images, stamped with a reversed trigger (true label kept)
+    epochs: int = 1
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    # prune and filter: the neurons feeding this Conv/Gemm/MatMul node; empty = the last one
+    layer: str = ""
+    prune_target: float = 0.05  # stop once every reversed trigger's attack success is below this
+    prune_max_accuracy_drop: float = 0.03  # never lose more clean accuracy than this
+    # filter
+    filter_fpr: float = 0.05  # false-positive rate on clean repair images that sets the threshold
+    filter_top_fraction: float = 0.01  # of the layer's neurons, those most raised by the triggers
+
+    def validate(self) -> MitigationConfig:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        fractions = {
+            "holdout_fraction": (self.holdout_fraction, False),
+            "unlearn_fraction": (self.unlearn_fraction, True),
+            "prune_target": (self.prune_target, True),
+            "prune_max_accuracy_drop": (self.prune_max_accuracy_drop, True),
+            "filter_fpr": (self.filter_fpr, False),
+            "filter_top_fraction": (self.filter_top_fraction, False),
+        }
+        for name, (value, may_be_zero) in fractions.items():
+            if not (0 <= value < 1 if may_be_zero else 0 < value < 1):
+                bounds = "[0, 1)" if may_be_zero else "(0, 1)"
+                raise ConfigError(f"{name} must be in {bounds}, not {value}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, not {self.learning_rate}")
+        if self.max_images < 0 or self.threads < 0:
+            raise ConfigError("max_images and threads must be 0 (no limit / default) or positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,167 @@
+"""Filtering: score each input by the mean activation of the few neurons the reversed triggers raise most,
+and flag it above a threshold set on clean images for a chosen false-positive rate (Wang et al. 2019,
+section VI-A). The classifier is not changed; the ONNX graph gains two outputs, the score and the flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from converters.contract import ModelContract, to_model_layout
+from converters.errors import ModelError
+from converters.onnx_prepare import opset_of
+from converters.onnx_to_torch import ort_session
+from scanner.data import CleanData
+from scanner.mitigate.config import MitigationConfig
+from scanner.mitigate.layers import Layer, neuron_activations, trigger_elevation
+from scanner.mitigate.triggers import Trigger
+
+ELEVATION_IMAGES = 1000  # repair images on which neurons are ranked
+SCORE_OUTPUT, FLAG_OUTPUT = "backdoor_score", "backdoor_flag"
+NODE_PREFIX = "cleanse_filter"
+REDUCE_AXES_AS_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from opset 18 on
+SCORE_TOLERANCE = 1e-4
+
+
+@dataclass
+class BackdoorFilter:
+    layer: Layer
+    neurons: np.ndarray  # int64 indices of the neurons whose mean activation is the score
+    threshold: float  # flag when score > threshold
+    activation_rank: int
+
+    def scores(self, model: nn.Module, module: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+        return neuron_activations(model, module, self.layer, images, device)[:, self.neurons].mean(axis=1)
+
+
+@dataclass
+class FilterOutcome:
+    layer: str
+    neurons: list[int]
+    threshold: float
+    false_positive_rate: float  # on the clean repair images
+    score_output: str
+    flag_output: str
+
+
+def calibrate_filter(
+    model: nn.Module,
+    module: nn.Module,
+    layer: Layer,
+    repair: CleanData,
+    triggers: list[Trigger],
+    config: MitigationConfig,
+    device: torch.device,
+) -> tuple[BackdoorFilter, float]:
+    """The filter and its false-positive rate on the clean repair images."""
+    rng = np.random.default_rng(config.seed)
+    ranked = repair.images[np.sort(rng.permutation(len(repair))[:ELEVATION_IMAGES])]
+    elevation = trigger_elevation(model, module, layer, ranked, triggers, device)
+    count = max(1, round(config.filter_top_fraction * layer.neurons))
+    neurons = np.argsort(-elevation, kind="stable")[:count].astype(np.int64)
+    rank = _activation_rank(model, module, layer, repair.images[:1], device)
+    draft = BackdoorFilter(layer, neurons, 0.0, rank)
+    clean_scores = draft.scores(model, module, repair.images, device)
+    threshold = float(np.quantile(clean_scores, 1 - config.filter_fpr, method="higher"))
+    return BackdoorFilter(layer, neurons, threshold, rank), float(np.mean(clean_scores > threshold))
+
+
+def _activation_rank(model: nn.Module, module: nn.Module, layer: Layer, image: np.ndarray, device) -> int:
+    ranks = []
+    handle = module.get_submodule(layer.node).register_forward_pre_hook(lambda _m, args: ranks.append(args[0].dim()))
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(image).to(device))
+    finally:
+        handle.remove()
+    return ranks[0]
+
+
+def _fresh_name(model: onnx.ModelProto, wanted: str) -> str:
+    graph = model.graph
+    taken = {value.name for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]}
+    taken |= {name for node in graph.node for name in [*node.output, node.name]}
+    name, suffix = wanted, 1
+    while name in taken:
+        name, suffix = f"{wanted}_{suffix}", suffix + 1
+    return name
+
+
+def add_filter_outputs(original: onnx.ModelProto, backdoor_filter: BackdoorFilter) -> onnx.ModelProto:
+    """A copy of `original` with a per-input score (float) and flag (bool) as extra outputs."""
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    graph = model.graph
+    activation = backdoor_filter.layer.activation
+    if activation not in {name for node in graph.node for name in node.output}:
+        raise ModelError(
+            f"tensor {activation!r} that the filter reads is not in the original graph (the conversion renamed it); "
+            "choose another layer with --layer"
+        )
+    score, flag = _fresh_name(model, SCORE_OUTPUT), _fresh_name(model, FLAG_OUTPUT)
+    neurons, threshold = _fresh_name(model, f"{NODE_PREFIX}_neurons"), _fresh_name(model, f"{NODE_PREFIX}_threshold")
+    picked = _fresh_name(model, f"{NODE_PREFIX}_picked")
+    rank = backdoor_filter.activation_rank
+    axes = list(range(1, rank))
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(backdoor_filter.neurons, neurons),
+            numpy_helper.from_array(np.asarray(backdoor_filter.threshold, dtype=np.float32), threshold),
+        ]
+    )
+    gather = helper.make_node(
+        "Gather",
+        [activation, neurons],
+        [picked],
+        name=f"{NODE_PREFIX}/gather",
+        axis=backdoor_filter.layer.neuron_axis % rank,
+    )
+    if opset_of(model) >= REDUCE_AXES_AS_INPUT_OPSET:
+        axes_name = _fresh_name(model, f"{NODE_PREFIX}_axes")
+        graph.initializer.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), axes_name))
+        reduce = helper.make_node("ReduceMean", [picked, axes_name], [score], name=f"{NODE_PREFIX}/mean", keepdims=0)
+    else:
+        reduce = helper.make_node("ReduceMean", [picked], [score], name=f"{NODE_PREFIX}/mean", axes=axes, keepdims=0)
+    compare = helper.make_node("Greater", [score, threshold], [flag], name=f"{NODE_PREFIX}/flag")
+    graph.node.extend([gather, reduce, compare])
+    batch = onnx.TensorShapeProto.Dimension()
+    batch.CopyFrom(graph.input[0].type.tensor_type.shape.dim[0])
+    for name, elem_type in ((score, onnx.TensorProto.FLOAT), (flag, onnx.TensorProto.BOOL)):
+        value = helper.make_tensor_value_info(name, elem_type, [None])
+        value.type.tensor_type.shape.dim[0].CopyFrom(batch)
+        graph.output.append(value)
+    return model
+
+
+def output_names(model: onnx.ModelProto) -> tuple[str, str]:
+    """(score, flag) output names of a filtered model: its last two outputs."""
+    return model.graph.output[-2].name, model.graph.output[-1].name
+
+
+def check_filter_outputs(
+    filtered: onnx.ModelProto,
+    backdoor_filter: BackdoorFilter,
+    model: nn.Module,
+    module: nn.Module,
+    contract: ModelContract,
+    images: np.ndarray,
+    device: torch.device,
+) -> None:
+    """The filtered file's score and flag in onnxruntime agree with the torch filter on `images`."""
+    images = images[: contract.batch_size or len(images)]
+    raw = torch.from_numpy(images)
+    inputs = to_model_layout(model.scaling.apply(raw), contract).contiguous().numpy()
+    score, flag = output_names(filtered)
+    got_score, got_flag = ort_session(filtered).run([score, flag], {contract.input_name: inputs})
+    expected = backdoor_filter.scores(model, module, images, device)
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if not np.allclose(got_score, expected, rtol=0, atol=SCORE_TOLERANCE * scale):
+        raise ModelError("the filter's score in onnxruntime disagrees with the torch filter; nothing written")
+    near = np.abs(expected - backdoor_filter.threshold) <= SCORE_TOLERANCE * scale
+    if np.any((got_flag != (expected > backdoor_filter.threshold)) & ~near):
+        raise ModelError("the filter's flag in onnxruntime disagrees with the torch filter; nothing written")

@@ -1,0 +1,85 @@
+"""Pruning: zero, one step at a time, the neurons that the reversed triggers raise most, until the triggers
+no longer work or clean accuracy falls too far (Wang et al. 2019, section VI-B)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from scanner.data import CleanData
+from scanner.mitigate.config import MitigationConfig
+from scanner.mitigate.layers import Layer, trigger_elevation
+from scanner.mitigate.measure import measure
+from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.writeback import tensor_at
+
+EVAL_IMAGES = 1000  # repair images each pruning step is judged on
+STEP_FRACTION = 0.01  # of the layer's neurons pruned per step
+
+
+@dataclass
+class PruneOutcome:
+    layer: str
+    neurons: int
+    pruned: int
+    fraction_pruned: float
+    stopped: str  # "target reached", "accuracy limit" or "all neurons pruned"
+    accuracy_drop: float  # on the repair images judged
+    attack_success: dict[str, float]  # of the reversed triggers on the repair images judged
+
+
+def zero_neurons(weight: torch.Tensor, axis: int, neurons: np.ndarray) -> torch.Tensor:
+    """Zero the weights reading `neurons`; returns their old values."""
+    index = torch.from_numpy(neurons).to(weight.device)
+    old = weight.index_select(axis, index).clone()
+    with torch.no_grad():
+        weight.index_fill_(axis, index, 0.0)
+    return old
+
+
+def prune(
+    model: nn.Module,
+    module: nn.Module,
+    layer: Layer,
+    repair: CleanData,
+    triggers: list[Trigger],
+    config: MitigationConfig,
+    device: torch.device,
+) -> PruneOutcome:
+    """Prune `layer` of `module` in place; `model` is the ScoringModel around it."""
+    rng = np.random.default_rng(config.seed)
+    judged = repair.subset(np.sort(rng.permutation(len(repair))[:EVAL_IMAGES]))
+    order = np.argsort(-trigger_elevation(model, module, layer, judged.images, triggers, device), kind="stable")
+    weight = tensor_at(module, layer.weight)
+    step = max(1, round(STEP_FRACTION * layer.neurons))
+
+    def judge():
+        return measure(model, judged.images, judged.labels, triggers, device)
+
+    baseline = judge()
+    current, pruned, stopped = baseline, 0, "all neurons pruned"
+    while pruned < layer.neurons:
+        if max(current.attack_success.values()) < config.prune_target:
+            stopped = "target reached"
+            break
+        chosen = order[pruned : pruned + step]
+        old = zero_neurons(weight, layer.weight_axis, chosen)
+        trial = judge()
+        if baseline.clean_accuracy - trial.clean_accuracy > config.prune_max_accuracy_drop:
+            with torch.no_grad():
+                weight.index_copy_(layer.weight_axis, torch.from_numpy(chosen).to(weight.device), old)
+            stopped = "accuracy limit"
+            break
+        current, pruned = trial, pruned + len(chosen)
+    return PruneOutcome(
+        layer=layer.node,
+        neurons=layer.neurons,
+        pruned=pruned,
+        fraction_pruned=pruned / layer.neurons,
+        stopped=stopped,
+        accuracy_drop=baseline.clean_accuracy - current.clean_accuracy,
+        attack_success=current.attack_success,
+    )

@@ -1,0 +1,64 @@
+"""The audit store: one row per model, finished rows skipped on a rerun, rows left running are not."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from scanner.audit.store import DONE, ERROR, INFECTED, RUNNING, AuditStore, ModelKey, Outcome
+
+KEY = ModelKey("/models/a.onnx", "a" * 64, "c" * 64)
+INFECTED_OUTCOME = Outcome(DONE, INFECTED, 4.2, [7], seconds=3.0)
+
+
+def test_a_finished_model_is_skipped_and_keeps_its_outcome(tmp_path: Path) -> None:
+    with AuditStore(tmp_path / "audit.sqlite") as store:
+        store.mark_running(KEY, "/out/reports/a")
+        store.finish(KEY, INFECTED_OUTCOME, "/out/reports/a")
+    with AuditStore(tmp_path / "audit.sqlite") as reopened:
+        row = reopened.get(KEY)
+        assert reopened.is_finished(KEY)
+    assert (row.status, row.verdict, row.anomaly_index, row.flagged_labels) == (DONE, INFECTED, 4.2, [7])
+    assert row.report_dir == "/out/reports/a" and row.started_at <= row.finished_at
+
+
+def test_a_model_left_running_by_a_killed_audit_is_not_done(tmp_path: Path) -> None:
+    with AuditStore(tmp_path / "audit.sqlite") as store:
+        store.mark_running(KEY, None)
+    with AuditStore(tmp_path / "audit.sqlite") as reopened:
+        assert reopened.get(KEY).status == RUNNING
+        assert not reopened.is_finished(KEY)
+
+
+def test_rescanning_a_model_updates_its_one_row(tmp_path: Path) -> None:
+    with AuditStore(tmp_path / "audit.sqlite") as store:
+        for _ in range(3):
+            store.mark_running(KEY, None)
+        store.finish(KEY, Outcome(ERROR, error="worker died"))
+        store.mark_running(KEY, None)
+        assert store.get(KEY).error is None  # a new attempt clears the old outcome
+        store.finish(KEY, INFECTED_OUTCOME)
+        rows = store.rows()
+    assert len(rows) == 1 and rows[0].verdict == INFECTED and rows[0].error is None
+
+
+def test_error_rows_are_retried_only_when_asked(tmp_path: Path) -> None:
+    with AuditStore(tmp_path / "audit.sqlite") as store:
+        store.finish(KEY, Outcome(ERROR, error="not a readable ONNX model"))  # refused before it started
+        assert store.is_finished(KEY)
+        assert not store.is_finished(KEY, retry_errors=True)
+        assert store.get(KEY).error == "not a readable ONNX model"
+
+
+def test_the_same_file_with_other_settings_is_another_model(tmp_path: Path) -> None:
+    other_config = ModelKey(KEY.path, KEY.sha256, "d" * 64)
+    with AuditStore(tmp_path / "audit.sqlite") as store:
+        store.finish(KEY, INFECTED_OUTCOME)
+        assert not store.is_finished(other_config)
+
+
+def test_the_store_uses_write_ahead_logging(tmp_path: Path) -> None:
+    AuditStore(tmp_path / "audit.sqlite").close()
+    connection = sqlite3.connect(tmp_path / "audit.sqlite")
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    connection.close()
