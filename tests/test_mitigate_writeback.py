@@ -111,11 +111,13 @@ def test_a_tensor_found_in_two_initializers_is_refused(tf2onnx_style):
 
 
 @pytest.mark.slow
-def test_keras_model_goes_through_scan_and_unlearn(digits, tmp_path):
+def test_keras_model_goes_through_scan_and_unlearn(tmp_path):
     """Issue 3 item 3: a Keras model exported by tf2onnx (NHWC, Dense weights as buffers)."""
     pytest.importorskip("tensorflow", reason="the keras extra is not installed")
     pytest.importorskip("tf2onnx", reason="the keras extra is not installed")
+    from fixtures.digits import TRIGGER_MARGIN, TRIGGER_SIZE
     from fixtures.keras_digits import build_keras_digits
+    from fixtures.triggers import square_trigger
 
     files = build_keras_digits(tmp_path / "keras")
     model, data = files["keras_digits_infected.onnx"], files["keras_digits_test.npz"]
@@ -123,10 +125,10 @@ def test_keras_model_goes_through_scan_and_unlearn(digits, tmp_path):
     assert report.flagged == [TARGET]
     write_report(report, tmp_path / "report")
     out = tmp_path / "patched.onnx"
-    trigger = (digits["digits_trigger_mask.npy"], digits["digits_trigger_pattern.npy"])
-    result = mitigate(model, tmp_path / "report", data, MitigationConfig(threads=1), out, trigger)
-    assert result.after.attack_success["label 7 (reversed)"] <= 0.15
-    assert result.after.attack_success["real"] <= 0.5 * result.before.attack_success["real"]
+    trigger = square_trigger(8, 8, 1, TRIGGER_SIZE, TRIGGER_MARGIN).save(tmp_path, "trigger")
+    result = mitigate(model, tmp_path / "report", data, MitigationConfig(threads=1), out, trigger, TARGET)
+    assert result.before.attack_success["real"] > 0.9
+    assert result.after.attack_success["real"] <= 0.15
     assert result.details["weight_tensors"] == 8  # 2 conv + 2 dense layers, weights and biases
     patched, original = onnx.load(str(out)), onnx.load(str(model))
     assert patched.graph.input == original.graph.input  # NHWC
