@@ -1,6 +1,6 @@
 """Audit throughput: wall time of a 6-model audit with 1 and 2 local workers, and the store's cost per model.
 
-    PYTHONPATH=. python benchmarks/audit_bench.py [--preset default] [--cheap] [--threads 0] [--repeats 1]
+    python -m benchmarks.audit_bench [--preset default] [--cheap] [--threads 0] [--repeats 1]
 
 The six models are the digits fixtures that scan (built into .cache/fixtures on first use). By default one
 worker runs with all the cores as torch threads and two workers share them out (the audit's defaults);

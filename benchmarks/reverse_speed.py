@@ -1,6 +1,6 @@
 """Time one reverse-engineering mini-batch (forward + backward to the trigger) under variants, as ratios.
 
-    python benchmarks/reverse_speed.py [--model M.onnx] [--batches 40]
+    python -m benchmarks.reverse_speed [--model M.onnx] [--batches 40]
 
 Without --model it exports the paper's GTSRB CNN with random weights (speed does not depend on the weights).
 Prints milliseconds per mini-batch per label for: memory format (contiguous vs channels_last), torch threads

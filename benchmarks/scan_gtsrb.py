@@ -1,6 +1,6 @@
 """Scan the GTSRB replica of the Neural Cleanse paper's model (BadNets, target 33) and print the figures.
 
-    python benchmarks/scan_gtsrb.py [--threads 2] [--paper-labels 33,0,12] [--clean] [--data DIR]
+    python -m benchmarks.scan_gtsrb [--threads 2] [--paper-labels 33,0,12] [--clean] [--data DIR]
 
 Default preset over all 43 labels: anomaly index, flagged labels, label 33's norm against the median, steps
 per label and wall time. Then the `paper` preset on a few labels (33 among them), from the same run: its

@@ -101,7 +101,7 @@ def run_filter(bench: Workbench) -> Patch:
         model, module, layer, bench.repair, bench.triggers, bench.config, device
     )
     graph = add_filter_outputs(bench.converted.prepared.original, backdoor_filter)
-    neurons = backdoor_filter.neurons.tolist()
+    neurons = [group.tolist() for group in backdoor_filter.groups]
     outcome = FilterOutcome(layer.node, neurons, backdoor_filter.threshold, false_positive_rate, *output_names(graph))
 
     def screen(images: np.ndarray) -> np.ndarray:

@@ -1,6 +1,10 @@
 """Filtering: score each input by the mean activation of the few neurons the reversed triggers raise most,
 and flag it above a threshold set on clean images for a chosen false-positive rate (Wang et al. 2019,
-section VI-A). The classifier is not changed; the ONNX graph gains two outputs, the score and the flag."""
+section VI-A). The classifier is not changed; the ONNX graph gains two outputs, the score and the flag.
+
+With several flagged labels each trigger gets its own neurons: their mean activation is standardized by its
+spread on clean images, and the score is the largest of these, so one trigger's neurons cannot hide another's.
+"""
 
 from __future__ import annotations
 
@@ -26,23 +30,38 @@ SCORE_OUTPUT, FLAG_OUTPUT = "backdoor_score", "backdoor_flag"
 NODE_PREFIX = "cleanse_filter"
 REDUCE_AXES_AS_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from opset 18 on
 SCORE_TOLERANCE = 1e-4
+STEPS = ("picked", "mean", "shifted", "scaled")  # intermediate tensors of one trigger's score
 
 
 @dataclass
 class BackdoorFilter:
+    """score = max over triggers k of (mean activation of k's neurons - centers[k]) / spreads[k]."""
+
     layer: Layer
-    neurons: np.ndarray  # int64 indices of the neurons whose mean activation is the score
+    groups: list[np.ndarray]  # per trigger: int64 indices of the neurons it raises most
+    centers: np.ndarray  # float32 per group: mean of the group's activation on clean images
+    spreads: np.ndarray  # float32 per group: its standard deviation on clean images
     threshold: float  # flag when score > threshold
     activation_rank: int
 
     def scores(self, model: nn.Module, module: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
-        return neuron_activations(model, module, self.layer, images, device)[:, self.neurons].mean(axis=1)
+        activations = neuron_activations(model, module, self.layer, images, device)
+        return standardized(group_means(activations, self.groups), self.centers, self.spreads).max(axis=1)
+
+
+def group_means(activations: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """(N, groups): each group's mean activation."""
+    return np.stack([activations[:, group].mean(axis=1) for group in groups], axis=1)
+
+
+def standardized(values: np.ndarray, centers: np.ndarray, spreads: np.ndarray) -> np.ndarray:
+    return (values - centers) / spreads
 
 
 @dataclass
 class FilterOutcome:
     layer: str
-    neurons: list[int]
+    neurons: list[list[int]]  # per trigger
     threshold: float
     false_positive_rate: float  # on the clean repair images
     score_output: str
@@ -61,14 +80,19 @@ def calibrate_filter(
     """The filter and its false-positive rate on the clean repair images."""
     rng = np.random.default_rng(config.seed)
     ranked = repair.images[np.sort(rng.permutation(len(repair))[:ELEVATION_IMAGES])]
-    elevation = trigger_elevation(model, module, layer, ranked, triggers, device)
     count = max(1, round(config.filter_top_fraction * layer.neurons))
-    neurons = np.argsort(-elevation, kind="stable")[:count].astype(np.int64)
-    rank = _activation_rank(model, module, layer, repair.images[:1], device)
-    draft = BackdoorFilter(layer, neurons, 0.0, rank)
-    clean_scores = draft.scores(model, module, repair.images, device)
+    groups = [
+        np.argsort(-trigger_elevation(model, module, layer, ranked, [trigger], device), kind="stable")[:count]
+        for trigger in triggers
+    ]
+    clean = group_means(neuron_activations(model, module, layer, repair.images, device), groups)
+    centers = clean.mean(axis=0).astype(np.float32)
+    spreads = np.maximum(clean.std(axis=0), np.finfo(np.float32).eps).astype(np.float32)
+    clean_scores = standardized(clean, centers, spreads).max(axis=1)
     threshold = float(np.quantile(clean_scores, 1 - config.filter_fpr, method="higher"))
-    return BackdoorFilter(layer, neurons, threshold, rank), float(np.mean(clean_scores > threshold))
+    rank = _activation_rank(model, module, layer, repair.images[:1], device)
+    groups = [group.astype(np.int64) for group in groups]
+    return BackdoorFilter(layer, groups, centers, spreads, threshold, rank), float(np.mean(clean_scores > threshold))
 
 
 def _activation_rank(model: nn.Module, module: nn.Module, layer: Layer, image: np.ndarray, device) -> int:
@@ -104,31 +128,39 @@ def add_filter_outputs(original: onnx.ModelProto, backdoor_filter: BackdoorFilte
             "choose another layer with --layer"
         )
     score, flag = _fresh_name(model, SCORE_OUTPUT), _fresh_name(model, FLAG_OUTPUT)
-    neurons, threshold = _fresh_name(model, f"{NODE_PREFIX}_neurons"), _fresh_name(model, f"{NODE_PREFIX}_threshold")
-    picked = _fresh_name(model, f"{NODE_PREFIX}_picked")
+    threshold = _fresh_name(model, f"{NODE_PREFIX}_threshold")
+    graph.initializer.append(numpy_helper.from_array(np.asarray(backdoor_filter.threshold, np.float32), threshold))
     rank = backdoor_filter.activation_rank
     axes = list(range(1, rank))
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(backdoor_filter.neurons, neurons),
-            numpy_helper.from_array(np.asarray(backdoor_filter.threshold, dtype=np.float32), threshold),
-        ]
-    )
-    gather = helper.make_node(
-        "Gather",
-        [activation, neurons],
-        [picked],
-        name=f"{NODE_PREFIX}/gather",
-        axis=backdoor_filter.layer.neuron_axis % rank,
-    )
     if opset_of(model) >= REDUCE_AXES_AS_INPUT_OPSET:
         axes_name = _fresh_name(model, f"{NODE_PREFIX}_axes")
         graph.initializer.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), axes_name))
-        reduce = helper.make_node("ReduceMean", [picked, axes_name], [score], name=f"{NODE_PREFIX}/mean", keepdims=0)
-    else:
-        reduce = helper.make_node("ReduceMean", [picked], [score], name=f"{NODE_PREFIX}/mean", axes=axes, keepdims=0)
-    compare = helper.make_node("Greater", [score, threshold], [flag], name=f"{NODE_PREFIX}/flag")
-    graph.node.extend([gather, reduce, compare])
+    group_scores = []
+    for k, neurons in enumerate(backdoor_filter.groups):
+        names = {part: _fresh_name(model, f"{NODE_PREFIX}_{part}_{k}") for part in ("neurons", "center", "spread")}
+        values = (neurons, backdoor_filter.centers[k : k + 1], backdoor_filter.spreads[k : k + 1])
+        graph.initializer.extend(
+            numpy_helper.from_array(v, name) for v, name in zip(values, names.values(), strict=True)
+        )
+        picked, mean, shifted, scaled = (_fresh_name(model, f"{NODE_PREFIX}_{step}_{k}") for step in STEPS)
+        axis = backdoor_filter.layer.neuron_axis % rank
+        reduce_inputs = [picked, axes_name] if opset_of(model) >= REDUCE_AXES_AS_INPUT_OPSET else [picked]
+        reduce_axes = {} if opset_of(model) >= REDUCE_AXES_AS_INPUT_OPSET else {"axes": axes}
+        graph.node.extend(
+            [
+                helper.make_node(
+                    "Gather", [activation, names["neurons"]], [picked], name=f"{NODE_PREFIX}/gather_{k}", axis=axis
+                ),
+                helper.make_node(
+                    "ReduceMean", reduce_inputs, [mean], name=f"{NODE_PREFIX}/mean_{k}", keepdims=0, **reduce_axes
+                ),
+                helper.make_node("Sub", [mean, names["center"]], [shifted], name=f"{NODE_PREFIX}/center_{k}"),
+                helper.make_node("Div", [shifted, names["spread"]], [scaled], name=f"{NODE_PREFIX}/scale_{k}"),
+            ]
+        )
+        group_scores.append(scaled)
+    graph.node.append(helper.make_node("Max", group_scores, [score], name=f"{NODE_PREFIX}/max"))
+    graph.node.append(helper.make_node("Greater", [score, threshold], [flag], name=f"{NODE_PREFIX}/flag"))
     batch = onnx.TensorShapeProto.Dimension()
     batch.CopyFrom(graph.input[0].type.tensor_type.shape.dim[0])
     for name, elem_type in ((score, onnx.TensorProto.FLOAT), (flag, onnx.TensorProto.BOOL)):

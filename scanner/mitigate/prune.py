@@ -31,6 +31,14 @@ class PruneOutcome:
     attack_success: dict[str, float]  # of the reversed triggers on the repair images judged
 
 
+def interleaved_order(elevations: list[np.ndarray]) -> np.ndarray:
+    """Neurons in pruning order: each trigger's ranking (most raised first) takes turns, so that one trigger's
+    strong neurons do not use up the accuracy budget before another's are reached."""
+    rankings = np.stack([np.argsort(-elevation, kind="stable") for elevation in elevations], axis=1)
+    _, first = np.unique(rankings.ravel(), return_index=True)
+    return rankings.ravel()[np.sort(first)]
+
+
 def zero_neurons(weight: torch.Tensor, axis: int, neurons: np.ndarray) -> torch.Tensor:
     """Zero the weights reading `neurons`; returns their old values."""
     index = torch.from_numpy(neurons).to(weight.device)
@@ -52,7 +60,9 @@ def prune(
     """Prune `layer` of `module` in place; `model` is the ScoringModel around it."""
     rng = np.random.default_rng(config.seed)
     judged = repair.subset(np.sort(rng.permutation(len(repair))[:EVAL_IMAGES]))
-    order = np.argsort(-trigger_elevation(model, module, layer, judged.images, triggers, device), kind="stable")
+    order = interleaved_order(
+        [trigger_elevation(model, module, layer, judged.images, [trigger], device) for trigger in triggers]
+    )
     weight = tensor_at(module, layer.weight)
     step = max(1, round(STEP_FRACTION * layer.neurons))
 
