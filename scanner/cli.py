@@ -100,6 +100,12 @@ def progress_printer(quiet: bool) -> Callable[[LabelTrigger, int, int], None]:
     return show
 
 
+# Options several commands share, worded once.
+device_option = click.option("--device", help="auto, cpu, cuda or cuda:N (default: auto).")
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress display.")
+
+
 def fail(message: str, debug: bool) -> None:
     if debug:
         traceback.print_exc()
@@ -152,11 +158,11 @@ def main() -> None:
 @click.option("--init-cost", type=float, help="Initial weight of the mask's L1 norm in the loss.")
 @click.option("--labels-per-batch", type=int, help="Labels reversed together in one forward pass (0: auto).")
 @click.option("--mad-threshold", type=float, help="Anomaly index above which a label is flagged (default 2).")
-@click.option("--device", help="auto, cpu, cuda or cuda:N (default: auto).")
+@device_option
 @click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--seed", type=int, help="Random seed; the same seed gives the same result on the same machine.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@quiet_option
+@debug_option
 def scan(
     model: Path,
     data: Path,
@@ -202,7 +208,7 @@ def scan(
 @click.option("--height", type=int, help="Input height (TorchScript only).")
 @click.option("--width", type=int, help="Input width (TorchScript only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the conversion record as JSON on stdout.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@debug_option
 def convert(
     model: Path,
     out: Path,
@@ -254,10 +260,10 @@ def convert(
 @click.option("--top-neurons", type=float, help="filter: fraction of the layer's neurons scored (default 0.01).")
 @click.option("--json-out", type=click.Path(path_type=Path), help="Where mitigation.json goes (default: beside --out).")
 @click.option("--max-images", type=int, help="Use at most this many clean images.")
-@click.option("--device", help="auto, cpu, cuda or cuda:N (default: auto).")
+@device_option
 @click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--seed", type=int, help="Random seed for the split, the stamping and the training.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@debug_option
 def mitigate(
     model: Path,
     report: Path,
@@ -301,8 +307,8 @@ def mitigate(
 @click.option("--ray", "ray_address", help="Run on a Ray cluster: its ADDRESS, auto, or local (a private instance).")
 @click.option("--retry-errors", is_flag=True, help="Rescan models whose earlier scan ended in an error.")
 @click.option("--errors-win", is_flag=True, help="Exit 2, not 1, when some models are infected and others failed.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@quiet_option
+@debug_option
 def audit(
     models: tuple[Path, ...],
     manifest: Path | None,
