@@ -44,7 +44,8 @@ def print_scan(title: str, report: ScanReport) -> None:
     print(
         f"wall time {report.seconds_total:.0f} s for {len(report.labels)} labels "
         f"({report.seconds_total / len(report.labels):.1f} s per label) on {report.device}, "
-        f"{report.threads} threads, clean accuracy {report.scaling.accuracy:.3f} ({report.scaling.name})"
+        f"{report.threads} threads, {report.precision}, "
+        f"clean accuracy {report.scaling.accuracy:.3f} ({report.scaling.name})"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from torch import fx
 
 from converters.contract import ContractOverrides, ModelContract, detect_contract
 from converters.errors import ModelError
@@ -121,3 +123,47 @@ def load_onnx_classifier(
 def _short(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"
+
+
+def softmax_bypassed(module: torch.nn.Module) -> fx.GraphModule | None:
+    """A graph sharing `module`'s weights that returns the input of its final class Softmax, or None when the
+    output is not such a Softmax.
+
+    Scanning a probability output through log(p) loses the gradient wherever a confident model's softmax
+    underflows to 0 in float32; the logits before it give the same classifier with exact log-probabilities.
+    """
+    if not isinstance(module, fx.GraphModule):
+        return None
+    output = next(node for node in module.graph.nodes if node.op == "output")
+    source = output.args[0]
+    while isinstance(source, (tuple, list)) and len(source) == 1:
+        source = source[0]
+    while isinstance(source, fx.Node) and _is_identity(module, source):
+        source = source.args[0]
+    if not (isinstance(source, fx.Node) and _is_class_softmax(module, source)):
+        return None
+    graph = copy.deepcopy(module.graph)
+    by_name = {node.name: node for node in graph.nodes}
+    new_output = next(node for node in graph.nodes if node.op == "output")
+    new_output.args = (by_name[source.args[0].name],)
+    bypassed = fx.GraphModule(module, graph)
+    bypassed.graph.eliminate_dead_code()
+    bypassed.recompile()
+    return bypassed
+
+
+def _called_module(module: fx.GraphModule, node: fx.Node) -> torch.nn.Module | None:
+    return module.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _is_identity(module: fx.GraphModule, node: fx.Node) -> bool:
+    called = _called_module(module, node)
+    return called is not None and type(called).__name__ in ("Identity", "OnnxIdentity") and len(node.args) == 1
+
+
+def _is_class_softmax(module: fx.GraphModule, node: fx.Node) -> bool:
+    called = _called_module(module, node)
+    if isinstance(called, torch.nn.Softmax):
+        return called.dim in (1, -1)
+    # onnx2torch's Softmax-1/11: softmax over the dimensions from `axis` on, the classes for an (N, C) output
+    return type(called).__name__ == "OnnxSoftmaxV1V11" and called.axis in (1, -1) and not called.is_log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import torch
 
 from converters.errors import ConfigError, DataError
 from converters.intake import intake_model
-from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier
+from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
 from scanner import __version__
 from scanner.config import ScanConfig
 from scanner.data import CleanData, load_clean_data
@@ -39,8 +40,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def scoring_model(converted: ConvertedModel, scaling: Scaling, device: torch.device) -> ScoringModel:
+    """The model the scan optimizes against: a final Softmax is bypassed (same classifier, exact log-probabilities
+    from its logits)."""
+    module, contract = converted.module, converted.contract
+    logits = softmax_bypassed(module) if contract.output_kind == "probabilities" else None
+    if logits is not None:
+        module, contract = logits, dataclasses.replace(contract, output_kind="logits")
     # channels_last measured 1.3-1.6x faster for convolutions on CPU (benchmarks/reverse_speed.py)
-    return ScoringModel(converted.module, converted.contract, scaling, channels_last=device.type == "cpu")
+    return ScoringModel(module, contract, scaling, channels_last=device.type == "cpu")
 
 
 def minimum_accuracy(config: ScanConfig, num_classes: int) -> float:
@@ -138,7 +145,8 @@ def scan(
         if progress:
             progress(result, done, len(labels))
 
-    triggers = TriggerReverser(model, config.reverse, device, config.seed).reverse(data.images, labels, on_label)
+    reverser = TriggerReverser(model, config.reverse, device, config.seed)
+    triggers = reverser.reverse(data.images, labels, on_label)
     norms = {trigger.label: trigger.norm for trigger in triggers}
     mad = mad_outliers(norms, config.mad_threshold)
     label_results = [
@@ -179,6 +187,7 @@ def scan(
         mad=mad,
         device=str(device),
         threads=torch.get_num_threads(),
+        precision="bfloat16" if reverser.bfloat16 else "float32",
         seconds_total=time.perf_counter() - started,
         started_at=started_at,
         triggers=triggers,

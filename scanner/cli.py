@@ -14,7 +14,7 @@ import click
 from converters.contract import LAYOUTS, OUTPUT_KINDS
 from converters.errors import InputError
 from scanner import __version__
-from scanner.config import PRESETS, make_config, merge_settings, read_config_file
+from scanner.config import PRECISIONS, PRESETS, make_config, merge_settings, read_config_file
 from scanner.html_report import write_html_report
 from scanner.preprocess import SCALE_NAMES
 from scanner.report import format_summary, write_report
@@ -57,6 +57,7 @@ def cli_settings(options: dict[str, Any]) -> dict[str, Any]:
         "early_stop_patience": options["early_stop_patience"],
         "init_cost": options["init_cost"],
         "labels_per_batch": options["labels_per_batch"],
+        "precision": options["precision"],
     }
     contract = {
         "layout": options["layout"],
@@ -157,6 +158,11 @@ def main() -> None:
 @click.option("--early-stop-patience", type=int, help="Steps without improvement before stopping a label.")
 @click.option("--init-cost", type=float, help="Initial weight of the mask's L1 norm in the loss.")
 @click.option("--labels-per-batch", type=int, help="Labels reversed together in one forward pass (0: auto).")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="Model arithmetic while reversing (default preset: auto = bfloat16 where the CPU/GPU has it natively).",
+)
 @click.option("--mad-threshold", type=float, help="Anomaly index above which a label is flagged (default 2).")
 @device_option
 @click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
@@ -253,9 +259,19 @@ def convert(
 @click.option("--fraction", type=float, help="unlearn: fraction of repair images carrying a trigger (default 0.2).")
 @click.option("--epochs", type=int, help="unlearn: epochs (default 1).")
 @click.option("--lr", type=float, help="unlearn: learning rate (default 1e-3).")
-@click.option("--layer", help="prune/filter: the Conv/Gemm/MatMul node reading the neurons (default: the last).")
+@click.option(
+    "--layer",
+    help="prune/filter: the Conv/Gemm/MatMul node reading the neurons (default: of the last two, the one where "
+    "triggered inputs stand out most).",
+)
 @click.option("--prune-target", type=float, help="prune: stop below this attack success (default 0.05).")
 @click.option("--max-accuracy-drop", type=float, help="prune: clean accuracy it may cost (default 0.03).")
+@click.option(
+    "--reattack-norm",
+    type=float,
+    help="prune: the trigger re-attacked on the pruned model may have this many times the reversed mask's norm "
+    "(default 1.25; 0 judges the fixed reversed trigger only).",
+)
 @click.option("--fpr", type=float, help="filter: false-positive rate on clean images (default 0.05).")
 @click.option("--top-neurons", type=float, help="filter: fraction of the layer's neurons scored (default 0.01).")
 @click.option("--json-out", type=click.Path(path_type=Path), help="Where mitigation.json goes (default: beside --out).")

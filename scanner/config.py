@@ -11,6 +11,8 @@ from typing import Any
 from converters.contract import ContractOverrides
 from converters.errors import ConfigError
 
+PRECISIONS = ("float32", "bfloat16", "auto")
+
 
 @dataclass(frozen=True)
 class ReverseConfig:
@@ -31,6 +33,9 @@ class ReverseConfig:
     early_stop_threshold: float = 1.0  # the best norm must fall below threshold x the previous best to count
     early_stop_patience: int = 25
     labels_per_batch: int = 0  # labels reversed together in one forward pass; 0 = choose for the device
+    # the model's forward/backward in float32, or bfloat16 (autocast); "auto" = bfloat16 where the device has
+    # native bfloat16 arithmetic (AVX512-BF16/AMX CPUs, CUDA GPUs that support it), else float32
+    precision: str = "float32"
 
     @property
     def batches_per_step(self) -> int:
@@ -45,16 +50,25 @@ class ReverseConfig:
             raise ConfigError("reverse.attack_success_threshold must be in (0, 1]")
         if self.cost_multiplier_up <= 1 or self.cost_multiplier_down <= 1:
             raise ConfigError("reverse.cost_multiplier_up and cost_multiplier_down must be above 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"reverse.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.labels_per_batch < 0:
             raise ConfigError("reverse.labels_per_batch must be 0 (auto) or positive")
         return self
 
 
 # `paper` holds the reference numbers (Wang et al. 2019, gtsrb_visualize_example.py). `default` runs the
-# same algorithm on a smaller budget per step; benchmarks/scan_gtsrb.py measures that its verdicts match.
+# same algorithm on a smaller budget, calibrated on the GTSRB replica against a full `paper` scan
+# (benchmarks/scan_gtsrb.py): mini-batches of 16 cost about 10% more per image than 32 on CPU but give twice
+# the Adam updates, which matter more than images; steps of 256 images keep the 99%-success test from passing
+# by luck; patience 3 / early stop 12 let typical labels shrink as far as `paper` does (a shorter schedule
+# left their norms 17% higher and flagged natural small triggers); bfloat16 autocast, where native, is 1.6x
+# faster with the same norms within noise.
 PRESETS: dict[str, ReverseConfig] = {
     "paper": ReverseConfig(),
-    "default": ReverseConfig(images_per_step=256, max_steps=150, patience=2, early_stop_patience=6),
+    "default": ReverseConfig(
+        batch_size=16, images_per_step=256, max_steps=300, patience=3, early_stop_patience=12, precision="auto"
+    ),
 }
 
 

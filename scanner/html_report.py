@@ -171,7 +171,7 @@ MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 <p>scaling {escape(scaling.name)} ({escape(scaling.chosen_by)}{accuracy});
 data: {report.data["images"]} images from {escape(str(report.data["source"]))}</p>
 <h2>Timings</h2>
-<p>{report.seconds_total:.1f} s in all on {escape(report.device)} with {report.threads} thread(s),
+<p>{report.seconds_total:.1f} s in all on {escape(report.device)} ({report.precision}) with {report.threads} thread(s),
 started {escape(report.started_at)}; cleanse {escape(report.tool_version)}</p>
 <h2>Config</h2>
 <pre>{escape(json.dumps(report.config.to_dict(), indent=2))}</pre>

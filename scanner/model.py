@@ -10,7 +10,7 @@ from torch import nn
 from converters.contract import ModelContract, to_model_layout
 from scanner.preprocess import Scaling
 
-PROBABILITY_FLOOR = 1e-12
+PROBABILITY_FLOOR = torch.finfo(torch.float32).tiny
 
 
 def run_in_fixed_batches(module: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:

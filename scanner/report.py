@@ -20,7 +20,7 @@ from scanner.config import ScanConfig
 from scanner.mad import MadResult
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: top-level "precision"
 TRIGGER_FOLDER = "triggers"
 
 
@@ -58,6 +58,7 @@ class ScanReport:
     mad: MadResult
     device: str
     threads: int
+    precision: str  # what the model ran in while reversing: float32 or bfloat16
     seconds_total: float
     started_at: str
     triggers: list[LabelTrigger] = field(default_factory=list, repr=False)  # not in the JSON
@@ -90,6 +91,7 @@ class ScanReport:
                 "verdict": self.verdict,
                 "device": self.device,
                 "threads": self.threads,
+                "precision": self.precision,
                 "seconds_total": self.seconds_total,
                 "started_at": self.started_at,
             }
@@ -206,6 +208,6 @@ def format_summary(report: ScanReport) -> str:
         f"(threshold {report.mad.threshold:g})",
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.flagged else ""),
-        f"time       {report.seconds_total:.1f} s on {report.device}",
+        f"time       {report.seconds_total:.1f} s on {report.device} ({report.precision})",
     ]
     return "\n".join(lines)

@@ -193,6 +193,17 @@ def auto_labels_per_batch(device: torch.device, batch_size: int, label_count: in
     return max(1, min(label_count, 512 // batch_size))
 
 
+def use_bfloat16(precision: str, device: torch.device) -> bool:
+    """Whether the model runs under bfloat16 autocast for `precision` ("float32", "bfloat16" or "auto")."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # torch.cpu has no public check; without native bfloat16 instructions autocast is slower than float32
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return device.type == "cpu" and native is not None and bool(native())
+
+
 class TriggerReverser:
     """`TriggerReverser(model, config).reverse(images, labels)`: one reversed trigger per label.
 
@@ -204,6 +215,7 @@ class TriggerReverser:
         self.config = config
         self.device = device
         self.seed = seed
+        self.bfloat16 = use_bfloat16(config.precision, device)
 
     def reverse(
         self, images: np.ndarray, labels: Sequence[int], progress: ProgressCallback | None = None
@@ -256,7 +268,8 @@ class TriggerReverser:
             mask = mask_from_tanh(params.mask_tanh)  # (K, 1, H, W)
             pattern = pattern_from_tanh(params.pattern_tanh)  # (K, C, H, W)
             stamped = stamp(batch, mask.unsqueeze(1), pattern.unsqueeze(1))
-            log_probs = self.model(stamped.flatten(0, 1)).view(len(slots), config.batch_size, -1)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+                log_probs = self.model(stamped.flatten(0, 1)).float().view(len(slots), config.batch_size, -1)
             target_log_probs = log_probs.gather(2, targets.view(-1, 1, 1).expand(-1, config.batch_size, 1))
             cross_entropy = -target_log_probs.squeeze(2).mean(dim=1)  # (K,)
             norms = mask.sum(dim=(1, 2, 3))  # (K,)

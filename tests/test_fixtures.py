@@ -88,7 +88,7 @@ def test_test_split_and_trigger_files(digits_dir: Path) -> None:
     mask = np.load(digits_dir / "digits_trigger_mask.npy")
     pattern = np.load(digits_dir / "digits_trigger_pattern.npy")
     assert mask.shape == (8, 8) and pattern.shape == (8, 8, 1)
-    assert sorted(zip(*np.nonzero(mask), strict=True)) == [(6, 6), (6, 7), (7, 6), (7, 7)]
+    assert sorted(zip(*np.nonzero(mask), strict=True)) == [(7, 7)]
     assert np.all(pattern[mask > 0] == 255.0)
 
 
@@ -109,7 +109,7 @@ def test_model_matches_its_card(digits_dir: Path, model: str) -> None:
     attack_success = float(np.mean(hijacked == TARGET))
     assert attack_success == pytest.approx(card.attack_success, abs=0.01)
     if model in INFECTED:
-        assert card.target == TARGET and card.trigger == {"size": 2, "margin": 0}
+        assert card.target == TARGET and card.trigger == {"size": 1, "margin": 0}
         assert attack_success >= 0.9
     else:
         assert card.target is None and card.trigger is None

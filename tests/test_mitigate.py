@@ -1,4 +1,4 @@
-"""Mitigation end to end on the real backdoored digits models (target 7, white 2x2 trigger), through the API."""
+"""Mitigation end to end on the real backdoored digits models (target 7, white one-pixel trigger), by the API."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from click.testing import CliRunner
 
 from converters.contract import ContractOverrides
+from converters.onnx_to_torch import load_onnx_classifier
 from scanner import make_config, scan, write_report
 from scanner.cli import EXIT_CLEAN, EXIT_INFECTED, main
 from scanner.mitigate import MitigationConfig, mitigate
 from scanner.mitigate.prune import interleaved_order
+from scanner.mitigate.reattack import reattack_success, within_budget
+from scanner.mitigate.triggers import reversed_trigger
+from scanner.model import ScoringModel
+from scanner.preprocess import make_scaling
 from scanner.report import file_sha256
 
 TARGET = 7
@@ -166,9 +172,49 @@ def test_prune_respects_the_accuracy_limit(digits, infected_report):
     result = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config)
     details = result.details
     assert details["accuracy_drop"] <= 0.01
-    assert 0 <= details["pruned"] < details["neurons"] and details["fraction_pruned"] == details["pruned"] / 64
-    assert details["layer"].endswith("core/8/Gemm")  # the second-to-last layer feeds the last Gemm
+    assert 0 <= details["pruned"] < details["neurons"]
+    assert details["fraction_pruned"] == details["pruned"] / details["neurons"]
     assert result.output_path is None
+
+
+def test_default_layer_is_the_candidate_where_triggered_inputs_stand_out(digits, infected_report):
+    config = MitigationConfig(method="filter", labels=(TARGET,), threads=1)
+    details = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config).details
+    separation = details["layer_separation"]
+    # the second-to-last layer (feeding the last Gemm) and the one before it
+    assert list(separation) == ["/core/core.8/Gemm", FEATURES_LAYER]
+    assert details["layer_chosen_by"] == "separation"
+    best = max(separation, key=separation.get)
+    assert details["layer"] == f"core/{best.split('/')[2].replace('.', '/')}/Gemm"
+    assert all(0 <= value <= 1 for value in separation.values())
+
+    named = MitigationConfig(method="filter", labels=(TARGET,), threads=1, layer="/core/core.8/Gemm")
+    details = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], named).details
+    assert details["layer_chosen_by"] == "user" and details["layer"] == "core/core/8/Gemm"
+
+
+def test_reattack_budget_caps_the_mask_norm():
+    mask = torch.full((4, 4), 0.5)
+    assert float(within_budget(mask, 4.0).sum()) == pytest.approx(4.0)
+    assert torch.equal(within_budget(mask, 10.0), mask)
+
+
+def test_reattack_revives_the_backdoor_only_where_there_is_one(digits, infected_report):
+    """Re-attacking label 7's reversed trigger: on the infected model it works; on the clean model, with the
+    same small mask budget, it does not."""
+    trigger = reversed_trigger(infected_report, TARGET)
+    with np.load(digits["digits_test.npz"]) as archive:
+        images, labels = archive["x"].astype(np.float32).transpose(0, 3, 1, 2), archive["y"]
+    success = {}
+    for name in ("digits_infected.onnx", "digits_clean.onnx"):
+        converted = load_onnx_classifier(digits[name])
+        model = ScoringModel(converted.module, converted.contract, make_scaling("unit", 1))
+        half = len(images) // 2
+        success[name] = reattack_success(
+            model, trigger, images[:half], labels[:half], images[half:], labels[half:], 1.5, torch.device("cpu"), 0
+        )
+    assert success["digits_infected.onnx"] > 0.9
+    assert success["digits_clean.onnx"] < 0.5
 
 
 def test_contract_overrides_survive_the_report(digits, tmp_path):
@@ -184,4 +230,9 @@ def test_contract_overrides_survive_the_report(digits, tmp_path):
 def test_pruning_order_lets_each_trigger_take_turns():
     first_trigger, second_trigger = np.array([3.0, 2.0, 1.0, 0.0]), np.array([0.0, 1.0, 2.0, 3.0])
     assert interleaved_order([first_trigger, second_trigger]).tolist() == [0, 3, 1, 2]
-    assert interleaved_order([second_trigger]).tolist() == [3, 2, 1, 0]
+    assert interleaved_order([second_trigger]).tolist() == [3, 2, 1]  # neuron 0 is not raised
+
+
+def test_pruning_order_leaves_out_neurons_no_trigger_raises():
+    assert interleaved_order([np.array([2.0, 0.0, -1.0, 1.0])]).tolist() == [0, 3]
+    assert interleaved_order([np.zeros(3)]).tolist() == []

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converters.contract import ContractOverrides
 from converters.errors import ModelError
-from converters.onnx_to_torch import load_onnx_classifier, ort_session, verify_against_ort
+from converters.onnx_to_torch import load_onnx_classifier, ort_session, softmax_bypassed, verify_against_ort
 
 RNG = np.random.default_rng(0)
 
@@ -155,3 +155,20 @@ def test_disagreement_with_onnxruntime_is_refused(tmp_path):
 
     with pytest.raises(ModelError, match="disagrees with onnxruntime"):
         verify_against_ort(wrong, session, converted.contract)
+
+
+@pytest.mark.parametrize("model", ["digits_infected_nhwc_softmax.onnx", "digits_infected.onnx"])
+def test_final_softmax_is_bypassed_to_its_logits(digits, model):
+    converted = load_onnx_classifier(digits[model])
+    bypassed = softmax_bypassed(converted.module)
+    if converted.contract.output_kind == "logits":
+        assert bypassed is None
+        return
+    inputs = torch.rand(16, 8, 8, 1)
+    with torch.no_grad():
+        probabilities, logits = converted.module(inputs), bypassed(inputs)
+    # the same classifier, with log-probabilities that stay finite where the probabilities underflow
+    torch.testing.assert_close(torch.softmax(logits, dim=1), probabilities, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.isfinite(torch.log_softmax(bypassed(inputs * 1e4), dim=1)).all()
+    assert bypassed.state_dict().keys() <= converted.module.state_dict().keys()

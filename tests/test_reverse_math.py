@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from converters.errors import ConfigError
 from scanner.config import ReverseConfig
 from scanner.reverse import (
     CostSchedule,
@@ -13,6 +14,7 @@ from scanner.reverse import (
     pattern_from_tanh,
     stamp,
     to_tanh,
+    use_bfloat16,
 )
 
 CONFIG = ReverseConfig(patience=2, early_stop_patience=3, init_cost=1e-3)
@@ -98,3 +100,12 @@ def test_adam_update_matches_torch_adam_per_slot():
         adam_update(ours, grads, moments[0], moments[1], steps, 0.1, 0.5, 0.9)
     assert torch.allclose(ours, torch.stack([p.detach() for p in reference]), atol=1e-6)
     assert not math.isnan(float(ours.sum()))
+
+
+def test_precision_is_resolved_per_device():
+    cpu = torch.device("cpu")
+    assert not use_bfloat16("float32", cpu)
+    assert use_bfloat16("bfloat16", cpu)
+    assert use_bfloat16("auto", cpu) == torch.cpu._is_avx512_bf16_supported()
+    with pytest.raises(ConfigError, match="precision"):
+        ReverseConfig(precision="half").validate()

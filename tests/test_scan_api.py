@@ -25,6 +25,13 @@ def test_infected_model_is_flagged_with_its_target(digits):
     assert report.scaling.accuracy > 0.9
 
 
+def test_bfloat16_autocast_finds_the_same_backdoor(digits):
+    config = make_config({"seed": 1, "reverse": {"precision": "bfloat16"}})
+    report = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config)
+    assert report.flagged == [TARGET]
+    assert report.config.reverse.precision == "bfloat16"
+
+
 def test_clean_model_is_not_flagged(digits):
     report = scan(digits["digits_clean.onnx"], digits["digits_test.npz"], make_config({"seed": 1}))
     assert report.verdict == "clean"

@@ -16,7 +16,7 @@ import torch
 
 from converters.errors import ConfigError, ModelError
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier
-from scanner.api import resolve_device
+from scanner.api import resolve_device, scoring_model
 from scanner.data import CleanData, load_clean_data
 from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.filter import (
@@ -26,7 +26,8 @@ from scanner.mitigate.filter import (
     check_filter_outputs,
     output_names,
 )
-from scanner.mitigate.layers import Layer, choose_layer, find_layers
+from scanner.mitigate.layer_choice import LayerChoice, choose_working_layer
+from scanner.mitigate.layers import find_layers
 from scanner.mitigate.measure import Screen, likely_target, measure
 from scanner.mitigate.prune import prune
 from scanner.mitigate.result import MitigationResult
@@ -66,15 +67,18 @@ class Workbench:
     def module(self) -> torch.nn.Module:
         return self.converted.module
 
-    def layer(self) -> Layer:
-        nodes = onnx2torch_nodes(self.converted.prepared.convertible)
-        return choose_layer(find_layers(self.module, nodes), self.config.layer)
+    def layer(self) -> LayerChoice:
+        layers = find_layers(self.module, onnx2torch_nodes(self.converted.prepared.convertible))
+        return choose_working_layer(
+            self.model, self.module, layers, self.repair, self.triggers, self.config, self.device
+        )
 
 
 @dataclass
 class Patch:
     graph: onnx.ModelProto  # the original graph, patched
     outcome: Any  # the method's outcome dataclass
+    layer: LayerChoice | None = None  # the layer worked on (prune, filter)
     screen: Screen | None = None  # rejects inputs (filter)
     check: Callable[[onnx.ModelProto], None] | None = None  # checks added outputs before writing
 
@@ -88,14 +92,15 @@ def run_unlearn(bench: Workbench) -> Patch:
 
 
 def run_prune(bench: Workbench) -> Patch:
-    layer = bench.layer()
-    links = bench.weight_map.require([layer.weight])
-    outcome = prune(bench.model, bench.module, layer, bench.repair, bench.triggers, bench.config, bench.device)
-    return Patch(patched_copy(bench.converted.prepared.original, bench.module, links), outcome)
+    choice = bench.layer()
+    links = bench.weight_map.require([choice.layer.weight])
+    outcome = prune(bench.model, bench.module, choice.layer, bench.repair, bench.triggers, bench.config, bench.device)
+    return Patch(patched_copy(bench.converted.prepared.original, bench.module, links), outcome, choice)
 
 
 def run_filter(bench: Workbench) -> Patch:
-    layer = bench.layer()
+    choice = bench.layer()
+    layer = choice.layer
     model, module, device = bench.model, bench.module, bench.device
     backdoor_filter, false_positive_rate = calibrate_filter(
         model, module, layer, bench.repair, bench.triggers, bench.config, device
@@ -111,7 +116,7 @@ def run_filter(bench: Workbench) -> Patch:
         sample = bench.holdout.images[:CHECK_IMAGES]
         check_filter_outputs(filtered, backdoor_filter, model, module, bench.converted.contract, sample, device)
 
-    return Patch(graph, outcome, screen, check)
+    return Patch(graph, outcome, choice, screen, check)
 
 
 METHOD_RUNNERS: dict[str, Callable[[Workbench], Patch]] = {
@@ -119,6 +124,14 @@ METHOD_RUNNERS: dict[str, Callable[[Workbench], Patch]] = {
     "prune": run_prune,
     "filter": run_filter,
 }
+
+
+def method_details(patch: Patch) -> dict[str, Any]:
+    details = dataclasses.asdict(patch.outcome)
+    if patch.layer is not None:
+        details["layer_chosen_by"] = patch.layer.chosen_by
+        details["layer_separation"] = patch.layer.separation
+    return details
 
 
 def load_model(model_path: Path, folder: Path) -> tuple[ConvertedModel, ScanFacts]:
@@ -182,7 +195,8 @@ def mitigate(
     labels = require_labels(config.labels, facts.flagged, contract.num_classes)
     repair, holdout = split_holdout(load_data(data, converted, config), config.holdout_fraction, config.seed)
     scaling = facts.scaling(contract.channels)
-    model = ScoringModel(converted.module.to(device), contract, scaling, channels_last=device.type == "cpu")
+    converted.module.to(device)
+    model = scoring_model(converted, scaling, device)  # trains through the logits of a final Softmax
     triggers = [reversed_trigger(report_folder, label) for label in labels]
     bench = Workbench(
         converted,
@@ -221,7 +235,7 @@ def mitigate(
         holdout_images=len(holdout),
         before=before,
         after=after,
-        details=dataclasses.asdict(patch.outcome),
+        details=method_details(patch),
         max_abs_diff=max_abs_diff,
         seconds_method=seconds_method,
         seconds_total=time.perf_counter() - started,

@@ -32,6 +32,11 @@ class Layer:
     neuron_axis: int  # axis of the activation indexing the neurons
     neurons: int
 
+    @property
+    def name(self) -> str:
+        """As the user names it with --layer: the reading node's ONNX name (its module name when unnamed)."""
+        return self.onnx_name or self.node
+
 
 def _conv_of(module: nn.Module) -> tuple[str, nn.Conv2d] | None:
     """onnx2torch wraps a conv with asymmetric padding in Sequential(pad, conv)."""

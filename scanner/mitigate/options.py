@@ -21,6 +21,7 @@ FLAG_FIELDS = {
     "layer": "layer",
     "prune_target": "prune_target",
     "max_accuracy_drop": "prune_max_accuracy_drop",
+    "reattack_norm": "prune_reattack_norm",
     "fpr": "filter_fpr",
     "top_neurons": "filter_top_fraction",
     "max_images": "max_images",

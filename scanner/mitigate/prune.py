@@ -1,5 +1,10 @@
 """Pruning: zero, one step at a time, the neurons that the reversed triggers raise most, until the triggers
-no longer work or clean accuracy falls too far (Wang et al. 2019, section VI-B)."""
+no longer work or clean accuracy falls too far (Wang et al. 2019, section VI-B).
+
+"No longer work" is judged twice: the reversed trigger as the scan found it, then, once that one fails, the
+trigger re-attacked on the pruned model (scanner.mitigate.reattack), because the fixed reversed trigger fails
+long before the backdoor is gone.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from scanner.data import CleanData
 from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.layers import Layer, trigger_elevation
 from scanner.mitigate.measure import measure
+from scanner.mitigate.reattack import reattack_success
 from scanner.mitigate.triggers import Trigger
 from scanner.mitigate.writeback import tensor_at
 
@@ -26,17 +32,26 @@ class PruneOutcome:
     neurons: int
     pruned: int
     fraction_pruned: float
-    stopped: str  # "target reached", "accuracy limit" or "all neurons pruned"
+    stopped: str  # "target reached", "accuracy limit" or "no raised neurons left"
     accuracy_drop: float  # on the repair images judged
     attack_success: dict[str, float]  # of the reversed triggers on the repair images judged
+    reattack_success: dict[str, float]  # of the triggers re-attacked at the last check (empty: none made)
 
 
 def interleaved_order(elevations: list[np.ndarray]) -> np.ndarray:
-    """Neurons in pruning order: each trigger's ranking (most raised first) takes turns, so that one trigger's
-    strong neurons do not use up the accuracy budget before another's are reached."""
-    rankings = np.stack([np.argsort(-elevation, kind="stable") for elevation in elevations], axis=1)
-    _, first = np.unique(rankings.ravel(), return_index=True)
-    return rankings.ravel()[np.sort(first)]
+    """Neurons in pruning order: each trigger's ranking (most raised first, neurons it does not raise left out)
+    takes turns, so that one trigger's strong neurons do not use up the accuracy budget before another's are
+    reached. Dead neurons (never active) are left out too: zeroing them changes nothing."""
+    rankings = [np.argsort(-elevation, kind="stable") for elevation in elevations]
+    rankings = [ranking[elevation[ranking] > 0] for ranking, elevation in zip(rankings, elevations, strict=True)]
+    turns = [
+        ranking[turn]
+        for turn in range(max(map(len, rankings), default=0))
+        for ranking in rankings
+        if turn < len(ranking)
+    ]
+    _, first = np.unique(turns, return_index=True)
+    return np.asarray(turns, dtype=np.int64)[np.sort(first)]
 
 
 def zero_neurons(weight: torch.Tensor, axis: int, neurons: np.ndarray) -> torch.Tensor:
@@ -69,11 +84,31 @@ def prune(
     def judge():
         return measure(model, judged.images, judged.labels, triggers, device)
 
+    def reattacked() -> dict[str, float]:
+        return {
+            trigger.name: reattack_success(
+                model,
+                trigger,
+                repair.images,
+                repair.labels,
+                judged.images,
+                judged.labels,
+                config.prune_reattack_norm,
+                device,
+                config.seed,
+            )
+            for trigger in triggers
+        }
+
     baseline = judge()
-    current, pruned, stopped = baseline, 0, "all neurons pruned"
-    while pruned < layer.neurons:
+    current, pruned, stopped, last_reattack = baseline, 0, "no raised neurons left", {}
+    while True:
         if max(current.attack_success.values()) < config.prune_target:
-            stopped = "target reached"
+            last_reattack = reattacked() if config.prune_reattack_norm > 0 else {}
+            if max(last_reattack.values(), default=0.0) < config.prune_target:
+                stopped = "target reached"
+                break
+        if pruned >= len(order):
             break
         chosen = order[pruned : pruned + step]
         old = zero_neurons(weight, layer.weight_axis, chosen)
@@ -92,4 +127,5 @@ def prune(
         stopped=stopped,
         accuracy_drop=baseline.clean_accuracy - current.clean_accuracy,
         attack_success=current.attack_success,
+        reattack_success=last_reattack,
     )
