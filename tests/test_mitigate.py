@@ -16,6 +16,7 @@ from converters.contract import ContractOverrides
 from converters.onnx_to_torch import load_onnx_classifier
 from scanner import make_config, scan, write_report
 from scanner.cli import EXIT_CLEAN, EXIT_INFECTED, main
+from scanner.data import load_clean_data
 from scanner.mitigate import MitigationConfig, mitigate
 from scanner.mitigate.prune import interleaved_order
 from scanner.mitigate.reattack import reattack_success, within_budget
@@ -203,8 +204,8 @@ def test_reattack_revives_the_backdoor_only_where_there_is_one(digits, infected_
     """Re-attacking label 7's reversed trigger: on the infected model it works; on the clean model, with the
     same small mask budget, it does not."""
     trigger = reversed_trigger(infected_report, TARGET)
-    with np.load(digits["digits_test.npz"]) as archive:
-        images, labels = archive["x"].astype(np.float32).transpose(0, 3, 1, 2), archive["y"]
+    data = load_clean_data(digits["digits_test.npz"], 1, 8, 8, 10)
+    images, labels = data.images, data.labels
     success = {}
     for name in ("digits_infected.onnx", "digits_clean.onnx"):
         converted = load_onnx_classifier(digits[name])

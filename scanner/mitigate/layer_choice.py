@@ -21,6 +21,7 @@ from scanner.data import CleanData
 from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.filter import calibrate_filter
 from scanner.mitigate.layers import Layer, choose_layer
+from scanner.mitigate.measure import victims
 from scanner.mitigate.triggers import Trigger
 
 CANDIDATES = 2  # the inputs of the last two weighted nodes: the paper's second-to-last layer and the one before
@@ -52,7 +53,7 @@ def separation(
     backdoor_filter, _ = calibrate_filter(model, module, layer, calibration, triggers, config, device)
     caught = []
     for trigger in triggers:
-        stamped = trigger.apply(judged.images[judged.labels != trigger.target])
+        stamped = trigger.apply(victims(judged.images, judged.labels, trigger.target))
         caught.append(np.mean(backdoor_filter.scores(model, module, stamped, device) > backdoor_filter.threshold))
     return float(np.mean(caught))
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scanner.mitigate.measure import victims
 from scanner.mitigate.triggers import Trigger
 from scanner.model import predict_labels
 from scanner.reverse import PIXEL_MAX, mask_from_tanh, pattern_from_tanh, stamp, to_tanh
@@ -37,17 +38,23 @@ def tanh_parameter(values01: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def reattack(
-    model: nn.Module, trigger: Trigger, images: np.ndarray, budget: float, device: torch.device, seed: int
+    model: nn.Module,
+    trigger: Trigger,
+    images: np.ndarray,
+    labels: np.ndarray,
+    budget: float,
+    device: torch.device,
+    seed: int,
 ) -> Trigger:
-    """`trigger` re-optimized against `model` (raw NCHW pixels -> log-probabilities) on clean `images` that are
-    not of its target, with a mask of L1 norm at most `budget`."""
+    """`trigger` re-optimized against `model` (raw NCHW pixels -> log-probabilities) on the clean `images` that
+    are not of its target, with a mask of L1 norm at most `budget`."""
     mask_tanh = tanh_parameter(trigger.mask[None], device)
     pattern_tanh = tanh_parameter(trigger.pattern / PIXEL_MAX, device)
     optimizer = torch.optim.Adam([mask_tanh, pattern_tanh], lr=LEARNING_RATE, betas=BETAS)
     rng = np.random.default_rng(seed)
-    pool = torch.from_numpy(images).to(device)
+    pool = np.flatnonzero(labels != trigger.target)  # indices, so that no copy of the images is made per call
     for _ in range(UPDATES):
-        batch = pool[torch.from_numpy(rng.integers(0, len(pool), BATCH_SIZE)).to(device)]
+        batch = torch.from_numpy(images[pool[rng.integers(0, len(pool), BATCH_SIZE)]]).to(device)
         mask = mask_from_tanh(mask_tanh)
         log_probs = model(stamp(batch, mask, pattern_from_tanh(pattern_tanh)))
         # cross-entropy to the target, and a penalty that only acts while the mask is over budget
@@ -75,6 +82,6 @@ def reattack_success(
     """Attack success on the judged images (those not of the target) of `trigger` re-attacked on the repair
     images, its mask allowed `budget_factor` times the reversed mask's L1 norm."""
     budget = budget_factor * float(np.abs(trigger.mask).sum())
-    attacked = reattack(model, trigger, repair_images[repair_labels != trigger.target], budget, device, seed)
-    victims = judged_images[judged_labels != trigger.target]
-    return float(np.mean(predict_labels(model, attacked.apply(victims), device) == trigger.target))
+    attacked = reattack(model, trigger, repair_images, repair_labels, budget, device, seed)
+    stamped = attacked.apply(victims(judged_images, judged_labels, trigger.target))
+    return float(np.mean(predict_labels(model, stamped, device) == trigger.target))
