@@ -17,19 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from fixtures.audit_models import AUDIT_INFECTED, AUDIT_INFECTED_NHWC, build_audit_models
+from fixtures.audit_models import SCANNABLE, build_audit_models
 from fixtures.paths import DEFAULT_CACHE
 from scanner.audit.api import AuditOptions, run_audit
 from scanner.audit.store import DONE, INFECTED, AuditStore, ModelKey, Outcome
 
-MODELS = [
-    AUDIT_INFECTED,
-    AUDIT_INFECTED_NHWC,
-    "digits_clean.onnx",
-    "digits_infected_dynamo.onnx",
-    "digits_infected_raw.onnx",
-    "digits_infected_fixed_batch.onnx",
-]
 CHEAP_REVERSE = {"images_per_step": 64, "max_steps": 100}
 STORE_SAMPLES = 300
 
@@ -72,7 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="audits per worker count; the best is kept")
     args = parser.parse_args()
     files = build_audit_models(DEFAULT_CACHE)
-    paths = [files[name] for name in MODELS]
+    paths = [files[name] for name in SCANNABLE]
     settings = {"preset": args.preset, **({"reverse": CHEAP_REVERSE} if args.cheap else {})}
     threads = args.threads or "default"
     print(f"{len(paths)} models, preset {args.preset}{' (cheap)' if args.cheap else ''}, threads/worker {threads}")

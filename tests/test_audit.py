@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fixtures.audit_models import AUDIT_INFECTED, AUDIT_INFECTED_NHWC, CORRUPT, TABULAR, TEXT, build_audit_models
+from fixtures.audit_models import (
+    AUDIT_INFECTED,
+    AUDIT_INFECTED_NHWC,
+    CORRUPT,
+    SCANNABLE,
+    TABULAR,
+    TEXT,
+    build_audit_models,
+)
 from scanner.audit.store import DONE, ERROR, INFECTED, STORE_NAME, AuditRow, AuditStore
 from scanner.audit.summary import CSV_NAME, JSON_NAME
 from scanner.cli import main
@@ -99,15 +107,7 @@ def wait_for_finished_rows(out: Path, count: int, process: subprocess.Popen, tim
 def test_an_audit_killed_with_sigkill_resumes_without_losing_or_repeating_a_model(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
-    names = [
-        AUDIT_INFECTED,
-        AUDIT_INFECTED_NHWC,
-        "digits_clean.onnx",
-        "digits_infected_dynamo.onnx",
-        "digits_infected_raw.onnx",
-        "digits_infected_fixed_batch.onnx",
-        CORRUPT,
-    ]
+    names = [*SCANNABLE, CORRUPT]
     out = tmp_path / "audit"
     args = [
         "audit",
