@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fixtures.audit_models import SCANNABLE, build_audit_models
 from fixtures.paths import DEFAULT_CACHE
-from scanner.audit.api import AuditOptions, run_audit
+from scanner.audit.run_audit import AuditOptions, run_audit
 from scanner.audit.store import DONE, INFECTED, AuditStore, ModelKey, Outcome
 
 CHEAP_REVERSE = {"images_per_step": 64, "max_steps": 100}

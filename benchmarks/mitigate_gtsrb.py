@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
+from cleanse_base.files import file_sha256
 from fixtures.export import ModelCard
 from fixtures.paths import DEFAULT_CACHE, shared_data_dir
-from scanner.api import scan
 from scanner.config import ScanConfig
 from scanner.mitigate import METHODS, MitigationConfig, mitigate
-from scanner.report import file_sha256, write_report
+from scanner.report import write_report
+from scanner.run_scan import scan
 
 MODEL = DEFAULT_CACHE / "gtsrb_infected.onnx"
 TRIGGER = (DEFAULT_CACHE / "gtsrb_trigger_mask.npy", DEFAULT_CACHE / "gtsrb_trigger_pattern.npy")

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import torch
 
-from converters.errors import ModelError
+from cleanse_base.errors import ModelError
 
 Layout = Literal["NCHW", "NHWC", "NHW", "flat"]
 OutputKind = Literal["logits", "probabilities", "log_probabilities"]

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from converters.errors import ModelError
+from cleanse_base.errors import ModelError
+from cleanse_base.files import atomic_output, path_sha256, write_json_atomic
 from converters.model_files import ModelKind, detect_kind
 from converters.onnx_prepare import load_checked
 from converters.onnx_to_torch import VERIFY_SEED, checked_difference, ort_session, run_ort
@@ -50,18 +50,6 @@ class ConversionRecord:
 class IntakeResult:
     onnx_path: Path
     record: ConversionRecord
-
-
-def source_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents) for a SavedModel."""
-    from scanner.report import file_sha256  # not at the top: importing `scanner` imports this module
-
-    if path.is_file():
-        return file_sha256(path)
-    digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{item.relative_to(path)}\0{file_sha256(item)}\n".encode())
-    return digest.hexdigest()
 
 
 def load_source(path: Path, kind: ModelKind, image_shape: tuple[int, int, int] | None) -> SourceModel:
@@ -105,7 +93,7 @@ def convert_to_onnx(
     diff = max_difference_vs_source(source, out)
     return ConversionRecord(
         source_format=kind.value,
-        source_sha256=source_sha256(path),
+        source_sha256=path_sha256(path),
         converter=source.converter,
         opset=opset,
         max_abs_diff_vs_source=diff,
@@ -123,7 +111,7 @@ def intake_model(path: str | Path, image_shape: tuple[int, int, int] | None = No
     """An ONNX file for any supported model file: the file itself for ONNX, else a checked, cached conversion."""
     path = Path(path)
     kind = detect_kind(path)
-    digest = source_sha256(path)
+    digest = path_sha256(path)
     if kind is ModelKind.ONNX:
         return IntakeResult(path, ConversionRecord(source_format=kind.value, source_sha256=digest))
     shape_key = "x".join(map(str, image_shape)) if kind is ModelKind.TORCHSCRIPT and image_shape else ""
@@ -132,15 +120,7 @@ def intake_model(path: str | Path, image_shape: tuple[int, int, int] | None = No
     onnx_path, record_path = folder / f"{key}.onnx", folder / f"{key}.json"
     if onnx_path.exists() and record_path.exists():
         return IntakeResult(onnx_path, ConversionRecord(**json.loads(record_path.read_text())))
-    from scanner.report import write_json_atomic  # not at the top: importing `scanner` imports this module
-
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".onnx")
-    os.close(handle)
-    try:
+    with atomic_output(onnx_path, suffix=".onnx") as temporary:
         record = convert_to_onnx(path, temporary, image_shape=image_shape)
-        os.replace(temporary, onnx_path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     write_json_atomic(record_path, record.to_dict())
     return IntakeResult(onnx_path, record)

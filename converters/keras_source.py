@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import ModelError
-from converters.source_model import SourceModel, one_line
+from cleanse_base.errors import ModelError
+from cleanse_base.text import one_line
+from converters.source_model import SourceModel
 
 EXTRA_HINT = "TensorFlow, Keras and tf2onnx are not installed: install Cleanse's extra with `pip install .[keras]`"
 TF2ONNX_OPSET = 17

@@ -19,7 +19,7 @@ import zipfile
 from enum import Enum
 from pathlib import Path
 
-from converters.errors import ModelError
+from cleanse_base.errors import ModelError
 from converters.pickle_scan import is_pickle
 
 ONNX_MAGIC_FIELD = b"\x08"  # an ONNX ModelProto starts with field 1 (ir_version, varint)

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converters.errors import ModelError
+from cleanse_base.errors import ModelError
+from cleanse_base.text import one_line
 from converters.ops.gelu import expand_gelu
 
 ONNX2TORCH_MAX_OPSET = 17
@@ -51,13 +52,13 @@ def load_checked(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises its own types
-        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({one_line(exc, with_type=False)})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (the file parses to an empty graph)")
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ModelError(f"{path}: fails onnx.checker ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: fails onnx.checker ({one_line(exc, with_type=False)})") from None
     return model
 
 
@@ -97,7 +98,7 @@ def cut_at(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.Mo
     try:
         return onnx.utils.Extractor(inferred).extract_model([input_name], [output_name])
     except Exception as exc:
-        raise ModelError(f"cannot cut the graph at {output_name!r} ({_first_line(exc)})") from None
+        raise ModelError(f"cannot cut the graph at {output_name!r} ({one_line(exc, with_type=False)})") from None
 
 
 def down_convert(model: onnx.ModelProto, target: int = ONNX2TORCH_MAX_OPSET) -> onnx.ModelProto:
@@ -113,7 +114,8 @@ def down_convert(model: onnx.ModelProto, target: int = ONNX2TORCH_MAX_OPSET) -> 
             return onnx.version_converter.convert_version(folded, target)
         except Exception:
             raise ModelError(
-                f"cannot convert opset {opset_of(model)} to {target} for onnx2torch ({_first_line(first_error)})"
+                f"cannot convert opset {opset_of(model)} to {target} for onnx2torch "
+                f"({one_line(first_error, with_type=False)})"
             ) from None
 
 
@@ -213,8 +215,3 @@ def prepare_onnx(path: str | Path, input_name: str | None = None, output_name: s
     if missing:
         raise ModelError(f"{path}: unsupported op(s) for conversion: {describe_nodes(missing)}")
     return PreparedOnnx(original, scoring, convertible, input_name, score_name, notes)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -12,8 +12,9 @@ import onnxruntime as ort
 import torch
 from torch import fx
 
+from cleanse_base.errors import ModelError
+from cleanse_base.text import one_line
 from converters.contract import ContractOverrides, ModelContract, detect_contract
-from converters.errors import ModelError
 from converters.onnx2torch_compat import import_onnx2torch
 from converters.onnx_prepare import PreparedOnnx, opset_of, prepare_onnx
 
@@ -47,7 +48,7 @@ def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load the model ({str(exc).strip().splitlines()[0][:300]})") from None
+        raise ModelError(f"onnxruntime cannot load the model ({one_line(exc, with_type=False)})") from None
 
 
 def run_ort(session: ort.InferenceSession, input_name: str, output_name: str, batch: np.ndarray) -> np.ndarray:
@@ -56,7 +57,7 @@ def run_ort(session: ort.InferenceSession, input_name: str, output_name: str, ba
     try:
         (scores,) = session.run([output_name], {input_name: batch.astype(dtype)})
     except Exception as exc:
-        raise ModelError(f"onnxruntime fails on a batch of shape {list(batch.shape)} ({_short(exc)})") from None
+        raise ModelError(f"onnxruntime fails on a batch of shape {list(batch.shape)} ({one_line(exc)})") from None
     return np.asarray(scores, dtype=np.float64)
 
 
@@ -65,7 +66,7 @@ def convert_module(prepared: PreparedOnnx) -> torch.nn.Module:
     try:
         module = onnx2torch.convert(prepared.convertible)
     except Exception as exc:
-        raise ModelError(f"onnx2torch cannot convert the model ({_short(exc)})") from None
+        raise ModelError(f"onnx2torch cannot convert the model ({one_line(exc)})") from None
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -82,7 +83,7 @@ def verify_against_ort(module: torch.nn.Module, session: ort.InferenceSession, c
             got = module(torch.from_numpy(batch)).double().numpy()
         except Exception as exc:
             shape = list(batch.shape)
-            raise ModelError(f"the converted module fails on a batch of shape {shape} ({_short(exc)})") from None
+            raise ModelError(f"the converted module fails on a batch of shape {shape} ({one_line(exc)})") from None
     return checked_difference(got, expected, "the converted module", "onnxruntime")
 
 
@@ -118,11 +119,6 @@ def load_onnx_classifier(
     module = convert_module(prepared)
     diff = verify_against_ort(module, session, contract)
     return ConvertedModel(module, contract, prepared, Path(path), diff, list(prepared.notes))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"
 
 
 def softmax_bypassed(module: torch.nn.Module) -> fx.GraphModule | None:

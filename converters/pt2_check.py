@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ModelError
+from cleanse_base.errors import ModelError
 from converters.model_files import zip_root
 
 # Python-level callables the torch.export serializer writes as targets for shape arithmetic and indexing.

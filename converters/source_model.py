@@ -17,9 +17,3 @@ class SourceModel:
     export: Callable[[Path, int], None]  # writes the ONNX file at the given opset
     default_opset: int
     notes: tuple[str, ...] = ()
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as 'Type: first line', for the one-line errors the CLI prints (framework errors run long)."""
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"

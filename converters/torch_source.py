@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converters.errors import ModelError
+from cleanse_base.errors import ModelError
+from cleanse_base.text import one_line
 from converters.model_files import zip_root
 from converters.pickle_scan import pickle_globals
 from converters.pt2_check import check_pt2_archive
-from converters.source_model import SourceModel, one_line
+from converters.source_model import SourceModel
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 DYNAMO_MIN_OPSET = 18

@@ -11,16 +11,15 @@ from typing import Any
 
 import click
 
+from cleanse_base.errors import InputError
+from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, EXIT_INFECTED
+from cleanse_base.version import __version__
 from converters.contract import LAYOUTS, OUTPUT_KINDS
-from converters.errors import InputError
-from scanner import __version__
 from scanner.config import PRECISIONS, PRESETS, make_config, merge_settings, read_config_file
 from scanner.html_report import write_html_report
 from scanner.preprocess import SCALE_NAMES
 from scanner.report import format_summary, write_report
 from scanner.reverse import LabelTrigger
-
-EXIT_CLEAN, EXIT_INFECTED, EXIT_ERROR = 0, 1, 2
 
 
 def parse_numbers(text: str | None, kind: type) -> tuple | None:
@@ -183,7 +182,7 @@ def scan(
 
     Exit code 0: no backdoor found; 1: backdoor found; 2: the scan could not be done.
     """
-    from scanner.api import scan as run_scan
+    from scanner.run_scan import scan as run_scan
 
     try:
         settings = cli_settings(options)
@@ -344,7 +343,7 @@ def audit(
     Rerunning the same command skips the models already done. Exit code 0: all clean; 1: some model infected;
     2: some model could not be scanned (--errors-win decides when both happen).
     """
-    from scanner.audit.api import AuditOptions, run_audit
+    from scanner.audit.run_audit import AuditOptions, run_audit
     from scanner.audit.summary import format_table
 
     reverse_keys = ("images_per_step", "max_steps")

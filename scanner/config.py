@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cleanse_base.errors import ConfigError
+from cleanse_base.files import read_toml
 from converters.contract import ContractOverrides
-from converters.errors import ConfigError
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 
@@ -122,14 +122,7 @@ def make_config(settings: dict[str, Any]) -> ScanConfig:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a TOML file: top-level scan keys, with [reverse] and [contract] tables."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return read_toml(path)
 
 
 def merge_settings(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

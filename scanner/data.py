@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import DataError
+from cleanse_base.errors import DataError
+from cleanse_base.text import one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 IMAGE_KEYS = ("x", "X_test", "x_test", "images", "X")
@@ -115,7 +116,7 @@ def read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: cannot read ({one_line(exc)})") from None
     images = _pick(arrays, IMAGE_KEYS, "image", path, required=True)
     return images, _pick(arrays, LABEL_KEYS, "label", path, required=False)
 

@@ -1,20 +1,18 @@
 """report.html: one self-contained page per scan (inline SVG and base64 PNGs, no scripts, no external assets),
-and index.html: an audit's models with their verdicts, linking to each report."""
+and the page pieces (style, tables) the audit's index page shares."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import json
-import math
-import os
 from html import escape
 from pathlib import Path
 
-from scanner.audit.store import DONE, ERROR, INFECTED, AuditRow
+from cleanse_base.text import format_number as fmt
 from scanner.report import ScanReport, trigger_paths
 
-REPORT_HTML, INDEX_HTML = "report.html", "index.html"
+REPORT_HTML = "report.html"
 TRIGGER_KINDS = ("mask", "pattern", "fusion")
 
 STYLE = """
@@ -58,12 +56,6 @@ def table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozens
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def fmt(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    return "inf" if math.isinf(value) else f"{value:.{digits}f}"
 
 
 def bar_chart_svg(norms: dict[int, float], flagged: list[int], median: float, cutoff: float) -> str:
@@ -185,46 +177,4 @@ def write_html_report(report: ScanReport, folder: str | Path) -> Path:
     """report.html into a folder that write_report has filled (it embeds the trigger PNGs from there)."""
     path = Path(folder) / REPORT_HTML
     path.write_text(render_report(report, Path(folder)), encoding="utf-8")
-    return path
-
-
-# ---------------------------------------------------------------- index.html
-
-
-def index_row(row: AuditRow, out: Path) -> list[str]:
-    verdict = row.verdict if row.status == DONE else row.status
-    name = (
-        f'<span title="{escape(row.key.path)} sha256 {escape(row.key.sha256)}">{escape(Path(row.key.path).name)}</span>'
-    )
-    report = Path(row.report_dir or "") / REPORT_HTML
-    if row.status == DONE and report.exists():
-        name = f'<a href="{escape(Path(os.path.relpath(report, out)).as_posix())}">{name}</a>'
-    flagged = ", ".join(map(str, row.flagged_labels))
-    return [
-        name,
-        f'<span class="verdict {escape(verdict or ERROR)}">{escape(verdict or ERROR)}</span>',
-        fmt(row.anomaly_index),
-        flagged,
-        fmt(row.seconds, 1),
-        escape(row.error or ""),
-    ]
-
-
-def render_index(rows: list[AuditRow], out: Path) -> str:
-    infected = sum(row.verdict == INFECTED for row in rows)
-    errors = sum(row.status == ERROR for row in rows)
-    ordered = sorted(rows, key=lambda row: (row.verdict != INFECTED, row.status != ERROR, row.key.path))
-    headers = ["model", "verdict", "anomaly index", "flagged", "seconds", "error"]
-    models = table(headers, [index_row(row, out) for row in ordered], {2, 4})
-    body = f"""
-<h1>Cleanse audit</h1>
-<p>{len(rows)} model(s): {infected} infected, {errors} could not be scanned.</p>
-{models}
-"""
-    return page("Cleanse audit", body)
-
-
-def write_index(rows: list[AuditRow], out: str | Path) -> Path:
-    path = Path(out) / INDEX_HTML
-    path.write_text(render_index(rows, Path(out)), encoding="utf-8")
     return path

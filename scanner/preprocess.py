@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from converters.errors import ConfigError
+from cleanse_base.errors import ConfigError
 
 IMAGENET_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_TORCH_MEAN = (0.485, 0.456, 0.406)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cleanse_base.errors import InputError
+from cleanse_base.files import write_json_atomic
 from converters.contract import ModelContract
-from converters.errors import InputError
 from scanner.config import ScanConfig
 from scanner.mad import MadResult
 from scanner.reverse import LabelTrigger
@@ -109,20 +106,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as file:
-        json.dump(payload, file, indent=2)
-        file.write("\n")
-    os.replace(temporary, path)
 
 
 # ---------------------------------------------------------------- trigger images and arrays

@@ -22,10 +22,11 @@ from fixtures.audit_models import (
     TEXT,
     build_audit_models,
 )
+from scanner.audit.index_page import INDEX_HTML
 from scanner.audit.store import DONE, ERROR, INFECTED, STORE_NAME, AuditRow, AuditStore
 from scanner.audit.summary import CSV_NAME, JSON_NAME
 from scanner.cli import main
-from scanner.html_report import INDEX_HTML, REPORT_HTML
+from scanner.html_report import REPORT_HTML
 
 # A small budget under which the verdicts hold at the default seed 0 with one thread per worker: the infected
 # models' anomaly index is 4.3, the clean model's 1.3 (threshold 2); see fixtures/audit_models.py.

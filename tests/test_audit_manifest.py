@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.errors import ConfigError
+from cleanse_base.errors import ConfigError
 from scanner.audit.jobs import config_hash, data_fingerprint, plan_job
 from scanner.audit.manifest import ModelEntry, entries_from_paths, entry_settings, read_manifest
 

@@ -147,7 +147,7 @@ def test_keras_grouped_convolution_is_unsupported_with_the_op_named(tmp_path: Pa
     pytest.importorskip("tensorflow", reason="needs the keras extra: pip install .[keras]")
     import keras
 
-    from converters.errors import ModelError
+    from cleanse_base.errors import ModelError
     from converters.intake import convert_to_onnx
 
     inputs = keras.Input((SIZE, SIZE, 8))

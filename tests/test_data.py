@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from converters.errors import ConfigError, DataError
+from cleanse_base.errors import ConfigError, DataError
 from scanner.data import load_clean_data
 from scanner.preprocess import candidate_scalings, make_scaling
 

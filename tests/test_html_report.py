@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from fixtures.audit_models import AUDIT_INFECTED, build_audit_models
+from scanner.audit.index_page import INDEX_HTML, write_index
 from scanner.audit.store import DONE, ERROR, INFECTED, AuditStore, ModelKey, Outcome
 from scanner.cli import main
-from scanner.html_report import INDEX_HTML, REPORT_HTML, bar_chart_svg, threshold_norm, write_index
+from scanner.html_report import REPORT_HTML, bar_chart_svg, threshold_norm
 from scanner.mad import anomaly_index
 
 CHEAP = ["--images-per-step", "64", "--max-steps", "100", "--threads", "1", "--quiet"]

@@ -15,13 +15,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converters.errors import ModelError
+from cleanse_base.errors import ModelError
+from cleanse_base.files import file_sha256
 from converters.intake import convert_to_onnx, intake_model
 from converters.model_files import ModelKind, detect_kind
 from converters.pickle_scan import UNKNOWN_GLOBAL, pickle_globals
 from scanner import make_config, scan
 from scanner.cli import EXIT_ERROR, main
-from scanner.report import file_sha256
 
 TARGET = 7
 E2E_CONFIG = {"seed": 0, "threads": 1}

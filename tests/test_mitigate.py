@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from cleanse_base.files import file_sha256
 from converters.contract import ContractOverrides
 from converters.onnx_to_torch import load_onnx_classifier
 from scanner import make_config, scan, write_report
@@ -23,7 +24,6 @@ from scanner.mitigate.reattack import reattack_success, within_budget
 from scanner.mitigate.triggers import reversed_trigger
 from scanner.model import ScoringModel
 from scanner.preprocess import make_scaling
-from scanner.report import file_sha256
 
 TARGET = 7
 SCAN_TARGET_ONLY = make_config({"seed": 1, "labels": [TARGET], "threads": 1})

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cleanse_base.files import file_sha256
 from scanner import make_config, scan, write_report
 from scanner.cli import EXIT_ERROR, main
-from scanner.report import file_sha256
 
 TARGET = 7
 

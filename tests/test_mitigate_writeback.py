@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from converters.errors import ModelError
+from cleanse_base.errors import ModelError
 from converters.onnx2torch_compat import import_onnx2torch
 from converters.onnx_prepare import PreparedOnnx
 from converters.onnx_to_torch import load_onnx_classifier

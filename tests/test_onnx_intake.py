@@ -8,8 +8,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from cleanse_base.errors import ModelError
 from converters.contract import ContractOverrides
-from converters.errors import ModelError
 from converters.onnx_to_torch import load_onnx_classifier, ort_session, softmax_bypassed, verify_against_ort
 
 RNG = np.random.default_rng(0)

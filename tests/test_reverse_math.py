@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.errors import ConfigError
+from cleanse_base.errors import ConfigError
 from scanner.config import ReverseConfig
 from scanner.reverse import (
     CostSchedule,

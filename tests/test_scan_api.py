@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters.errors import DataError
+from cleanse_base.errors import DataError
 from scanner import make_config, scan
 from scanner.data import load_clean_data
 

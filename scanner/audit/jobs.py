@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converters.errors import InputError
-from scanner.api import scan
+from cleanse_base.errors import InputError
+from cleanse_base.files import file_sha256
 from scanner.audit.manifest import ModelEntry, entry_settings
 from scanner.audit.store import DONE, ERROR, ModelKey, Outcome
 from scanner.config import make_config
 from scanner.html_report import write_html_report
-from scanner.report import file_sha256, write_report
+from scanner.report import write_report
+from scanner.run_scan import scan
 
 REPORTS_FOLDER = "reports"
 # Settings that change where and how fast a scan runs, not its result: a rerun with other values skips.

@@ -22,12 +22,12 @@ Relative paths are taken from the manifest's folder.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ConfigError
+from cleanse_base.errors import ConfigError
+from cleanse_base.files import read_toml
 from scanner.config import merge_settings
 
 MODEL_SUFFIX = ".onnx"
@@ -62,14 +62,7 @@ def entries_from_paths(paths: list[Path]) -> list[ModelEntry]:
 
 def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
-    try:
-        with open(path, "rb") as file:
-            table = tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such manifest") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_manifest(table, path.parent)
+    return parse_manifest(read_toml(path, "manifest"), path.parent)
 
 
 def parse_manifest(table: dict[str, Any], base: Path) -> Manifest:

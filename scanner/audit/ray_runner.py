@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from converters.errors import ConfigError
+from cleanse_base.errors import ConfigError
+from cleanse_base.text import one_line
 from scanner.audit.jobs import AuditJob, run_job
 from scanner.audit.store import ERROR, Outcome
 
@@ -50,8 +51,7 @@ class RayBackend:
             try:
                 results.append((handle, self.ray.get(handle)))
             except self.ray.exceptions.RayError as exc:  # the worker died or the task could not run
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                results.append((handle, Outcome(ERROR, error=f"Ray task failed: {message}")))
+                results.append((handle, Outcome(ERROR, error=f"Ray task failed: {one_line(exc, with_type=False)}")))
         return results
 
     def close(self) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import click
 
+from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, EXIT_INFECTED
+from cleanse_base.files import write_json_atomic
+from cleanse_base.text import format_number as fmt
+from cleanse_base.text import printable
 from scanner.audit.store import DONE, ERROR, INFECTED, AuditRow, Outcome
-from scanner.cli import EXIT_CLEAN, EXIT_ERROR, EXIT_INFECTED
-from scanner.html_report import fmt
-from scanner.report import write_json_atomic
 
 CSV_NAME, JSON_NAME = "audit.csv", "audit.json"
 SCHEMA_VERSION = "1.0"
@@ -37,7 +38,7 @@ def format_table(rows: list[AuditRow]) -> str:
     width = max([len("model"), *(len(Path(row.key.path).name) for row in rows)])
     lines = [f"{'model':<{width}}  {'verdict':<8}  {'anomaly':>7}  {'flagged':<10}  {'seconds':>7}  error"]
     for row in rows:
-        error = (row.error or "").splitlines()[0][:ERROR_WIDTH] if row.error else ""
+        error = printable((row.error or "").splitlines()[0][:ERROR_WIDTH]) if row.error else ""
         flagged = ",".join(map(str, row.flagged_labels))
         lines.append(
             f"{Path(row.key.path).name:<{width}}  {shown_verdict(row):<8}  {fmt(row.anomaly_index):>7}  "

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from converters.errors import ConfigError
+from cleanse_base.errors import ConfigError
 
 METHODS = ("unlearn", "prune", "filter")
 

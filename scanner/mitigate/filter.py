@@ -16,8 +16,8 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from cleanse_base.errors import ModelError
 from converters.contract import ModelContract, to_model_layout
-from converters.errors import ModelError
 from converters.onnx_prepare import opset_of
 from converters.onnx_to_torch import ort_session
 from scanner.data import CleanData

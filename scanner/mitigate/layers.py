@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from converters.errors import ConfigError
+from cleanse_base.errors import ConfigError
 from scanner.mitigate.triggers import Trigger
 from scanner.mitigate.writeback import INITIALIZER_CONTAINER, tensor_at
 

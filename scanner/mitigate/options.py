@@ -6,10 +6,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ConfigError
-from scanner.mitigate.api import mitigate
+from cleanse_base.errors import ConfigError
 from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.result import RESULT_FILE, MitigationResult, write_result
+from scanner.mitigate.run_mitigation import mitigate
 
 # CLI flag (click's parameter name) -> MitigationConfig field
 FLAG_FIELDS = {

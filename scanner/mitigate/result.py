@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cleanse_base.files import write_json_atomic
 from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.measure import Measurement, format_table
-from scanner.report import write_json_atomic
 
 RESULT_FILE = "mitigation.json"
 

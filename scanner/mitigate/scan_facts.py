@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from cleanse_base.errors import ConfigError
 from converters.contract import ContractOverrides
-from converters.errors import ConfigError
 from scanner.preprocess import Scaling, make_scaling
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import ConfigError, DataError
+from cleanse_base.errors import ConfigError, DataError
 from scanner.data import CleanData
 from scanner.report import read_trigger
 from scanner.reverse import PIXEL_MAX, stamp

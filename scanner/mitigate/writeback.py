@@ -22,8 +22,9 @@ import torch
 from onnx import numpy_helper
 from torch import fx, nn
 
+from cleanse_base.errors import ConfigError, ModelError
+from cleanse_base.text import one_line
 from converters.contract import ModelContract
-from converters.errors import ConfigError, ModelError
 from converters.onnx2torch_compat import import_onnx2torch
 from converters.onnx_prepare import PreparedOnnx, cut_at
 from converters.onnx_to_torch import ort_session, verify_against_ort
@@ -265,7 +266,7 @@ def check_patched(patched: onnx.ModelProto, module: nn.Module, contract: ModelCo
     try:
         onnx.checker.check_model(patched)
     except Exception as exc:
-        raise ModelError(f"the patched model fails onnx.checker ({str(exc).splitlines()[0][:300]})") from None
+        raise ModelError(f"the patched model fails onnx.checker ({one_line(exc, with_type=False)})") from None
     scoring = cut_at(patched, contract.input_name, contract.output_name)
     try:
         return verify_against_ort(module, ort_session(scoring), contract)

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import torch
 
-from converters.errors import ConfigError, ModelError
+from cleanse_base.errors import ConfigError, ModelError
+from cleanse_base.files import file_sha256
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier
-from scanner.api import resolve_device, scoring_model
 from scanner.data import CleanData, load_clean_data
 from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.filter import (
@@ -45,7 +45,7 @@ from scanner.mitigate.writeback import (
     write_patched,
 )
 from scanner.model import ScoringModel
-from scanner.report import file_sha256
+from scanner.run_scan import resolve_device, scoring_model
 
 CHECK_IMAGES = 64  # held-out images on which a filtered file's added outputs are checked in onnxruntime
 

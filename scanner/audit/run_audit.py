@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ConfigError
+from cleanse_base.errors import ConfigError
+from scanner.audit.index_page import write_index
 from scanner.audit.jobs import AuditJob, plan_job
 from scanner.audit.manifest import Manifest, entries_from_paths, read_manifest
 from scanner.audit.ray_runner import RayBackend
 from scanner.audit.runner import Backend, ProcessBackend, default_threads, default_workers, run_jobs
 from scanner.audit.store import STORE_NAME, AuditRow, AuditStore
 from scanner.audit.summary import Progress, write_summary
-from scanner.html_report import write_index
 
 
 @dataclass(frozen=True)

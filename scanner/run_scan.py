@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converters.errors import ConfigError, DataError
+from cleanse_base.errors import ConfigError, DataError
+from cleanse_base.version import __version__
 from converters.intake import intake_model
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
-from scanner import __version__
 from scanner.config import ScanConfig
 from scanner.data import CleanData, load_clean_data
 from scanner.mad import mad_outliers

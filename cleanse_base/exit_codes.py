@@ -1,0 +1,5 @@
+"""Process exit codes, for CI gates (the same for scan, convert, mitigate and audit)."""
+
+EXIT_CLEAN = 0  # no backdoor found (or: the command did what it was asked)
+EXIT_INFECTED = 1  # a backdoor was found
+EXIT_ERROR = 2  # the command could not be done, or the verdict is inconclusive

@@ -1,0 +1,52 @@
+"""index.html: an audit's models with their verdicts, linking to each model's report.html."""
+
+from __future__ import annotations
+
+import os
+from html import escape
+from pathlib import Path
+
+from cleanse_base.text import format_number as fmt
+from scanner.audit.store import DONE, ERROR, INFECTED, AuditRow
+from scanner.html_report import REPORT_HTML, page, table
+
+INDEX_HTML = "index.html"
+
+
+def index_row(row: AuditRow, out: Path) -> list[str]:
+    verdict = row.verdict if row.status == DONE else row.status
+    name = (
+        f'<span title="{escape(row.key.path)} sha256 {escape(row.key.sha256)}">{escape(Path(row.key.path).name)}</span>'
+    )
+    report = Path(row.report_dir or "") / REPORT_HTML
+    if row.status == DONE and report.exists():
+        name = f'<a href="{escape(Path(os.path.relpath(report, out)).as_posix())}">{name}</a>'
+    flagged = ", ".join(map(str, row.flagged_labels))
+    return [
+        name,
+        f'<span class="verdict {escape(verdict or ERROR)}">{escape(verdict or ERROR)}</span>',
+        fmt(row.anomaly_index),
+        flagged,
+        fmt(row.seconds, 1),
+        escape(row.error or ""),
+    ]
+
+
+def render_index(rows: list[AuditRow], out: Path) -> str:
+    infected = sum(row.verdict == INFECTED for row in rows)
+    errors = sum(row.status == ERROR for row in rows)
+    ordered = sorted(rows, key=lambda row: (row.verdict != INFECTED, row.status != ERROR, row.key.path))
+    headers = ["model", "verdict", "anomaly index", "flagged", "seconds", "error"]
+    models = table(headers, [index_row(row, out) for row in ordered], {2, 4})
+    body = f"""
+<h1>Cleanse audit</h1>
+<p>{len(rows)} model(s): {infected} infected, {errors} could not be scanned.</p>
+{models}
+"""
+    return page("Cleanse audit", body)
+
+
+def write_index(rows: list[AuditRow], out: str | Path) -> Path:
+    path = Path(out) / INDEX_HTML
+    path.write_text(render_index(rows, Path(out)), encoding="utf-8")
+    return path
