@@ -364,3 +364,7 @@ def audit(
         fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
     click.echo(format_table(result.rows) + f"\nscanned now {result.scanned}; reports in {out}/index.html")
     sys.exit(result.exit_code)
+
+
+if __name__ == "__main__":
+    main()
