@@ -7,6 +7,10 @@ with Adam in tanh space, tuning `cost` on the fly (Wang et al., S&P 2019, and th
 Labels are independent problems. Several of them share one forward pass as "slots" of a batch: each slot
 has its own parameters, Adam moments, cost schedule, early stop and stream of clean images, so a label's
 result does not depend on which labels run beside it. A finished label leaves its slot to the next one.
+
+A label's run can also pause after some steps and resume later with all of its state (the label scheduler in
+scanner/schedule.py screens every label briefly and spends the rest where the verdict can change):
+`ReverseSession.advance(runs, steps)` moves each run on by up to `steps` steps.
 """
 
 from __future__ import annotations
@@ -155,8 +159,9 @@ class LabelTrigger:
 
 
 @dataclass
-class _Slot:
-    """One label being reversed: its schedule, data stream and best-so-far."""
+class LabelRun:
+    """One label being reversed, resumable: its schedule, data stream, best-so-far and (while it is paused) its
+    parameters and Adam state."""
 
     label: int
     rng: np.random.Generator
@@ -165,9 +170,18 @@ class _Slot:
     cursor: int = 0
     steps: int = 0
     seconds: float = 0.0
+    images: int = 0  # clean images pushed through the model forward and backward
     success_sum: float = 0.0
     norm_sum: float = 0.0
     best: tuple[np.ndarray, np.ndarray, float] | None = None  # mask, pattern, success
+    finished: bool = False  # early stop or the step limit
+    best_norms: list[float] = field(default_factory=list)  # best norm after each step (inf until one is found)
+    saved: tuple[torch.Tensor, ...] | None = None  # while paused: mask_tanh, pattern_tanh, 4 Adam moments, steps
+
+    @property
+    def norm(self) -> float:
+        """The best norm so far: an upper bound on the final one (inf until the success threshold is reached)."""
+        return self.schedule.best_norm
 
     def next_indices(self, count: int, population: int) -> np.ndarray:
         """Shuffled passes over the clean images, as the reference's data generator."""
@@ -220,40 +234,19 @@ class TriggerReverser:
     def reverse(
         self, images: np.ndarray, labels: Sequence[int], progress: ProgressCallback | None = None
     ) -> list[LabelTrigger]:
-        """Reverse a trigger for every label, from clean raw NCHW images (float32, 0-255)."""
+        """Reverse a trigger for every label, each to its own early stop, from clean raw NCHW images (float32,
+        0-255)."""
+        session = self.session(images, len(labels))
+        runs = [session.start(label) for label in labels]
+        session.advance(runs, None, progress)
+        return [session.result(run) for run in runs]
+
+    def session(self, images: np.ndarray, label_count: int) -> ReverseSession:
         if len(images) == 0:
             raise ValueError("no clean images to reverse triggers with")
-        config = self.config
-        clean = torch.from_numpy(images).to(self.device)
-        channels, height, width = images.shape[1:]
-        width_slots = config.labels_per_batch or auto_labels_per_batch(self.device, config.batch_size, len(labels))
-        pending = list(labels)
-        slots: list[_Slot] = []
-        params = _SlotTensors(self.device, channels, height, width)
-        results: dict[int, LabelTrigger] = {}
+        return ReverseSession(self, torch.from_numpy(images).to(self.device), label_count)
 
-        def fill() -> None:
-            while pending and len(slots) < width_slots:
-                label = pending.pop(0)
-                slot = _Slot(label, label_rng(self.seed, label))
-                params.append(slot.rng, height, width, channels)
-                slots.append(slot)
-
-        fill()
-        while slots:
-            self._run_step(clean, slots, params)
-            finished = [i for i, slot in enumerate(slots) if self._after_step(slot, params, i)]
-            for i in reversed(finished):
-                result = self._result(slots[i], params, i)
-                results[result.label] = result
-                if progress:
-                    progress(result)
-                del slots[i]
-                params.remove(i)
-            fill()
-        return [results[label] for label in labels]
-
-    def _run_step(self, clean: torch.Tensor, slots: list[_Slot], params: _SlotTensors) -> None:
+    def _run_step(self, clean: torch.Tensor, slots: list[LabelRun], params: _SlotTensors) -> None:
         config = self.config
         targets = torch.tensor([slot.label for slot in slots], device=self.device)
         costs = torch.tensor([slot.schedule.cost for slot in slots], device=self.device, dtype=clean.dtype)
@@ -283,24 +276,26 @@ class TriggerReverser:
                 slot.success_sum += slot_success
                 slot.norm_sum += slot_norm
                 slot.seconds += elapsed
+                slot.images += config.batch_size
 
-    def _after_step(self, slot: _Slot, params: _SlotTensors, index: int) -> bool:
+    def _after_step(self, slot: LabelRun, params: _SlotTensors, index: int) -> bool:
         """Advance one slot's schedule after a step; True when the label is finished."""
         batches = self.config.batches_per_step
         success, norm = slot.success_sum / batches, slot.norm_sum / batches
         slot.steps += 1
         outcome = advance_schedule(slot.schedule, success, norm, self.config)
+        slot.best_norms.append(slot.schedule.best_norm)
         if outcome.improved:
             mask, pattern = params.current(index)
             slot.best = (mask, pattern, success)
         return outcome.stop or slot.steps >= self.config.max_steps
 
-    def _result(self, slot: _Slot, params: _SlotTensors, index: int) -> LabelTrigger:
+    def _result(self, slot: LabelRun) -> LabelTrigger:
         found = slot.best is not None
         if found:
             mask, pattern, success = slot.best
         else:
-            mask, pattern = params.current(index)
+            mask, pattern = _SlotTensors.unpack(slot.saved)
             success = slot.success_sum / self.config.batches_per_step
         return LabelTrigger(
             label=slot.label,
@@ -313,6 +308,58 @@ class TriggerReverser:
             seconds=slot.seconds,
             final_cost=slot.schedule.cost,
         )
+
+
+class ReverseSession:
+    """Resumable reverse engineering over one set of clean images: runs start, advance by some steps (up to
+    `labels_per_batch` of them sharing each forward pass), pause and resume."""
+
+    def __init__(self, reverser: TriggerReverser, clean: torch.Tensor, label_count: int):
+        self.reverser = reverser
+        self.clean = clean
+        config = reverser.config
+        self.width = config.labels_per_batch or auto_labels_per_batch(reverser.device, config.batch_size, label_count)
+
+    def start(self, label: int) -> LabelRun:
+        return LabelRun(label, label_rng(self.reverser.seed, label))
+
+    def advance(self, runs: Sequence[LabelRun], steps: int | None, progress: ProgressCallback | None = None) -> None:
+        """Run each unfinished run for up to `steps` more steps (None: until it finishes). A run that finishes
+        or has spent its steps leaves its slot to the next, so the batch stays full. `progress` gets the
+        result of each run that finishes."""
+        channels, height, width = self.clean.shape[1:]
+        pending = [run for run in runs if not run.finished]
+        stop_at = {run.label: math.inf if steps is None else run.steps + steps for run in pending}
+        active: list[LabelRun] = []
+        params = _SlotTensors(self.reverser.device, channels, height, width)
+
+        def fill() -> None:
+            while pending and len(active) < self.width:
+                run = pending.pop(0)
+                if run.saved is None:
+                    params.append(run.rng, height, width, channels)
+                else:
+                    params.resume(run.saved)
+                active.append(run)
+
+        fill()
+        while active:
+            self.reverser._run_step(self.clean, active, params)
+            leaving = []
+            for i, run in enumerate(active):
+                run.finished = self.reverser._after_step(run, params, i)
+                if run.finished or run.steps >= stop_at[run.label]:
+                    leaving.append(i)
+            for i in reversed(leaving):
+                run = active.pop(i)
+                run.saved = params.pause(i)
+                if run.finished and progress:
+                    progress(self.result(run))
+            fill()
+
+    def result(self, run: LabelRun) -> LabelTrigger:
+        """The run's trigger so far: its best mask, or its current one when none reached the threshold."""
+        return self.reverser._result(run)
 
 
 class _SlotTensors:
@@ -335,12 +382,29 @@ class _SlotTensors:
         self.moments = [torch.cat([m, m.new_zeros((1, *m.shape[1:]))]) for m in self.moments]
         self.steps = torch.cat([self.steps, torch.zeros(1, device=self.device)])
 
-    def remove(self, index: int) -> None:
+    def pause(self, index: int) -> tuple[torch.Tensor, ...]:
+        """Remove one slot and return its state (for `resume`, or `unpack` to read its mask and pattern)."""
+        tensors = (self.mask_tanh.detach(), self.pattern_tanh.detach(), *self.moments, self.steps)
+        saved = tuple(tensor[index : index + 1].clone() for tensor in tensors)
         keep = [i for i in range(len(self.steps)) if i != index]
         self.mask_tanh = self.mask_tanh.detach()[keep]
         self.pattern_tanh = self.pattern_tanh.detach()[keep]
         self.moments = [m[keep] for m in self.moments]
         self.steps = self.steps[keep]
+        return saved
+
+    def resume(self, saved: tuple[torch.Tensor, ...]) -> None:
+        mask, pattern, *moments, steps = saved
+        self.mask_tanh = torch.cat([self.mask_tanh.detach(), mask])
+        self.pattern_tanh = torch.cat([self.pattern_tanh.detach(), pattern])
+        self.moments = [torch.cat([m, paused]) for m, paused in zip(self.moments, moments, strict=True)]
+        self.steps = torch.cat([self.steps, steps])
+
+    @staticmethod
+    def unpack(saved: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(mask (H, W), pattern (C, H, W)) of a saved slot, as numpy."""
+        with torch.no_grad():
+            return mask_from_tanh(saved[0][0, 0]).cpu().numpy(), pattern_from_tanh(saved[1][0]).cpu().numpy()
 
     def step(self, mask_grad: torch.Tensor, pattern_grad: torch.Tensor, config: ReverseConfig) -> None:
         self.mask_tanh = self.mask_tanh.detach()
@@ -353,7 +417,4 @@ class _SlotTensors:
 
     def current(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(mask (H, W), pattern (C, H, W)) of one slot, as numpy."""
-        with torch.no_grad():
-            mask = mask_from_tanh(self.mask_tanh[index, 0]).cpu().numpy()
-            pattern = pattern_from_tanh(self.pattern_tanh[index]).cpu().numpy()
-        return mask, pattern
+        return self.unpack((self.mask_tanh[index : index + 1], self.pattern_tanh[index : index + 1]))
