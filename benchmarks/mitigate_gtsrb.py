@@ -11,7 +11,6 @@ The scan report is made first with the default preset unless --report names one 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -19,11 +18,13 @@ from pathlib import Path
 
 import torch
 
+from cleanse_base.errors import InputError
 from cleanse_base.files import file_sha256
 from fixtures.export import ModelCard
 from fixtures.paths import DEFAULT_CACHE, shared_data_dir
 from scanner.config import ScanConfig
 from scanner.mitigate import METHODS, MitigationConfig, mitigate
+from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import write_report
 from scanner.run_scan import scan
 
@@ -37,10 +38,12 @@ FILTER_DETECTION_TARGET = 0.98
 
 def ensure_report(folder: Path, data: Path, threads: int) -> None:
     """Scan the model unless `folder` holds a report of this very file."""
-    existing = folder / "report.json"
-    if existing.exists() and json.loads(existing.read_text())["model"]["sha256"] == file_sha256(MODEL):
-        print(f"scan report: {folder} (reused)")
-        return
+    try:
+        if read_scan_report(folder).model_sha256 == file_sha256(MODEL):
+            print(f"scan report: {folder} (reused)")
+            return
+    except InputError:
+        pass  # none there, or not a report of this model: scan
     started = time.perf_counter()
     report = scan(MODEL, data, ScanConfig(threads=threads))
     write_report(report, folder)
@@ -80,7 +83,16 @@ def main() -> None:
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="mitigate_gtsrb_"))
     for method in args.methods.split(","):
         config = MitigationConfig(method=method, threads=args.threads)
-        result = mitigate(MODEL, args.report, data, config, out_dir / f"gtsrb_{method}.onnx", TRIGGER, target)
+        result, _ = mitigate(
+            MODEL,
+            args.report,
+            data,
+            config,
+            out_dir / f"gtsrb_{method}.onnx",
+            TRIGGER,
+            target,
+            out_dir / f"gtsrb_{method}.json",
+        )
         print(f"\n== {method}\n{result.format()}\n{verdict(method, result)}")
 
 

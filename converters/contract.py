@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from cleanse_base.errors import ModelError
+from cleanse_base.limits import check_limit
 
 Layout = Literal["NCHW", "NHWC", "NHW", "flat"]
 OutputKind = Literal["logits", "probabilities", "log_probabilities"]
@@ -62,7 +63,7 @@ class ContractOverrides:
     width: int | None = None
     num_classes: int | None = None
     output_kind: OutputKind | None = None
-    batch_size: int | None = None
+    fixed_batch: int | None = None  # the graph runs only at this batch size
 
     def __post_init__(self) -> None:
         if self.layout is not None and self.layout not in LAYOUTS:
@@ -166,9 +167,10 @@ def detect_contract(
         raise ModelError(
             f"input {input_name!r} has dims {_show_dims(dims)}: pass --channels/--height/--width for the unknown ones"
         )
+    check_limit(f"input {input_name!r}: elements per image", channels * height * width, "image_elements", ModelError)
     if layout == "flat" and dims[1] is not None and channels * height * width != dims[1]:
         raise ModelError(f"flat input of {dims[1]} features is not {channels}x{height}x{width}")
-    batch_size = overrides.batch_size or dims[0]
+    batch_size = overrides.fixed_batch or dims[0]
     contract = ModelContract(
         input_name=input_name,
         output_name=output_name,

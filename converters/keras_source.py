@@ -6,17 +6,24 @@ get a ModelError naming the extra.
 - Keras files load with `safe_mode=True` and `compile=False`: a `Lambda` layer's serialized Python code is
   refused rather than deserialized, and classes are only resolved among Keras' own saveable layers (Keras
   3.15's `_retrieve_class_or_fn`), so no code from the file runs; what loads is a stack of built-in layers.
-- A SavedModel holds TensorFlow graphs, no Python. Graph ops can touch files (ReadFile, WriteFile, Save),
-  call back into Python (PyFunc) or print, so every op of the serving signature, through all the
-  functions it calls, is checked against a deny list before the graph ever runs.
+- A SavedModel holds TensorFlow graphs, no Python, but `tf.saved_model.load` runs some of them while it
+  loads (TF2 resource initializers; a TF1 model's main_op and restore op), and graph ops can write files
+  (WriteFile, SaveV2), read them (ReadFile, ImmutableConst) or call back into Python (PyFunc). So before
+  TensorFlow loads anything, saved_model.pb is parsed with the protobuf classes alone and every node of the
+  meta graph and every function of its library is checked against an allow-list of pure tensor ops
+  (`saved_model_check`); assets, links and files outside the usual layout are refused, and so are TF1
+  SavedModels (no object graph), whose loader runs graph ops of its own choosing.
+- A `.keras` file is a zip: its declared uncompressed sizes are checked against the limits before Keras
+  opens it (a few MB can inflate to gigabytes). Keras itself refuses HDF5 datasets with external storage.
 
 tf2onnx keeps the Keras NHWC input (it adds Transposes around convolutions).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,16 +31,16 @@ from typing import Any
 import numpy as np
 
 from cleanse_base.errors import ModelError
+from cleanse_base.limits import check_limit
 from cleanse_base.text import one_line
+from converters.saved_model_check import EXTRA_HINT, check_saved_model
 from converters.source_model import SourceModel
+from converters.zip_archive import open_checked_zip
 
-EXTRA_HINT = "TensorFlow, Keras and tf2onnx are not installed: install Cleanse's extra with `pip install .[keras]`"
 TF2ONNX_OPSET = 17
 SAMPLE_BATCH = 2
 INPUT_NAME = "input"
 SERVING_SIGNATURE = "serving_default"
-# TensorFlow ops with effects outside the graph: files, Python callbacks, printing, summaries, I/O queues.
-UNSAFE_TF_OPS = re.compile(r"File|Save|Restore|Checkpoint|PyFunc|Print|Summary|Reader|Queue|Dataset|Shell|Exec")
 
 
 def import_tensorflow() -> tuple[Any, Any]:
@@ -45,20 +52,6 @@ def import_tensorflow() -> tuple[Any, Any]:
     except ImportError:
         raise ModelError(EXTRA_HINT) from None
     return tf, tf2onnx
-
-
-def graph_op_types(graph_def: Any) -> set[str]:
-    """Op types of a GraphDef's nodes and of every function in its library."""
-    ops = {node.op for node in graph_def.node}
-    for function in graph_def.library.function:
-        ops.update(node.op for node in function.node_def)
-    return ops
-
-
-def check_graph_ops(path: Path, graph_def: Any) -> None:
-    unsafe = sorted(op for op in graph_op_types(graph_def) if UNSAFE_TF_OPS.search(op))
-    if unsafe:
-        raise ModelError(f"{path}: refusing to run a graph with op(s) that act outside it: {', '.join(unsafe[:5])}")
 
 
 def erfc_as_one_minus_erf(graph: Any, node: Any, name: str, args: list) -> None:
@@ -85,6 +78,8 @@ def leftover_tf_ops(model: Any) -> list[str]:
 
 def tf2onnx_export(tf2onnx: Any, function: Any, spec: Any) -> Callable[[Path, int], None]:
     def export(out: Path, opset: int) -> None:
+        # tf2onnx logs each op it cannot convert on stderr; the one-line refusal below names them instead
+        logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
         try:
             model, _ = tf2onnx.convert.from_function(
                 function, input_signature=(spec,), opset=opset, custom_op_handlers=dict(TF2ONNX_HANDLERS)
@@ -115,7 +110,16 @@ def single_image_input(path: Path, shape: Any) -> tuple[int | None, ...]:
     return dims
 
 
+def check_keras_file_sizes(path: Path) -> None:
+    """The file against model_bytes and, for a `.keras` zip, its members' declared sizes against the limits."""
+    if zipfile.is_zipfile(path):
+        open_checked_zip(path, str(path)).close()
+    else:
+        check_limit(f"{path}: model file size", path.stat().st_size, "model_bytes", ModelError)
+
+
 def load_keras(path: Path) -> SourceModel:
+    check_keras_file_sizes(path)
     tf, tf2onnx = import_tensorflow()
     import keras
 
@@ -138,6 +142,7 @@ def load_keras(path: Path) -> SourceModel:
 
 
 def load_saved_model(path: Path) -> SourceModel:
+    check_saved_model(path)
     tf, tf2onnx = import_tensorflow()
     try:
         loaded = tf.saved_model.load(str(path))
@@ -146,7 +151,6 @@ def load_saved_model(path: Path) -> SourceModel:
     signature = loaded.signatures.get(SERVING_SIGNATURE)
     if signature is None:
         raise ModelError(f"{path}: no {SERVING_SIGNATURE!r} signature (found: {', '.join(loaded.signatures)})")
-    check_graph_ops(path, signature.graph.as_graph_def())
     inputs = signature.structured_input_signature[1]
     if len(inputs) != 1:
         raise ModelError(f"{path}: the serving signature takes {len(inputs)} inputs; an image classifier takes one")

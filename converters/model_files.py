@@ -20,7 +20,9 @@ from enum import Enum
 from pathlib import Path
 
 from cleanse_base.errors import ModelError
+from cleanse_base.text import one_line
 from converters.pickle_scan import is_pickle
+from converters.zip_archive import check_entry_count
 
 ONNX_MAGIC_FIELD = b"\x08"  # an ONNX ModelProto starts with field 1 (ir_version, varint)
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -78,8 +80,12 @@ def detect_kind(path: str | Path) -> ModelKind:
     with open(path, "rb") as file:
         head = file.read(16)
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return zip_kind(path, archive.namelist())
+        check_entry_count(path, str(path))
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return zip_kind(path, archive.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise ModelError(f"{path}: a damaged zip archive ({one_line(exc)})") from None
     if head.startswith(HDF5_MAGIC):
         return ModelKind.KERAS_H5
     if is_pickle(head) or path.suffix.lower() in PICKLE_SUFFIXES:

@@ -2,24 +2,43 @@
 
 Every step here works on a copy; the file on disk is never touched. Each rewrite that happens is recorded
 as a short note so the report can say what was done to the model before it was scanned.
+
+A small ONNX file can make its readers allocate gigabytes: a huge declared input, an initializer or
+external data file of gigabytes, a ConstantOfShape whose shape is computed at run time, or hundreds of
+thousands of nodes. `load_checked` measures all of it against cleanse_base.limits before anything is
+allocated: the file and graph size first, then the declared tensor sizes, then every tensor's size as
+shape inference (with data propagation) sees it at the batch size Cleanse scans with.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import external_data_helper, numpy_helper
 
 from cleanse_base.errors import ModelError
-from cleanse_base.text import one_line
+from cleanse_base.limits import check_limit, current_limits
+from cleanse_base.text import one_line, printable
 from converters.ops.gelu import expand_gelu
 
 ONNX2TORCH_MAX_OPSET = 17
 ML_DOMAIN = "ai.onnx.ml"
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+# Tensors are sized at the scan's default mini-batch (ScanConfig.batch_size) where the batch is not fixed.
+CHECK_BATCH = 32
+# Ops whose output size is set by the values (not the shapes) of their inputs: shape inference must bound
+# their output, or the model is refused.
+ALLOCATING_OPS = {
+    "ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot", "MaxUnpool", "Col2Im",
+    "CenterCropPad", "Loop", "Scan", "SequenceConstruct", "SequenceInsert", "SplitToSequence",
+    "ConcatFromSequence",
+}  # fmt: skip
 
 
 @dataclass
@@ -43,23 +62,145 @@ def opset_of(model: onnx.ModelProto, domain: str = "") -> int:
 
 
 def load_checked(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file (with its external data) and run onnx.checker, as one-line ModelErrors on failure."""
+    """Read an ONNX file (with its external data) and run onnx.checker, as one-line ModelErrors on failure,
+    refusing a model over the limits before its external data, the checker or shape inference allocate."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
     if path.is_dir():
         raise ModelError(f"{path}: is a folder, not an ONNX file")
+    check_limit(f"{path}: file size", path.stat().st_size, "model_bytes", ModelError)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, onnx raises its own types
         raise ModelError(f"{path}: not a readable ONNX model ({one_line(exc, with_type=False)})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (the file parses to an empty graph)")
+    check_limit(f"{path}: graph nodes (subgraphs included)", count_nodes(model.graph), "graph_nodes", ModelError)
+    check_stored_tensors(path, model)
+    try:  # onnx refuses absolute paths, '..', links and devices here
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read its external data ({one_line(exc, with_type=False)})") from None
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise ModelError(f"{path}: fails onnx.checker ({one_line(exc, with_type=False)})") from None
+    check_input_sizes(path, model)
+    check_inferred_tensors(path, model)
     return model
+
+
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph of its nodes (If branches, Loop and Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                yield from all_graphs(subgraph)
+
+
+def count_nodes(graph: onnx.GraphProto) -> int:
+    return sum(len(each.node) for each in all_graphs(graph))
+
+
+def element_size(elem_type: int) -> int:
+    """Bytes per element of an ONNX tensor type (strings and unknown types count as 1)."""
+    try:
+        return max(1, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except Exception:
+        return 1
+
+
+def stored_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and tensor-valued attributes (Constant values...) of every graph."""
+    for graph in all_graphs(model.graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+
+
+def stored_bytes(tensor: onnx.TensorProto, base: Path) -> int:
+    """What reading the tensor allocates: its declared size, or more where its external data says so."""
+    declared = math.prod(tensor.dims) * element_size(tensor.data_type)
+    if not external_data_helper.uses_external_data(tensor):
+        return declared
+    info = external_data_helper.ExternalDataInfo(tensor)
+    if info.length is not None:
+        return max(declared, int(info.length))
+    try:  # without a length, onnx reads the whole file (the path itself is checked when it is opened)
+        return max(declared, os.stat(base / info.location).st_size - int(info.offset or 0))
+    except (OSError, ValueError):
+        return declared
+
+
+def check_stored_tensors(path: Path, model: onnx.ModelProto) -> None:
+    """Each stored tensor against tensor_bytes and all of them against model_bytes, by their declared sizes."""
+    total = 0
+    for tensor in stored_tensors(model):
+        size = stored_bytes(tensor, path.parent)
+        check_limit(f"{path}: stored tensor {printable(tensor.name)!r}, bytes", size, "tensor_bytes", ModelError)
+        total += size
+    check_limit(f"{path}: stored tensors, bytes", total, "model_bytes", ModelError)
+
+
+def known_dims(value: onnx.ValueInfoProto | None) -> list[int] | None:
+    """A tensor's dims when all are known numbers, else None."""
+    if value is None or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = value.type.tensor_type.shape.dim
+    return [dim.dim_value for dim in dims] if all(dim.HasField("dim_value") for dim in dims) else None
+
+
+def check_input_sizes(path: Path, model: onnx.ModelProto) -> None:
+    """One input sample (every known dim after the batch) against image_elements."""
+    for value in graph_inputs(model):
+        dims = value.type.tensor_type.shape.dim
+        per_sample = math.prod(dim.dim_value for dim in dims[1:] if dim.HasField("dim_value"))
+        what = f"{path}: input {printable(value.name)!r}, elements per sample"
+        check_limit(what, per_sample, "image_elements", ModelError)
+
+
+def with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """A copy whose inputs have `batch` where their first dim is symbolic or unknown."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in graph_inputs(fixed):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    return fixed
+
+
+def check_inferred_tensors(path: Path, model: onnx.ModelProto) -> None:
+    """Every tensor that shape inference (with data propagation) can size at CHECK_BATCH against
+    tensor_bytes; an allocating op whose output it cannot size is refused, as its size is set at run time."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(with_batch(model, CHECK_BATCH), data_prop=True)
+    except Exception as exc:
+        raise ModelError(
+            f"{path}: shape inference fails, so tensor sizes cannot be bounded ({one_line(exc)})"
+        ) from None
+    limit = current_limits().tensor_bytes
+    for graph in all_graphs(inferred.graph):
+        values = {value.name: value for value in [*graph.input, *graph.value_info, *graph.output]}
+        produced = [("input", "graph input", value.name) for value in graph.input]
+        produced += [(node.op_type, f"{node.op_type} output", out) for node in graph.node for out in node.output if out]
+        for op, role, name in produced:
+            dims = known_dims(values.get(name))
+            if dims is None and op in ALLOCATING_OPS:
+                raise ModelError(
+                    f"{path}: the size of {op} output {printable(name)!r} is set at run time and cannot be bounded"
+                )
+            size = 0 if dims is None else math.prod(dims) * element_size(values[name].type.tensor_type.elem_type)
+            if size > limit:  # check_limit words the refusal
+                what = f"{path}: {role} {printable(name)!r} of shape {dims} at batch {CHECK_BATCH}, bytes"
+                check_limit(what, size, "tensor_bytes", ModelError)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

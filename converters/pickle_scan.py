@@ -56,3 +56,18 @@ def pickle_globals(data: bytes) -> set[tuple[str, str]]:
 def is_pickle(data: bytes) -> bool:
     """True when `data` starts like a pickle stream (protocol 2+ header, or an old-protocol opcode)."""
     return len(data) >= 2 and (data[0] == 0x80 and data[1] <= 5 or data[:1] in (b"(", b"]", b"}", b"c"))
+
+
+def pickle_strings(data: bytes) -> list[str]:
+    """Every string constant a pickle stream pushes (attribute names and values alike), read from its opcodes.
+
+    Raises ValueError when the bytes are not a well-formed pickle.
+    """
+    try:
+        return [
+            argument.decode("latin-1") if isinstance(argument, bytes) else str(argument)
+            for opcode, argument, _ in pickletools.genops(io.BytesIO(data))
+            if opcode.name in _STRING_OPCODES
+        ]
+    except Exception as exc:
+        raise ValueError(f"not a well-formed pickle ({type(exc).__name__}: {exc})") from None

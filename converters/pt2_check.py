@@ -2,7 +2,7 @@
 
 `torch.export.load` is not safe on untrusted files as it stands (torch's own docs say so). Reading
 torch 2.13's loader (torch/export/pt2_archive/_package.py, torch/_export/serde/serialize.py), a file can
-run code through four doors, and each is closed here before the loader sees the file:
+run code through five doors, and each is closed here before the loader sees the file:
 
 1. Weights and constants flagged `use_pickle` (tensor subclasses), and custom objects (torchbind or plain
    pickles), are unpickled with `weights_only=False`. Refused: a classifier's tensors are stored raw.
@@ -15,7 +15,18 @@ run code through four doors, and each is closed here before the loader sees the 
    the program runs (e.g. `torch.os.system`). Every target must resolve to a registered torch operator or
    an allow-listed `_operator`/`math` function.
 
+5. Any entry under `data/aotinductor/` makes the loader extract that folder to a temporary directory and
+   `dlopen` the `.so` found there (its constructors run), or compile a `.cpp` there with a compiler command
+   read from the archive's JSON; `xl_model_weights/`, `data/executorch/` and `data/mtia` hold other
+   runtimes' payloads. Every entry must match `PT2_ENTRIES`, the list of what torch 2.13's
+   `torch.export.save` writes for one ExportedProgram (records, `models/model.json`, raw weights and
+   tensor constants with their configs, the sample inputs, and `extra/` files, which are only decoded as
+   text). Nothing else is extracted, so no temporary folder is left behind.
+
 Archives in the pre-2.7 format (no `archive_format` entry) are refused: their loader unpickles freely.
+The archive, and the zip of sample inputs inside it, are opened by `converters.zip_archive`, which checks
+their declared sizes against the limits before anything is inflated; the JSON records we parse ourselves
+are read with a cap.
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from cleanse_base.errors import ModelError
+from cleanse_base.text import printable
 from converters.model_files import zip_root
+from converters.zip_archive import open_checked_zip, read_member
 
 # Python-level callables the torch.export serializer writes as targets for shape arithmetic and indexing.
 SAFE_OPERATOR_TARGETS = {
@@ -46,12 +59,22 @@ SYMPY_WORDS = {
     "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "True", "False",
     "positive", "negative", "nonnegative", "integer", "real",
 }  # fmt: skip
+# What torch.export.save writes for the one program torch.export.load returns ("model"), relative to the root.
+PT2_ENTRIES = re.compile(
+    r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/model\.json|data/sample_inputs/model\.pt"
+    r"|data/weights/model_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+"
+    r"|extra/[A-Za-z0-9_][A-Za-z0-9_.-]*"
+)
+JSON_CAP = 128 << 20  # models/model.json and the payload configs, parsed here into Python objects
+SAMPLE_INPUTS_CAP = 512 << 20
 SYMBOL_NAME = re.compile(r"[a-z]+\d+")
 SYMPY_TOKEN = re.compile(r"\s*(?:('[a-z]+\d+')|([A-Za-z_][A-Za-z0-9_]*)|(\d+)|(\*\*|[-+*/%(),=<>]))")
 
 
 def refuse(path: Path, why: str) -> ModelError:
-    return ModelError(f"{path}: refusing to load this torch.export archive: {why}")
+    return ModelError(f"{printable(path)}: refusing to load this torch.export archive: {printable(why)}")
 
 
 def is_safe_sympy(expression: str) -> bool:
@@ -114,46 +137,65 @@ def check_program(path: Path, program: dict[str, Any]) -> None:
                 raise refuse(path, f"a shape constraint is not plain integer arithmetic ({bad[0][:80]!r})")
 
 
+def read_json(path: Path, archive: zipfile.ZipFile, name: str) -> Any:
+    try:
+        return json.loads(read_member(archive, name, JSON_CAP, str(path)))
+    except ValueError:
+        raise refuse(path, f"{name} is not valid JSON") from None
+
+
 def check_payload_config(path: Path, archive: zipfile.ZipFile, name: str) -> None:
     """Each weight and constant must be a raw tensor: the loader unpickles `use_pickle` entries, and picks
     custom and opaque objects (pickles too) by their file-name prefix alone."""
     from torch.export.pt2_archive.constants import TENSOR_CONSTANT_FILENAME_PREFIX, WEIGHT_FILENAME_PREFIX
 
     raw_prefixes = (TENSOR_CONSTANT_FILENAME_PREFIX, WEIGHT_FILENAME_PREFIX)
-    config = json.loads(archive.read(name)).get("config", {})
-    for key, entry in config.items():
+    config = read_json(path, archive, name)
+    entries = config.get("config", {}) if isinstance(config, dict) else None
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
+        raise refuse(path, f"{name} is not a payload config")
+    for key, entry in entries.items():
         if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(raw_prefixes):
             raise refuse(path, f"{key!r} is stored as a pickled object, not a raw tensor")
 
 
-def check_sample_inputs(path: Path, data: bytes) -> None:
+def check_sample_inputs(path: Path, archive: zipfile.ZipFile, name: str) -> None:
     import torch
 
+    data = read_member(archive, name, SAMPLE_INPUTS_CAP, str(path))
+    open_checked_zip(data, f"{path}: {name}").close()  # a torch.save zip: its own declared sizes count too
     try:
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception as exc:
         raise refuse(path, f"its sample inputs are not plain tensors ({type(exc).__name__})") from None
 
 
+def check_entries(path: Path, names: list[str]) -> str:
+    """The archive's root folder, once every entry is one torch.export.save writes (door 5)."""
+    root = zip_root(names)
+    if not root:
+        raise refuse(path, "its entries are not under one root folder, as torch.export.save writes them")
+    if f"{root}archive_format" not in names:
+        raise refuse(path, "it is in the pre-2.7 format, whose loader unpickles freely; re-export it")
+    for name in names:
+        if not name.startswith(root) or not PT2_ENTRIES.fullmatch(name[len(root) :]):
+            raise refuse(path, f"it holds {name!r}, which a plain ExportedProgram archive does not")
+    if f"{root}models/model.json" not in names:
+        raise refuse(path, "it holds no models/model.json, the program torch.export.load returns")
+    return root
+
+
 def check_pt2_archive(path: str | Path) -> None:
-    """ModelError unless the archive passes all four checks of this module's docstring."""
+    """ModelError unless the archive passes all five checks of this module's docstring."""
     path = Path(path)
-    with zipfile.ZipFile(path) as archive:
+    with open_checked_zip(path, str(path)) as archive:
         names = archive.namelist()
-        root = zip_root(names)
-        if f"{root}archive_format" not in names:
-            raise refuse(path, "it is in the pre-2.7 format, whose loader unpickles freely; re-export it")
+        root = check_entries(path, names)
         for name in names:
             relative = name[len(root) :]
-            if relative.endswith("_weights_config.json") or relative.endswith("_constants_config.json"):
+            if relative.endswith(("_weights_config.json", "_constants_config.json")):
                 check_payload_config(path, archive, name)
-            elif relative.startswith(("data/weights/", "data/constants/")) and relative.endswith(".pt"):
-                raise refuse(path, f"{relative} holds pickled weights (the legacy layout)")
-            elif relative.startswith("models/") and relative.endswith(".json"):
-                try:
-                    program = json.loads(archive.read(name))
-                except ValueError:
-                    raise refuse(path, f"{relative} is not valid JSON") from None
-                check_program(path, program)
+            elif relative.startswith("models/"):
+                check_program(path, read_json(path, archive, name))
             elif relative.startswith("data/sample_inputs/"):
-                check_sample_inputs(path, archive.read(name))
+                check_sample_inputs(path, archive, name)

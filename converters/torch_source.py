@@ -3,20 +3,19 @@
 - `.pt2`: `converters.pt2_check` closes the loader's code-running paths first; then `torch.export.load`,
   and torch's default (dynamo) ONNX exporter takes the ExportedProgram as it is, dynamic batch included.
 - TorchScript: `torch.jit.load` reads `data.pkl`/`constants.pkl` with TorchScript's own C++ unpickler, which
-  resolves only torch's tensor-rebuild functions and the classes compiled from the archive's `code/`
-  folder; it never imports Python modules or calls Python callables as `pickle.load` would. The code
-  itself is TorchScript, a Python subset without `open`, `exec` or `import`, that can only call registered
-  torch operators. As a second line, the pickles' globals are listed from their opcodes (no unpickling)
-  and must all be such names. TorchScript keeps no input shape, so the caller gives (C, H, W); the legacy
-  (TorchScript-based) exporter writes it with a dynamic batch axis at that NCHW shape.
+  never imports Python modules, but it compiles and runs the archive's own TorchScript code, which can call
+  any registered operator (`aten::from_file` reads and writes files). `converters.torchscript_check` checks
+  that code against an allow-list first (see its docstring). TorchScript keeps no input shape, so the
+  caller gives (C, H, W); the legacy (TorchScript-based) exporter writes it with a dynamic batch axis at
+  that NCHW shape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-import zipfile
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,47 +23,28 @@ import torch
 
 from cleanse_base.errors import ModelError
 from cleanse_base.text import one_line
-from converters.model_files import zip_root
-from converters.pickle_scan import pickle_globals
 from converters.pt2_check import check_pt2_archive
 from converters.source_model import SourceModel
+from converters.torchscript_check import check_torchscript_archive
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 DYNAMO_MIN_OPSET = 18
 LEGACY_OPSET = 17
 SAMPLE_BATCH = 2
-# The globals torch.jit.save writes into data.pkl/constants.pkl, besides the archive's own `__torch__` classes.
-TORCHSCRIPT_GLOBALS: dict[str, Callable[[str], bool]] = {
-    "torch": lambda name: name.endswith("Storage"),
-    "torch._utils": lambda name: name.startswith("_rebuild_"),
-    "torch.jit._pickle": lambda name: name.startswith(("build_", "restore_")),
-    "collections": lambda name: name == "OrderedDict",
-}
 
 
-def is_torchscript_global(module: str, name: str) -> bool:
-    allowed = TORCHSCRIPT_GLOBALS.get(module)
-    return module.startswith("__torch__.") or (allowed is not None and allowed(name))
-
-
-def check_torchscript_archive(path: Path) -> None:
-    """ModelError when a pickle in the archive names a global TorchScript's unpickler would not resolve."""
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        root = zip_root(names)
-        for name in (f"{root}data.pkl", f"{root}constants.pkl"):
-            if name not in names:
-                continue
-            try:
-                imported = pickle_globals(archive.read(name))
-            except ValueError as exc:
-                raise ModelError(f"{path}: {name} is {exc}") from None
-            foreign = sorted(f"{module}.{attr}" for module, attr in imported if not is_torchscript_global(module, attr))
-            if foreign:
-                raise ModelError(
-                    f"{path}: refusing this TorchScript archive: {name} imports {', '.join(foreign[:3])}, "
-                    "which TorchScript never writes"
-                )
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Torch's loaders log a warning with a full traceback when a file fails to load, and warn about legacy
+    formats; the failure reaches the user as our one-line ModelError instead (with --debug, as a traceback)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def as_numpy_run(module: torch.nn.Module):
@@ -87,9 +67,14 @@ def first_tensor_input(program: torch.export.ExportedProgram, path: Path) -> tor
 
 
 def load_exported_program(path: Path) -> SourceModel:
+    # torch.export.load without its wrapper, which logs the loader's error with a traceback and raises a
+    # generic one (and then tries the pre-2.7 format, which check_pt2_archive refuses anyway)
+    from torch.export.pt2_archive._package import load_pt2
+
     check_pt2_archive(path)
     try:
-        program = torch.export.load(str(path))
+        with quiet_torch():
+            program = load_pt2(str(path)).exported_programs["model"]
     except Exception as exc:
         raise ModelError(f"{path}: torch.export.load fails ({one_line(exc)})") from None
     example = first_tensor_input(program, path)
@@ -122,7 +107,8 @@ def load_torchscript(path: Path, image_shape: tuple[int, int, int] | None) -> So
         )
     check_torchscript_archive(path)
     try:
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        with quiet_torch():
+            module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
         raise ModelError(f"{path}: torch.jit.load fails ({one_line(exc)})") from None
     sample_shape = (SAMPLE_BATCH, *image_shape)

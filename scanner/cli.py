@@ -1,219 +1,373 @@
-"""The `cleanse` command. Exit codes: 0 no backdoor found, 1 backdoor found, 2 the scan could not be done."""
+"""The `cleanse` command. Exit codes: 0 no backdoor found, 1 backdoor found, 2 the scan could not be done or
+its verdict is inconclusive.
+
+A thin layer: each command's flags are named after the config fields they set, so that one function per config
+dataclass maps them (`scan_settings`, `mitigation_config`, `make_limits`); options that several commands share
+are declared once; every error leaves through `cli_errors` as one line and exit 2.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from cleanse_base.errors import InputError
 from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, EXIT_INFECTED
+from cleanse_base.limits import Limits, set_limits
+from cleanse_base.text import one_line, printable
 from cleanse_base.version import __version__
-from converters.contract import LAYOUTS, OUTPUT_KINDS
-from scanner.config import PRECISIONS, PRESETS, make_config, merge_settings, read_config_file
-from scanner.html_report import write_html_report
+from converters.contract import LAYOUTS, OUTPUT_KINDS, ContractOverrides
+from scanner.config import (
+    PRECISIONS,
+    PRESETS,
+    SCHEDULES,
+    SEED_MAX,
+    ReverseConfig,
+    ScanConfig,
+    make_config,
+    make_limits,
+    merge_settings,
+    read_config_file,
+    split_limits,
+)
+from scanner.mitigate.config import MitigationConfig
+from scanner.mitigate.methods import method_names
 from scanner.preprocess import SCALE_NAMES
-from scanner.report import format_summary, write_report
+from scanner.progress import Progress
+from scanner.report import CLEAN, INCONCLUSIVE, INFECTED, ScanReport, format_summary
 from scanner.reverse import LabelTrigger
+from scanner.runtime import DEVICE_HELP
+
+VERDICT_EXIT = {CLEAN: EXIT_CLEAN, INFECTED: EXIT_INFECTED, INCONCLUSIVE: EXIT_ERROR}
 
 
-def parse_numbers(text: str | None, kind: type) -> tuple | None:
-    if not text:
-        return None
-    try:
-        return tuple(kind(part) for part in text.replace(",", " ").split())
-    except ValueError:
-        raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
+# ---------------------------------------------------------------- errors: one line, exit 2
 
 
-def cli_settings(options: dict[str, Any]) -> dict[str, Any]:
-    """The settings the user gave on the command line, in make_config's nested form (unset flags omitted)."""
-    top = {
-        "preset": options["preset"],
-        "seed": options["seed"],
-        "device": options["device"],
-        "threads": options["threads"],
-        "labels": parse_numbers(options["labels"], int),
-        "max_images": options["max_images"],
-        "scale": options["scale"],
-        "mean": parse_numbers(options["mean"], float),
-        "std": parse_numbers(options["std"], float),
-        "min_accuracy": options["min_accuracy"],
-        "mad_threshold": options["mad_threshold"],
-        "input_name": options["input_name"],
-        "output_name": options["output_name"],
-    }
-    reverse = {
-        "images_per_step": options["images_per_step"],
-        "batch_size": options["mini_batch"],
-        "max_steps": options["max_steps"],
-        "patience": options["patience"],
-        "early_stop_patience": options["early_stop_patience"],
-        "init_cost": options["init_cost"],
-        "labels_per_batch": options["labels_per_batch"],
-        "precision": options["precision"],
-    }
-    contract = {
-        "layout": options["layout"],
-        "channels": options["channels"],
-        "height": options["height"],
-        "width": options["width"],
-        "num_classes": options["classes"],
-        "output_kind": options["output_kind"],
-        "batch_size": options["batch_size"],
-    }
-    settings: dict[str, Any] = {key: value for key, value in top.items() if value is not None}
-    for name, table in (("reverse", reverse), ("contract", contract)):
-        given = {key: value for key, value in table.items() if value is not None}
-        if given:
-            settings[name] = given
-    return settings
-
-
-def progress_printer(quiet: bool) -> Callable[[LabelTrigger, int, int], None]:
-    """A one-line progress display on stderr: labels done, the last label's norm, time so far."""
-    elapsed = 0.0
-    interactive = sys.stderr.isatty()
-
-    def show(result: LabelTrigger, done: int, total: int) -> None:
-        nonlocal elapsed
-        elapsed += result.seconds
-        if quiet:
-            return
-        width = 30
-        filled = int(width * done / total)
-        eta = elapsed / done * (total - done)
-        line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} labels | label {result.label}: "
-            f"L1 {result.norm:.1f} in {result.steps} steps | {elapsed:.0f}s, ~{eta:.0f}s left"
-        )
-        if interactive:  # redraw one line in place; logs get a line per label
-            click.echo("\r" + line + " ", err=True, nl=done == total)
-        else:
-            click.echo(line, err=True)
-
-    return show
-
-
-# Options several commands share, worded once.
-device_option = click.option("--device", help="auto, cpu, cuda or cuda:N (default: auto).")
-debug_option = click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-quiet_option = click.option("--quiet", is_flag=True, help="No progress display.")
-
-
-def fail(message: str, debug: bool) -> None:
-    if debug:
-        traceback.print_exc()
-    click.echo(f"cleanse: error: {message}", err=True)
+def exit_with_error(message: str) -> NoReturn:
+    """`cleanse: error: MESSAGE` on one line of stderr (no terminal control characters), exit 2."""
+    click.echo(f"cleanse: error: {printable(message.strip()).replace(chr(10), '?')}", err=True)
     sys.exit(EXIT_ERROR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli_errors(interrupted: Callable[[dict[str, Any]], str] = lambda options: "interrupted") -> Callable:
+    """A command decorator: bad input (InputError) is one line and exit 2, Ctrl-C is exit 2 (`interrupted`
+    builds its message from the command's options), anything else is one 'internal error' line and exit 2.
+    Tracebacks only with --debug."""
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def run(*args: Any, **options: Any) -> Any:
+            debug = options.get("debug", False)
+            try:
+                return command(*args, **options)
+            except click.ClickException:
+                raise  # a usage error: CleanseGroup.main words it
+            except InputError as exc:
+                message = str(exc)
+            except KeyboardInterrupt:
+                message = interrupted(options)
+            except Exception as exc:  # a bug of ours, not bad input: still one line and exit 2 for a CI gate
+                message = f"internal error: {one_line(exc)} (rerun with --debug for the traceback)"
+            if debug:
+                traceback.print_exc()
+            exit_with_error(message)
+
+        return run
+
+    return decorate
+
+
+class CleanseGroup(click.Group):
+    """click's group with Cleanse's exit codes: a usage error is one line and exit 2 (not click's three-line
+    usage block), and Ctrl-C is exit 2 (click's 'Aborted!' exits 1, which means 'backdoor found')."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        try:
+            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.Abort:
+            exit_with_error("interrupted")
+        except click.UsageError as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            exit_with_error(exc.format_message() + where)
+        except click.ClickException as exc:
+            exit_with_error(exc.format_message())
+        sys.exit(result if isinstance(result, int) else EXIT_CLEAN)
+
+
+# ---------------------------------------------------------------- flags -> config, one function per dataclass
+
+
+class NumberList(click.ParamType):
+    """Comma- or space-separated numbers, as a tuple."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+        self.name = f"{kind.__name__} list"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple:
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(self.kind(part) for part in str(value).replace(",", " ").split())
+        except ValueError:
+            self.fail(f"expected comma-separated {self.kind.__name__}s, not {printable(value)!r}", param, ctx)
+        if not numbers:
+            self.fail("expected at least one number", param, ctx)
+        return numbers
+
+
+def given(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The options named after fields of dataclass `cls` that the user gave (unset flags are None)."""
+    return {f.name: options[f.name] for f in dataclasses.fields(cls) if options.get(f.name) is not None}
+
+
+def reverse_settings(options: dict[str, Any]) -> dict[str, Any]:
+    return given(ReverseConfig, options)
+
+
+def contract_settings(options: dict[str, Any]) -> dict[str, Any]:
+    return given(ContractOverrides, options)
+
+
+def schedule_settings(options: dict[str, Any]) -> dict[str, Any]:
+    return {"mode": options["schedule_mode"]} if options.get("schedule_mode") else {}
+
+
+def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The scan settings the flags give, in make_config's nested form (what a config file holds)."""
+    tables = {
+        "reverse": reverse_settings(options),
+        "contract": contract_settings(options),
+        "schedule": schedule_settings(options),
+    }
+    settings = {key: value for key, value in given(ScanConfig, options).items() if key not in tables}
+    for table, values in tables.items():
+        if values:
+            settings[table] = values
+    return settings
+
+
+def mitigation_config(options: dict[str, Any]) -> MitigationConfig:
+    return MitigationConfig(**given(MitigationConfig, options)).validate()
+
+
+def apply_limits(limit_flags: Sequence[str], table: dict[str, Any] | None = None) -> Limits:
+    """The limits of a config file's [limits] table and --limit flags, made the process's (and its workers')
+    limits before any model or data file is read."""
+    limits = make_limits(table or {}, limit_flags)
+    set_limits(limits)
+    return limits
+
+
+def scan_config(options: dict[str, Any], config_file: Path | None, limit_flags: Sequence[str]) -> ScanConfig:
+    """The scan's config: the config file's settings, the flags over them; applies the limits."""
+    file_settings, limits_table = split_limits(read_config_file(config_file) if config_file else {})
+    apply_limits(limit_flags, limits_table)
+    return make_config(merge_settings(file_settings, scan_settings(options)))
+
+
+# ---------------------------------------------------------------- options, each declared once
+
+
+def options(*decorators: Callable) -> Callable:
+    """Apply several click options as one decorator (in the order listed, as --help shows them)."""
+
+    def apply(command: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+def count_option(*names: str, help: str, minimum: int = 1) -> Callable:
+    return click.option(*names, type=click.IntRange(min=minimum), help=help)
+
+
+PATH = click.Path(path_type=Path)
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress display.")
+limit_option = click.option(
+    "--limit",
+    "limit_flags",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help=f"Raise or lower a limit on untrusted files (repeatable; K/M/G suffixes). Defaults: {Limits().describe()}.",
+)
+device_option = click.option("--device", help=f"{DEVICE_HELP} (default: auto).")
+threads_option = count_option("--threads", help="torch CPU threads (default: torch's choice; per worker in an audit).")
+seed_option = click.option(
+    "--seed",
+    type=click.IntRange(0, SEED_MAX),
+    help="Random seed; the same seed gives the same result on the same machine.",
+)
+max_images_option = count_option("--max-images", help="Use at most this many clean images (drawn with the seed).")
+image_shape_options = options(
+    count_option("--channels", help="Image channels (default: from the graph; TorchScript records none)."),
+    count_option("--height", help="Image height (default: from the graph; TorchScript records none)."),
+    count_option("--width", help="Image width (default: from the graph; TorchScript records none)."),
+)
+
+# What scan and audit share: the budget, the statistics, where it runs, and the limits.
+shared_scan_options = options(
+    click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Reverse-engineering budget (default: default)."),
+    count_option("--images-per-step", help="Images per optimization step."),
+    count_option("--max-steps", help="Step limit per label."),
+    click.option(
+        "--schedule",
+        "schedule_mode",
+        type=click.Choice(SCHEDULES),
+        help="full: every label to its own early stop (default); screened: a short screen of every label, then "
+        "only the labels that can still change the verdict run on.",
+    ),
+    max_images_option,
+    click.option(
+        "--mad-threshold",
+        type=float,
+        help="Anomaly index above which a label is flagged (default 2; must be a positive number).",
+    ),
+    seed_option,
+    device_option,
+    threads_option,
+    limit_option,
+    quiet_option,
+    debug_option,
+)
+
+scan_only_options = options(
+    click.option("--config", "config_file", type=PATH, help="TOML config file; flags override it."),
+    click.option(
+        "--scale",
+        type=click.Choice(SCALE_NAMES),
+        help="Input scaling; default: chosen by clean accuracy when the data has labels, else unit (0-1).",
+    ),
+    click.option("--mean", type=NumberList(float), help="Per-channel mean in 0-1 units, for --scale custom."),
+    click.option("--std", type=NumberList(float), help="Per-channel std in 0-1 units, for --scale custom."),
+    click.option("--min-accuracy", type=float, help="Refuse to scan below this clean accuracy (default: near chance)."),
+    click.option("--layout", type=click.Choice(LAYOUTS), help="Model input layout (default: read from the graph)."),
+    image_shape_options,
+    count_option("--classes", "num_classes", help="Number of classes (default: the output size)."),
+    click.option("--output-kind", type=click.Choice(OUTPUT_KINDS), help="What the output holds (default: detected)."),
+    count_option(
+        "--fixed-batch", "--batch-size", "fixed_batch", help="The graph's fixed batch size (default: from the graph)."
+    ),
+    click.option("--input", "input_name", help="Graph input to use, when there are several."),
+    click.option("--output", "output_name", help="Graph tensor holding class scores (default: detected)."),
+    click.option(
+        "--labels", type=NumberList(int), help="Only these labels, comma-separated; at least 3 (default: all)"
+    ),
+    count_option("--mini-batch", help="Images per mini-batch (one Adam update)."),
+    count_option("--patience", help="Steps before the cost is adjusted."),
+    count_option("--early-stop-patience", help="Steps without improvement before stopping a label."),
+    click.option("--init-cost", type=click.FloatRange(min=0), help="Initial weight of the mask's L1 norm in the loss."),
+    count_option("--labels-per-batch", minimum=0, help="Labels reversed together in one forward pass (0: auto)."),
+    click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        help="Model arithmetic while reversing (default preset: auto = bfloat16 where the CPU/GPU has it natively).",
+    ),
+)
+
+
+@click.group(cls=CleanseGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cleanse")
 def main() -> None:
     """Cleanse: find and remove backdoors in image classifiers (Neural Cleanse on ONNX models)."""
 
 
+# ---------------------------------------------------------------- scan
+
+
+def label_progress(quiet: bool) -> Callable[[LabelTrigger, int, int], None]:
+    """The scan's progress callback: one Progress line over the labels."""
+    shown: list[Progress] = []
+
+    def show(result: LabelTrigger, done: int, total: int) -> None:
+        if not shown:
+            shown.append(Progress(total, "labels", quiet))
+        shown[0].advance(f"label {result.label}: L1 {result.norm:.1f} in {result.steps} steps")
+
+    return show
+
+
+def show_scan_result(report: ScanReport, out: Path | None, as_json: bool) -> NoReturn:
+    """The summary (stdout; stderr with --json, but for an inconclusive verdict whose one stderr line is the
+    reason), report.json with --json, and the verdict's exit code."""
+    inconclusive = report.verdict == INCONCLUSIVE
+    if not (as_json and inconclusive):
+        where = f"\nreport     {printable(out)}/report.json" if out else ""
+        click.echo(format_summary(report) + where, err=as_json)
+    if as_json:
+        click.echo(json.dumps(report.to_json_dict(), indent=2))
+    if inconclusive:
+        exit_with_error(f"inconclusive verdict: {report.verdict_reason}")
+    sys.exit(VERDICT_EXIT[report.verdict])
+
+
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=PATH)
 @click.option(
     "--data",
     required=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Clean images: .npz (x, optional y), .npy, .h5 (X_test/Y_test) or a folder of class subfolders.",
 )
-@click.option("--out", type=click.Path(path_type=Path), help="Report folder (report.json and trigger images).")
+@click.option("--out", type=PATH, help="Report folder (report.json, report.html and trigger images).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout; human text goes to stderr.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML config file; flags override it.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Reverse-engineering budget (default: default).")
-@click.option(
-    "--scale",
-    type=click.Choice(SCALE_NAMES),
-    help="Input scaling; default: chosen by clean accuracy when the data has labels, else unit (0-1).",
-)
-@click.option("--mean", help="Per-channel mean in 0-1 units, for --scale custom (e.g. 0.485,0.456,0.406).")
-@click.option("--std", help="Per-channel std in 0-1 units, for --scale custom.")
-@click.option("--min-accuracy", type=float, help="Refuse to scan below this clean accuracy (default: near chance).")
-@click.option("--layout", type=click.Choice(LAYOUTS), help="Model input layout (default: read from the graph).")
-@click.option("--channels", type=int, help="Image channels (default: from the graph).")
-@click.option("--height", type=int, help="Image height (default: from the graph).")
-@click.option("--width", type=int, help="Image width (default: from the graph).")
-@click.option("--classes", type=int, help="Number of classes (default: the output size).")
-@click.option("--output-kind", type=click.Choice(OUTPUT_KINDS), help="What the output holds (default: detected).")
-@click.option("--batch-size", type=int, help="The graph's fixed batch size (default: from the graph).")
-@click.option("--input", "input_name", help="Graph input to use, when there are several.")
-@click.option("--output", "output_name", help="Graph tensor holding class scores (default: detected).")
-@click.option("--labels", help="Only these labels, comma-separated (default: all).")
-@click.option("--max-images", type=int, help="Use at most this many clean images (drawn with the seed).")
-@click.option("--images-per-step", type=int, help="Images per optimization step.")
-@click.option("--mini-batch", type=int, help="Images per mini-batch.")
-@click.option("--max-steps", type=int, help="Step limit per label.")
-@click.option("--patience", type=int, help="Steps before the cost is adjusted.")
-@click.option("--early-stop-patience", type=int, help="Steps without improvement before stopping a label.")
-@click.option("--init-cost", type=float, help="Initial weight of the mask's L1 norm in the loss.")
-@click.option("--labels-per-batch", type=int, help="Labels reversed together in one forward pass (0: auto).")
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    help="Model arithmetic while reversing (default preset: auto = bfloat16 where the CPU/GPU has it natively).",
-)
-@click.option("--mad-threshold", type=float, help="Anomaly index above which a label is flagged (default 2).")
-@device_option
-@click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
-@click.option("--seed", type=int, help="Random seed; the same seed gives the same result on the same machine.")
-@quiet_option
-@debug_option
+@shared_scan_options
+@scan_only_options
+@cli_errors()
 def scan(
     model: Path,
     data: Path,
     out: Path | None,
     as_json: bool,
     config_file: Path | None,
+    limit_flags: tuple[str, ...],
     quiet: bool,
     debug: bool,
-    **options: Any,
+    **flags: Any,
 ) -> None:
     """Scan MODEL (ONNX, or .pt2, TorchScript, .keras, .h5, SavedModel: see `convert`) for backdoors.
 
-    Exit code 0: no backdoor found; 1: backdoor found; 2: the scan could not be done.
+    Exit code 0: no backdoor found; 1: backdoor found; 2: the scan could not be done, or the statistics cannot
+    decide (an inconclusive verdict: the reason is the one line on stderr, the report is still written).
     """
+    from scanner.html_report import write_html_report
+    from scanner.report import check_report_folder, write_report
     from scanner.run_scan import scan as run_scan
 
-    try:
-        settings = cli_settings(options)
-        if config_file:
-            settings = merge_settings(read_config_file(config_file), settings)
-        config = make_config(settings)
-        report = run_scan(model, data, config, progress=progress_printer(quiet))
-        if out:
-            write_report(report, out)
-            write_html_report(report, out)
-    except InputError as exc:
-        fail(str(exc), debug)
-    except click.BadParameter:
-        raise
-    except Exception as exc:  # a bug, not bad input: still one line and exit 2 for a CI gate
-        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
-    click.echo(format_summary(report) + (f"\nreport     {out}/report.json" if out else ""), err=as_json)
-    if as_json:
-        click.echo(json.dumps(report.to_json_dict(), indent=2))
-    sys.exit(EXIT_INFECTED if report.mad.infected else EXIT_CLEAN)
+    config = scan_config(flags, config_file, limit_flags)
+    if out:
+        check_report_folder(out, [model, data, config_file])
+    report = run_scan(model, data, config, progress=label_progress(quiet), require_verdict=True)
+    if out:
+        write_report(report, out, [config_file])
+        write_html_report(report, out)
+    show_scan_result(report, out, as_json)
+
+
+# ---------------------------------------------------------------- convert
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="The ONNX file to write.")
-@click.option("--opset", type=int, help="ONNX opset (default: the exporter's; 18 for .pt2, else 17).")
-@click.option("--channels", type=int, help="Input channels (TorchScript only: it records no input shape).")
-@click.option("--height", type=int, help="Input height (TorchScript only).")
-@click.option("--width", type=int, help="Input width (TorchScript only).")
+@click.argument("model", type=PATH)
+@click.option("-o", "--output", "out", required=True, type=PATH, help="The ONNX file to write.")
+@click.option("--opset", type=click.IntRange(min=1), help="ONNX opset (default: the exporter's; 18 for .pt2, else 17).")
+@image_shape_options
 @click.option("--json", "as_json", is_flag=True, help="Print the conversion record as JSON on stdout.")
+@limit_option
 @debug_option
+@cli_errors()
 def convert(
     model: Path,
     out: Path,
@@ -222,6 +376,7 @@ def convert(
     height: int | None,
     width: int | None,
     as_json: bool,
+    limit_flags: tuple[str, ...],
     debug: bool,
 ) -> None:
     """Convert MODEL (.pt2, TorchScript, .keras, .h5 or a SavedModel folder) to ONNX, checked against the source.
@@ -230,14 +385,10 @@ def convert(
     """
     from converters.intake import convert_to_onnx
 
-    try:
-        record = convert_to_onnx(model, out, opset, (channels, height, width))
-    except InputError as exc:
-        fail(str(exc), debug)
-    except Exception as exc:
-        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
+    apply_limits(limit_flags)
+    record = convert_to_onnx(model, out, opset, (channels, height, width))
     click.echo(
-        f"wrote {out}: {record.source_format} via {record.converter}, opset {record.opset}, "
+        f"wrote {printable(out)}: {record.source_format} via {record.converter}, opset {record.opset}, "
         f"max difference vs the source {record.max_abs_diff_vs_source:.3g}",
         err=as_json,
     )
@@ -245,85 +396,105 @@ def convert(
         click.echo(json.dumps(record.to_dict(), indent=2))
 
 
+# ---------------------------------------------------------------- mitigate
+
+
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--report", required=True, type=click.Path(path_type=Path), help="Scan report folder.")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled clean images (as for scan).")
-@click.option("--method", type=click.Choice(["unlearn", "prune", "filter"]), default="unlearn", show_default=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="The patched ONNX file to write.")
-@click.option("--trigger", nargs=2, type=click.Path(path_type=Path), help="Real trigger: MASK PATTERN (.npy).")
-@click.option("--trigger-target", type=int, help="Real trigger's target (default: the label it sends most images to).")
-@click.option("--labels", help="Remove these labels' reversed triggers (default: the report's flagged labels).")
-@click.option("--holdout", type=float, help="Fraction of the clean images held out for the table (default 0.3).")
-@click.option("--fraction", type=float, help="unlearn: fraction of repair images carrying a trigger (default 0.2).")
-@click.option("--epochs", type=int, help="unlearn: epochs (default 1).")
-@click.option("--lr", type=float, help="unlearn: learning rate (default 1e-3).")
+@click.argument("model", type=PATH)
+@click.option("--report", "report_folder", required=True, type=PATH, help="Scan report folder.")
+@click.option("--data", required=True, type=PATH, help="Labelled clean images (as for scan).")
+@click.option("--method", type=click.Choice(method_names()), default="unlearn", show_default=True)
+@click.option("--out", required=True, type=PATH, help="The patched ONNX file to write.")
+@click.option("--trigger", nargs=2, type=PATH, help="Real trigger: MASK PATTERN (.npy).")
+@click.option(
+    "--trigger-target",
+    type=click.IntRange(min=0),
+    help="Real trigger's target (default: the label it sends most images to).",
+)
+@click.option(
+    "--labels",
+    type=NumberList(int),
+    help="Remove these labels' reversed triggers (default: the report's flagged labels).",
+)
+@click.option("--holdout", "holdout_fraction", type=float, help="Fraction of the clean images held out (default 0.3).")
+@click.option(
+    "--fraction", "unlearn_fraction", type=float, help="unlearn: fraction of repair images stamped (default 0.2)."
+)
+@count_option("--epochs", help="unlearn: epochs (default 1).")
+@click.option("--lr", "learning_rate", type=float, help="unlearn: learning rate (default 1e-3).")
+@count_option("--unlearn-batch", help="unlearn: images per fine-tuning step (default 32).")
 @click.option(
     "--layer",
     help="prune/filter: the Conv/Gemm/MatMul node reading the neurons (default: of the last two, the one where "
     "triggered inputs stand out most).",
 )
 @click.option("--prune-target", type=float, help="prune: stop below this attack success (default 0.05).")
-@click.option("--max-accuracy-drop", type=float, help="prune: clean accuracy it may cost (default 0.03).")
+@click.option(
+    "--max-accuracy-drop", "prune_max_accuracy_drop", type=float, help="prune: clean accuracy it may cost (0.03)."
+)
 @click.option(
     "--reattack-norm",
+    "prune_reattack_norm",
     type=float,
     help="prune: the trigger re-attacked on the pruned model may have this many times the reversed mask's norm "
     "(default 1.25; 0 judges the fixed reversed trigger only).",
 )
-@click.option("--fpr", type=float, help="filter: false-positive rate on clean images (default 0.05).")
-@click.option("--top-neurons", type=float, help="filter: fraction of the layer's neurons scored (default 0.01).")
-@click.option("--json-out", type=click.Path(path_type=Path), help="Where mitigation.json goes (default: beside --out).")
-@click.option("--max-images", type=int, help="Use at most this many clean images.")
+@click.option("--fpr", "filter_fpr", type=float, help="filter: false-positive rate on clean images (default 0.05).")
+@click.option(
+    "--top-neurons", "filter_top_fraction", type=float, help="filter: fraction of the layer's neurons (0.01)."
+)
+@click.option("--json-out", type=PATH, help="Where mitigation.json goes (default: beside --out).")
+@max_images_option
 @device_option
-@click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
-@click.option("--seed", type=int, help="Random seed for the split, the stamping and the training.")
+@threads_option
+@seed_option
+@limit_option
 @debug_option
+@cli_errors()
 def mitigate(
     model: Path,
-    report: Path,
+    report_folder: Path,
     data: Path,
     out: Path,
     trigger: tuple[Path, Path] | None,
     trigger_target: int | None,
     json_out: Path | None,
+    limit_flags: tuple[str, ...],
     debug: bool,
-    **options: Any,
+    **flags: Any,
 ) -> None:
     """Patch MODEL against the triggers its scan reversed; write the patched ONNX file and a before/after table.
 
     Exit code 0: written; 2: bad arguments or the model could not be patched.
     """
-    from scanner.mitigate.options import run_from_options
+    from scanner.mitigate.run_mitigation import mitigate as run_mitigation
 
-    try:
-        result, json_path = run_from_options(model, report, data, out, trigger, trigger_target, json_out, options)
-    except InputError as exc:
-        fail(str(exc), debug)
-    except Exception as exc:
-        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
-    click.echo(result.format() + f"\ntable      {json_path}")
+    config = mitigation_config(flags)
+    apply_limits(limit_flags)
+    result, json_path = run_mitigation(
+        model, report_folder, data, config, out, trigger or None, trigger_target, json_out
+    )
+    click.echo(result.format() + f"\ntable      {printable(json_path)}")
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit_interrupted(options: dict[str, Any]) -> str:
+    return f"interrupted: the models finished so far are in {options['out']}; rerun the same command to resume"
 
 
 @main.command()
-@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--manifest", type=click.Path(path_type=Path), help="TOML manifest: models with their own data/settings.")
-@click.option("--data", type=click.Path(path_type=Path), help="Clean images for every model (a manifest entry's wins).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Audit folder: store, summary, reports.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Reverse-engineering budget (default: default).")
-@click.option("--images-per-step", type=int, help="Images per optimization step.")
-@click.option("--max-steps", type=int, help="Step limit per label.")
-@click.option("--max-images", type=int, help="Use at most this many clean images per model.")
-@click.option("--mad-threshold", type=float, help="Anomaly index above which a label is flagged (default 2).")
-@click.option("--seed", type=int, help="Random seed of every scan.")
-@click.option("--device", help="auto, cpu, cuda or cuda:N (default: auto; auto runs one worker per GPU).")
-@click.option("--workers", type=int, help="Models scanned at once here (default: one per GPU, else per CPU core).")
-@click.option("--threads", type=int, help="torch CPU threads per worker (default: the cores shared out).")
+@click.argument("models", nargs=-1, type=PATH)
+@click.option("--manifest", type=PATH, help="TOML manifest: models with their own data/settings.")
+@click.option("--data", type=PATH, help="Clean images for every model (a manifest entry's wins).")
+@click.option("--out", required=True, type=PATH, help="Audit folder: store, summary, reports.")
+@shared_scan_options
+@count_option("--workers", help="Models scanned at once here (default: one per GPU, else per CPU core).")
 @click.option("--ray", "ray_address", help="Run on a Ray cluster: its ADDRESS, auto, or local (a private instance).")
 @click.option("--retry-errors", is_flag=True, help="Rescan models whose earlier scan ended in an error.")
 @click.option("--errors-win", is_flag=True, help="Exit 2, not 1, when some models are infected and others failed.")
-@quiet_option
-@debug_option
+@cli_errors(audit_interrupted)
 def audit(
     models: tuple[Path, ...],
     manifest: Path | None,
@@ -334,9 +505,10 @@ def audit(
     ray_address: str | None,
     retry_errors: bool,
     errors_win: bool,
+    limit_flags: tuple[str, ...],
     quiet: bool,
     debug: bool,
-    **options: Any,
+    **flags: Any,
 ) -> None:
     """Scan many models (files, folders of .onnx files, or a --manifest) into one resumable audit folder.
 
@@ -346,23 +518,14 @@ def audit(
     from scanner.audit.run_audit import AuditOptions, run_audit
     from scanner.audit.summary import format_table
 
-    reverse_keys = ("images_per_step", "max_steps")
-    settings = {key: value for key, value in options.items() if value is not None and key not in reverse_keys}
-    reverse = {key: options[key] for key in reverse_keys if options[key] is not None}
-    if reverse:
-        settings["reverse"] = reverse
+    settings = scan_settings(flags)
+    make_config(settings)  # refuse bad flags now, not once per model
+    apply_limits(limit_flags)
     audit_options = AuditOptions(
         out, data, settings, workers or 0, threads or 0, ray_address or "", retry_errors, errors_win, quiet
     )
-    try:
-        result = run_audit(list(models), manifest, audit_options)
-    except InputError as exc:
-        fail(str(exc), debug)
-    except KeyboardInterrupt:
-        fail(f"interrupted: the models finished so far are in {out}; rerun the same command to resume", debug)
-    except Exception as exc:
-        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", debug)
-    click.echo(format_table(result.rows) + f"\nscanned now {result.scanned}; reports in {out}/index.html")
+    result = run_audit(list(models), manifest, audit_options)
+    click.echo(format_table(result.rows) + f"\nscanned now {result.scanned}; reports in {printable(out)}/index.html")
     sys.exit(result.exit_code)
 
 

@@ -1,25 +1,42 @@
-"""Every knob of a scan, in dataclasses that the CLI, the config file and the report share."""
+"""Every knob of a scan, in dataclasses that the CLI, the config file, the audit and the report share.
+
+There is one way from plain settings (a config file's tables, CLI flags, an audit manifest) to a config:
+`make_config(settings)` (or `settings_to_config(*layers)` for several layers, the later winning), which checks
+every value's type and range and gives a one-line ConfigError naming the bad one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cleanse_base.errors import ConfigError
 from cleanse_base.files import read_toml
+from cleanse_base.limits import Limits, parse_limits
+from cleanse_base.plain import from_plain, type_name
+from cleanse_base.text import printable
 from converters.contract import ContractOverrides
+from scanner.preprocess import SCALE_NAMES
 
 PRECISIONS = ("float32", "bfloat16", "auto")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a 64-bit seed
+LIMITS_TABLE = "limits"  # the config file's [limits] table: cleanse_base.limits.Limits, not scan settings
+# Keys that older config files used, with their new names: the error tells the user which to write.
+RENAMED = {("reverse", "batch_size"): "mini_batch", ("contract", "batch_size"): "fixed_batch"}
 
 
 @dataclass(frozen=True)
 class ReverseConfig:
     """Neural Cleanse trigger reverse engineering (names follow the reference implementation)."""
 
-    batch_size: int = 32  # images per mini-batch
-    images_per_step: int = 1000  # a step runs images_per_step // batch_size mini-batches
+    mini_batch: int = 32  # images per Adam update
+    images_per_step: int = 1000  # a step runs images_per_step // mini_batch mini-batches
     max_steps: int = 1000
     init_cost: float = 1e-3
     learning_rate: float = 0.1
@@ -37,19 +54,24 @@ class ReverseConfig:
     # native bfloat16 arithmetic (AVX512-BF16/AMX CPUs, CUDA GPUs that support it), else float32
     precision: str = "float32"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     @property
     def batches_per_step(self) -> int:
-        return max(1, self.images_per_step // self.batch_size)
+        return max(1, self.images_per_step // self.mini_batch)
 
     def validate(self) -> ReverseConfig:
-        positive = ("batch_size", "images_per_step", "max_steps", "learning_rate", "patience", "early_stop_patience")
+        positive = ("mini_batch", "images_per_step", "max_steps", "learning_rate", "patience", "early_stop_patience")
         for name in positive:
-            if getattr(self, name) <= 0:
+            if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"reverse.{name} must be positive, not {getattr(self, name)}")
         if not 0 < self.attack_success_threshold <= 1:
             raise ConfigError("reverse.attack_success_threshold must be in (0, 1]")
-        if self.cost_multiplier_up <= 1 or self.cost_multiplier_down <= 1:
+        if not (1 < self.cost_multiplier_up < math.inf and 1 < self.cost_multiplier_down < math.inf):
             raise ConfigError("reverse.cost_multiplier_up and cost_multiplier_down must be above 1")
+        if not (0 <= self.init_cost < math.inf and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("reverse.init_cost must be 0 or positive, beta1 and beta2 in [0, 1)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"reverse.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.labels_per_batch < 0:
@@ -59,23 +81,54 @@ class ReverseConfig:
 
 # `paper` holds the reference numbers (Wang et al. 2019, gtsrb_visualize_example.py). `default` runs the
 # same algorithm on a smaller budget, calibrated on the GTSRB replica against a full `paper` scan
-# (benchmarks/scan_gtsrb.py): mini-batches of 16 cost about 10% more per image than 32 on CPU but give twice
-# the Adam updates, which matter more than images; steps of 256 images keep the 99%-success test from passing
-# by luck; patience 3 / early stop 12 let typical labels shrink as far as `paper` does (a shorter schedule
-# left their norms 17% higher and flagged natural small triggers); bfloat16 autocast, where native, is 1.6x
-# faster with the same norms within noise.
+# (benchmarks/scan_gtsrb.py; the figures are in the README): smaller mini-batches give more Adam updates per
+# image, which matter more than images; steps of 256 images keep the success test from passing by luck; the
+# patience and early stop let typical labels shrink as far as `paper` does (a shorter schedule left their
+# norms higher and flagged natural small triggers); bfloat16 autocast, where native, is faster with the same
+# norms within noise.
 PRESETS: dict[str, ReverseConfig] = {
     "paper": ReverseConfig(),
     "default": ReverseConfig(
-        batch_size=16, images_per_step=256, max_steps=300, patience=3, early_stop_patience=12, precision="auto"
+        mini_batch=16, images_per_step=256, max_steps=300, patience=3, early_stop_patience=12, precision="auto"
     ),
 }
 
 
+SCHEDULES = ("full", "screened")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How far each label is reversed (scanner/schedule.py): `full` runs every label to its own early stop;
+    `screened` screens every label briefly and spends the rest where the verdict can still change."""
+
+    mode: str = "full"
+    screen_steps: int = 10  # steps every label runs before any is ranked
+    calibration_labels: int = 6  # finished labels that shrink ratios are drawn from
+    draws: int = 200  # random projections of the unfinished labels' final norms per settle test
+    median_neighbours: int = 2  # unfinished labels nearest the median advanced per unsettled round
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> ScheduleConfig:
+        if self.mode not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, not {printable(self.mode)!r}")
+        for name in ("screen_steps", "calibration_labels", "draws"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"schedule.{name} must be positive, not {getattr(self, name)}")
+        if self.median_neighbours < 0:
+            raise ConfigError(f"schedule.median_neighbours must be 0 or more, not {self.median_neighbours}")
+        return self
+
+
 @dataclass(frozen=True)
 class ScanConfig:
+    """A scan's settings. `reverse` left out (None) takes the numbers of `preset`, so that
+    `ScanConfig(preset="paper")` is a paper scan; given, it wins over the preset."""
+
     preset: str = "default"
-    reverse: ReverseConfig = field(default_factory=lambda: PRESETS["default"])
+    reverse: ReverseConfig | None = None
     mad_threshold: float = 2.0
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -89,39 +142,104 @@ class ScanConfig:
     input_name: str = ""
     output_name: str = ""
     contract: ContractOverrides = field(default_factory=ContractOverrides)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {printable(self.preset)!r}; choose one of {', '.join(PRESETS)}")
+        if self.reverse is None:
+            object.__setattr__(self, "reverse", PRESETS[self.preset])
+        for name in ("labels", "mean", "std"):  # lists from a file or a caller become the declared tuples
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> ScanConfig:
+        if not (math.isfinite(self.mad_threshold) and self.mad_threshold > 0):
+            raise ConfigError(
+                f"mad_threshold must be a positive number, not {self.mad_threshold} (no label can be flagged, or "
+                "every label would be)"
+            )
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed must be in [0, {SEED_MAX}], not {self.seed}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"unknown device {printable(self.device)!r} (use auto, cpu, cuda or cuda:N)")
+        if self.threads < 0 or self.max_images < 0:
+            raise ConfigError("threads and max_images must be 0 (default / all) or positive")
+        check_label_list(self.labels)
+        if self.scale and self.scale not in SCALE_NAMES:
+            raise ConfigError(f"unknown scale {printable(self.scale)!r}; choose one of {', '.join(SCALE_NAMES)}")
+        if not all(math.isfinite(value) for value in self.mean + self.std) or any(v <= 0 for v in self.std):
+            raise ConfigError("mean must be finite numbers and std positive ones")
+        if not (math.isfinite(self.min_accuracy) and self.min_accuracy <= 1):
+            raise ConfigError(f"min_accuracy must be at most 1 (negative: automatic), not {self.min_accuracy}")
+        check_contract(self.contract)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _build(cls, values: dict[str, Any], where: str):
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown {where} setting(s): {', '.join(unknown)}")
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+def check_contract(overrides: ContractOverrides) -> None:
+    for name in ("channels", "height", "width", "num_classes", "fixed_batch"):
+        value = getattr(overrides, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"contract.{name} must be positive, not {value}")
+
+
+def check_label_list(labels: Sequence[int]) -> None:
+    """ConfigError for labels that are negative or repeated (the model's range is checked once it is read)."""
+    negative = [label for label in labels if label < 0]
+    if negative:
+        raise ConfigError(f"labels must be 0 or positive, not {negative[:10]}")
+    repeated = sorted({label for label in labels if list(labels).count(label) > 1})
+    if repeated:
+        raise ConfigError(f"labels must be distinct; repeated: {repeated[:10]}")
+
+
+def check_label_range(labels: Iterable[int], num_classes: int) -> list[int]:
+    """The labels, or a ConfigError naming those outside a model with `num_classes` classes (scan and
+    mitigation both check with this)."""
+    chosen = list(labels)
+    bad = [label for label in chosen if not 0 <= label < num_classes]
+    if bad:
+        raise ConfigError(f"label(s) {bad[:10]} out of range for a model with {num_classes} classes")
+    return chosen
 
 
 def make_config(settings: dict[str, Any]) -> ScanConfig:
-    """A ScanConfig from nested plain values (a config file merged with CLI flags). `preset` picks the
-    ReverseConfig that `reverse` settings then adjust."""
-    settings = dict(settings)
-    preset = settings.pop("preset", None) or "default"
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    reverse_values = _build(ReverseConfig, settings.pop("reverse", {}) or {}, "reverse")
-    contract_values = _build(ContractOverrides, settings.pop("contract", {}) or {}, "contract")
-    top_values = _build(ScanConfig, settings, "scan")
-    try:
-        reverse = dataclasses.replace(PRESETS[preset], **reverse_values).validate()
-        contract = ContractOverrides(**contract_values)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
-    return ScanConfig(preset=preset, reverse=reverse, contract=contract, **top_values)
+    """A ScanConfig from nested plain values (a config file merged with CLI flags): top-level scan keys, with
+    `reverse` and `contract` tables. `preset` picks the ReverseConfig that `reverse` settings then adjust.
+    Every value's type is checked: a one-line ConfigError names the bad one."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"scan settings: expected a table, not {type_name(settings)}")
+    for (table, old), new in RENAMED.items():
+        if isinstance(settings.get(table), dict) and old in settings[table]:
+            raise ConfigError(f"{table}.{old} was renamed {table}.{new}")
+    if LIMITS_TABLE in settings:
+        raise ConfigError("[limits] is not a scan setting: give it in the config file or with --limit")
+    preset = settings.get("preset") or "default"
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ConfigError(f"unknown preset {printable(preset)!r}; choose one of {', '.join(PRESETS)}")
+    reverse = settings.get("reverse") or {}
+    if not isinstance(reverse, dict):
+        raise ConfigError(f"scan settings.reverse: expected a table, not {type_name(reverse)}")
+    tuned = from_plain(ReverseConfig, {**dataclasses.asdict(PRESETS[preset]), **reverse}, "scan settings.reverse")
+    top = {key: value for key, value in settings.items() if key != "reverse"}
+    return dataclasses.replace(from_plain(ScanConfig, {**top, "preset": preset}, "scan settings"), reverse=tuned)
+
+
+def settings_to_config(*layers: dict[str, Any]) -> ScanConfig:
+    """A ScanConfig from layers of nested settings, each later one winning key by key (e.g. an audit's
+    manifest [settings], a model's own entry, then the command line's flags)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = merge_settings(merged, layer)
+    return make_config(merged)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Settings from a TOML file: top-level scan keys, with [reverse] and [contract] tables."""
+    """Settings from a TOML file: top-level scan keys, with [reverse], [contract] and [limits] tables."""
     return read_toml(path)
 
 
@@ -134,3 +252,28 @@ def merge_settings(base: dict[str, Any], override: dict[str, Any]) -> dict[str, 
         else:
             merged[key] = value
     return merged
+
+
+def split_limits(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the scan settings, the [limits] table) of a config file's settings."""
+    rest = {key: value for key, value in settings.items() if key != LIMITS_TABLE}
+    table = settings.get(LIMITS_TABLE, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[limits] must be a table, not {type_name(table)}")
+    return rest, table
+
+
+def make_limits(table: dict[str, Any], flags: Sequence[str] = ()) -> Limits:
+    """Limits from a config file's [limits] table (numbers, or text such as "4G"), then `--limit NAME=VALUE`
+    flags over it."""
+    items = []
+    for name, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or re.search(r"[,=]", str(value)):
+            raise ConfigError(f"limits.{printable(name)} must be a whole number or text like 4G, not {value!r}")
+        items.append(f"{name}={value}")
+    limits = parse_limits(",".join(items))
+    for flag in flags:
+        if "=" not in flag:
+            raise ConfigError(f"--limit expects NAME=VALUE, not {printable(flag)!r}")
+        limits = parse_limits(flag, limits)
+    return limits

@@ -9,6 +9,7 @@ import json
 from html import escape
 from pathlib import Path
 
+from cleanse_base.files import write_bytes_atomic
 from cleanse_base.text import format_number as fmt
 from scanner.report import ScanReport, trigger_paths
 
@@ -20,7 +21,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; 
 h1 { font-size: 1.4em; word-break: break-all; } h2 { font-size: 1.15em; margin-top: 2em; }
 .verdict { display: inline-block; padding: .2em .8em; border-radius: .3em; color: #fff; font-weight: bold; }
 .infected { background: #c62828; } .clean { background: #2e7d32; } .error { background: #6d4c41; }
-.running { background: #757575; }
+.running { background: #757575; } .inconclusive { background: #ef6c00; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; }
 th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .grid { display: flex; flex-wrap: wrap; gap: .8em; }
@@ -149,6 +150,7 @@ def render_report(report: ScanReport, folder: Path) -> str:
 <h1>Cleanse report: {escape(report.model_path)}</h1>
 <p><span class="verdict {report.verdict}">{report.verdict.upper()}</span>
 flagged label(s): <strong id="flagged">{flagged}</strong></p>
+<p id="verdict-reason">{escape(report.verdict_reason)}</p>
 <p>anomaly index {fmt(mad.anomaly_index)} (threshold {mad.threshold:g}); median L1 {mad.median:.2f},
 MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 <p>sha256 <code>{escape(report.model_sha256)}</code></p>
@@ -176,5 +178,5 @@ started {escape(report.started_at)}; cleanse {escape(report.tool_version)}</p>
 def write_html_report(report: ScanReport, folder: str | Path) -> Path:
     """report.html into a folder that write_report has filled (it embeds the trigger PNGs from there)."""
     path = Path(folder) / REPORT_HTML
-    path.write_text(render_report(report, Path(folder)), encoding="utf-8")
+    write_bytes_atomic(path, render_report(report, Path(folder)).encode())  # never through a planted link
     return path

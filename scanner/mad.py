@@ -9,6 +9,9 @@ import numpy as np
 
 CONSISTENCY_CONSTANT = 1.4826  # makes MAD estimate the standard deviation of normal data
 DEFAULT_THRESHOLD = 2.0
+# The fewest labels among which MAD can flag one: with two norms each deviates from the median by exactly the
+# MAD / CONSISTENCY_CONSTANT, so no anomaly index exceeds 1 / 1.4826 = 0.674; with one, the index is 0.
+MIN_LABELS = 3
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,11 @@ class MadResult:
     @property
     def infected(self) -> bool:
         return bool(self.flagged)
+
+    @property
+    def all_equal(self) -> bool:
+        """Every norm is the median: MAD is 0 and no label stands out from any other."""
+        return self.mad == 0 and all(index == 0 for index in self.anomaly_indices.values())
 
 
 def anomaly_index(norm: float, median: float, mad: float) -> float:

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from cleanse_base.errors import InputError
-from cleanse_base.files import write_json_atomic
+from cleanse_base.errors import ConfigError, InputError
+from cleanse_base.files import atomic_output, check_writable_folder, real_folder, refuse_overlap, write_json_atomic
+from cleanse_base.plain import from_plain
+from cleanse_base.text import printable
 from converters.contract import ModelContract
 from scanner.config import ScanConfig
-from scanner.mad import MadResult
+from scanner.mad import MIN_LABELS, MadResult
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.1"  # 1.1: top-level "precision"
+SCHEMA_VERSION = "1.3"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+# reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
+# "final" and "estimated_norm"
 TRIGGER_FOLDER = "triggers"
+CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
+# What a report folder holds besides triggers/ (html_report writes the second).
+REPORT_FILES = ("report.json", "report.html")
 
 
 @dataclass
@@ -31,6 +39,8 @@ class LabelResult:
     seconds: float
     anomaly_index: float
     flagged: bool
+    final: bool = True  # ran to its own early stop; False: the scheduler stopped it at l1_norm (an upper bound)
+    estimated_norm: float | None = None  # the norm the decision used: l1_norm when final, else the projection
 
 
 @dataclass
@@ -58,11 +68,17 @@ class ScanReport:
     precision: str  # what the model ran in while reversing: float32 or bfloat16
     seconds_total: float
     started_at: str
+    schedule: dict[str, Any] = field(default_factory=dict)  # scanner.schedule.ScheduleSummary.to_dict()
     triggers: list[LabelTrigger] = field(default_factory=list, repr=False)  # not in the JSON
 
     @property
     def verdict(self) -> str:
-        return "infected" if self.mad.infected else "clean"
+        """clean, infected, or inconclusive where the statistics cannot decide (see verdict_reason)."""
+        return decide_verdict(self.labels, self.mad, self.config.reverse.attack_success_threshold)[0]
+
+    @property
+    def verdict_reason(self) -> str:
+        return decide_verdict(self.labels, self.mad, self.config.reverse.attack_success_threshold)[1]
 
     @property
     def flagged(self) -> list[int]:
@@ -86,13 +102,73 @@ class ScanReport:
                 "mad_threshold": self.mad.threshold,
                 "flagged_labels": self.flagged,
                 "verdict": self.verdict,
+                "verdict_reason": self.verdict_reason,
                 "device": self.device,
                 "threads": self.threads,
                 "precision": self.precision,
+                "schedule": self.schedule,
                 "seconds_total": self.seconds_total,
                 "started_at": self.started_at,
             }
         )
+
+    @classmethod
+    def from_json(cls, payload: Any, where: str = "report.json") -> ScanReport:
+        """The report `to_json_dict` wrote, every value's type checked (a report folder is untrusted input):
+        a one-line ConfigError naming the first bad field. The trigger arrays stay on disk."""
+        document = from_plain(_ReportDocument, payload, where, ConfigError, allow_unknown=True)
+        labels = [_label_from_json(entry, f"{where}.labels[{i}]") for i, entry in enumerate(document.labels)]
+        flagged = document.flagged_labels
+        classes = document.contract.num_classes
+        if len(set(flagged)) != len(flagged) or not all(0 <= label < classes for label in flagged):
+            raise ConfigError(f"{where}: flagged_labels must be distinct labels in [0, {classes}), not {flagged[:10]}")
+        mad = MadResult(
+            median=document.median,
+            mad=document.mad,
+            anomaly_indices={label.label: label.anomaly_index for label in labels},
+            anomaly_index=math.inf if document.anomaly_index is None else document.anomaly_index,
+            flagged=flagged,
+            threshold=document.mad_threshold,
+        )
+        return cls(
+            tool_version=document.tool.version,
+            model_path=document.model.path,
+            model_sha256=document.model.sha256,
+            contract=document.contract,
+            conversion=document.conversion,
+            data=document.data,
+            scaling=document.scaling,
+            config=document.config,
+            labels=labels,
+            mad=mad,
+            device=document.device,
+            threads=document.threads,
+            precision=document.precision,
+            seconds_total=document.seconds_total,
+            started_at=document.started_at,
+            schedule=document.schedule,
+        )
+
+
+def decide_verdict(labels: list[LabelResult], mad: MadResult, success_threshold: float) -> tuple[str, str]:
+    """(verdict, reason). Inconclusive, never clean, where the statistics cannot decide: too few labels for MAD
+    to flag one, no trigger that reached the attack success threshold (norms of failed masks say nothing), or
+    every norm the same."""
+    found = sum(result.found for result in labels)
+    if len(labels) < MIN_LABELS:
+        return INCONCLUSIVE, f"{len(labels)} label(s) scanned: MAD needs at least {MIN_LABELS} to flag one"
+    if not found:
+        return INCONCLUSIVE, f"no label's trigger reached the attack success threshold ({success_threshold:g})"
+    if mad.infected:
+        return INFECTED, f"label(s) {', '.join(map(str, mad.flagged))} above the anomaly threshold {mad.threshold:g}"
+    if found < MIN_LABELS:
+        return INCONCLUSIVE, (
+            f"only {found} label(s) reached the attack success threshold ({success_threshold:g}): MAD needs at least "
+            f"{MIN_LABELS} to compare"
+        )
+    if mad.all_equal:
+        return INCONCLUSIVE, "every label's trigger has the same L1 norm: MAD is 0 and cannot tell them apart"
+    return CLEAN, f"no label above the anomaly threshold {mad.threshold:g}"
 
 
 def _finite(value: Any) -> Any:
@@ -106,6 +182,47 @@ def _finite(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class _ToolJson:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class _ModelFileJson:
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _ReportDocument:
+    """report.json's layout, for type-checked reading."""
+
+    tool: _ToolJson
+    model: _ModelFileJson
+    contract: ModelContract
+    conversion: dict[str, Any]
+    data: dict[str, Any]
+    scaling: ScalingChoice
+    config: ScanConfig
+    labels: list[dict[str, Any]]  # LabelResult, with null for an infinite anomaly index
+    median: float
+    mad: float
+    anomaly_index: float | None  # null: infinite
+    mad_threshold: float
+    flagged_labels: list[int]
+    device: str
+    threads: int
+    precision: str
+    seconds_total: float
+    started_at: str
+    schedule: dict[str, Any] = field(default_factory=dict)  # absent before schema 1.3
+
+
+def _label_from_json(entry: dict[str, Any], where: str) -> LabelResult:
+    infinite = entry.get("anomaly_index", 0.0) is None  # how _finite writes an infinite index
+    result = from_plain(LabelResult, {**entry, "anomaly_index": 0.0} if infinite else entry, where, ConfigError)
+    return dataclasses.replace(result, anomaly_index=math.inf) if infinite else result
 
 
 # ---------------------------------------------------------------- trigger images and arrays
@@ -123,18 +240,27 @@ def _to_image(array_hwc: np.ndarray):
     return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
+def _save_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file renamed over `path`: a symlink or hard link planted at `path` is
+    replaced, never written through."""
+    with atomic_output(path) as temporary:
+        with open(temporary, "wb") as file:
+            write(file)
+
+
 def write_trigger(folder: Path, trigger: LabelTrigger) -> None:
     """Mask, pattern and fusion (mask * pattern) PNGs as the reference wrote them, and .npy arrays:
     mask (H, W) in [0, 1] and pattern (H, W, C) in raw pixels, the format `--trigger` reads."""
     paths = trigger_paths(folder, trigger.label)
-    paths["mask"].parent.mkdir(parents=True, exist_ok=True)
+    real_folder(paths["mask"].parent)
     pattern_hwc = trigger.pattern.transpose(1, 2, 0)
     mask_hw1 = trigger.mask[..., None]
-    _to_image(mask_hw1 * 255).save(f"{paths['mask']}.png")
-    _to_image(pattern_hwc).save(f"{paths['pattern']}.png")
-    _to_image(mask_hw1 * pattern_hwc).save(f"{paths['fusion']}.png")
-    np.save(f"{paths['mask']}.npy", trigger.mask.astype(np.float32))
-    np.save(f"{paths['pattern']}.npy", pattern_hwc.astype(np.float32))
+    images = {"mask": mask_hw1 * 255, "pattern": pattern_hwc, "fusion": mask_hw1 * pattern_hwc}
+    for kind, pixels in images.items():
+        _save_atomic(Path(f"{paths[kind]}.png"), lambda file, pixels=pixels: _to_image(pixels).save(file, "PNG"))
+    arrays = {"mask": trigger.mask.astype(np.float32), "pattern": pattern_hwc.astype(np.float32)}
+    for kind, array in arrays.items():
+        _save_atomic(Path(f"{paths[kind]}.npy"), lambda file, array=array: np.save(file, array))
 
 
 def read_trigger(folder: str | Path, label: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,13 +272,27 @@ def read_trigger(folder: str | Path, label: int) -> tuple[np.ndarray, np.ndarray
         raise InputError(f"{folder}: no reversed trigger for label {label}") from None
 
 
-def write_report(report: ScanReport, folder: str | Path) -> Path:
-    """report.json and the trigger files into `folder`; returns the JSON path."""
+def check_report_folder(folder: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """ConfigError unless `folder` can take a report without writing over or into any of `inputs` (model, data,
+    config, trigger files) and without following a symlink planted in it. The CLI calls it before a scan, so a
+    bad --out fails in a second; write_report calls it again."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(folder)
+    triggers = folder / TRIGGER_FOLDER
+    if triggers.is_symlink() or (triggers.exists() and not triggers.is_dir()):
+        raise ConfigError(f"{triggers}: is a symlink or not a folder; refusing to write trigger files through it")
+    refuse_overlap(inputs, [folder, *(folder / name for name in REPORT_FILES)], [triggers])
+
+
+def write_report(report: ScanReport, folder: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """report.json and the trigger files into `folder`; returns the JSON path. Every file is written to a
+    temporary name and renamed; nothing is written over the scanned model, its data or any of `inputs`."""
+    folder = Path(folder)
+    check_report_folder(folder, [report.model_path, report.data.get("source"), *inputs])
+    real_folder(folder)
     for trigger in report.triggers:
         write_trigger(folder, trigger)
-    path = folder / "report.json"
+    path = folder / REPORT_FILES[0]
     write_json_atomic(path, report.to_json_dict())
     return path
 
@@ -178,19 +318,20 @@ def format_summary(report: ScanReport) -> str:
     scaling = report.scaling
     accuracy = f", clean accuracy {scaling.accuracy:.3f}" if scaling.accuracy is not None else ""
     lines = [
-        f"model      {report.model_path}",
+        f"model      {printable(report.model_path)}",
         f"contract   {report.contract.layout} {report.contract.channels}x{report.contract.height}x"
         f"{report.contract.width}, {report.contract.num_classes} classes, {report.contract.output_kind}"
         + (f", fixed batch {report.contract.batch_size}" if report.contract.batch_size else ""),
         f"scaling    {scaling.name} ({scaling.chosen_by}{accuracy})",
-        f"data       {report.data['images']} images from {report.data['source']}",
+        f"data       {report.data['images']} images from {printable(report.data['source'])}",
         "",
         format_label_table(report),
         "",
         f"median L1 {report.mad.median:.2f}, MAD {report.mad.mad:.2f}, anomaly index {report.mad.anomaly_index:.2f} "
         f"(threshold {report.mad.threshold:g})",
         f"verdict    {report.verdict.upper()}"
-        + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.flagged else ""),
+        + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
+        + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else ""),
         f"time       {report.seconds_total:.1f} s on {report.device} ({report.precision})",
     ]
     return "\n".join(lines)

@@ -199,12 +199,12 @@ class LabelRun:
 ProgressCallback = Callable[[LabelTrigger], None]
 
 
-def auto_labels_per_batch(device: torch.device, batch_size: int, label_count: int) -> int:
+def auto_labels_per_batch(device: torch.device, mini_batch: int, label_count: int) -> int:
     """One label at a time on CPU (stacking was measured slower per label on a 2-core CPU); on a GPU,
     enough labels to fill about 512 images per forward pass."""
     if device.type == "cpu":
         return 1
-    return max(1, min(label_count, 512 // batch_size))
+    return max(1, min(label_count, 512 // mini_batch))
 
 
 def use_bfloat16(precision: str, device: torch.device) -> bool:
@@ -254,7 +254,7 @@ class TriggerReverser:
             slot.success_sum = slot.norm_sum = 0.0
         for _ in range(config.batches_per_step):
             started = time.perf_counter()
-            index = np.stack([slot.next_indices(config.batch_size, len(clean)) for slot in slots])
+            index = np.stack([slot.next_indices(config.mini_batch, len(clean)) for slot in slots])
             batch = clean[torch.from_numpy(index).to(self.device)]  # (K, B, C, H, W)
             params.mask_tanh.requires_grad_(True)
             params.pattern_tanh.requires_grad_(True)
@@ -262,8 +262,8 @@ class TriggerReverser:
             pattern = pattern_from_tanh(params.pattern_tanh)  # (K, C, H, W)
             stamped = stamp(batch, mask.unsqueeze(1), pattern.unsqueeze(1))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
-                log_probs = self.model(stamped.flatten(0, 1)).float().view(len(slots), config.batch_size, -1)
-            target_log_probs = log_probs.gather(2, targets.view(-1, 1, 1).expand(-1, config.batch_size, 1))
+                log_probs = self.model(stamped.flatten(0, 1)).float().view(len(slots), config.mini_batch, -1)
+            target_log_probs = log_probs.gather(2, targets.view(-1, 1, 1).expand(-1, config.mini_batch, 1))
             cross_entropy = -target_log_probs.squeeze(2).mean(dim=1)  # (K,)
             norms = mask.sum(dim=(1, 2, 3))  # (K,)
             loss = (cross_entropy + costs * norms).sum()
@@ -276,7 +276,7 @@ class TriggerReverser:
                 slot.success_sum += slot_success
                 slot.norm_sum += slot_norm
                 slot.seconds += elapsed
-                slot.images += config.batch_size
+                slot.images += config.mini_batch
 
     def _after_step(self, slot: LabelRun, params: _SlotTensors, index: int) -> bool:
         """Advance one slot's schedule after a step; True when the label is finished."""
@@ -318,7 +318,7 @@ class ReverseSession:
         self.reverser = reverser
         self.clean = clean
         config = reverser.config
-        self.width = config.labels_per_batch or auto_labels_per_batch(reverser.device, config.batch_size, label_count)
+        self.width = config.labels_per_batch or auto_labels_per_batch(reverser.device, config.mini_batch, label_count)
 
     def start(self, label: int) -> LabelRun:
         return LabelRun(label, label_rng(self.reverser.seed, label))

@@ -15,28 +15,18 @@ from cleanse_base.errors import ConfigError, DataError
 from cleanse_base.version import __version__
 from converters.intake import intake_model
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
-from scanner.config import ScanConfig
+from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
-from scanner.mad import mad_outliers
+from scanner.mad import MIN_LABELS, mad_outliers
 from scanner.model import ScoringModel, accuracy
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
 from scanner.report import LabelResult, ScalingChoice, ScanReport
 from scanner.reverse import LabelTrigger, TriggerReverser
+from scanner.runtime import prepare_runtime
+from scanner.schedule import LabelScheduler
 
 ACCURACY_SAMPLE = 1000  # labelled images (a seeded random subset) used to measure accuracy per scaling
 CHANCE_MARGIN = 0.2  # refuse a scan when clean accuracy is within this fraction of the way above chance
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA device here")
-    return device
 
 
 def scoring_model(converted: ConvertedModel, scaling: Scaling, device: torch.device) -> ScoringModel:
@@ -90,11 +80,15 @@ def choose_scaling(
     return best, ScalingChoice(best.describe(), chosen_by, trials[best], named_trials)
 
 
-def scan_labels(config: ScanConfig, num_classes: int) -> list[int]:
-    labels = list(config.labels) or list(range(num_classes))
-    bad = [label for label in labels if not 0 <= label < num_classes]
-    if bad:
-        raise ConfigError(f"label(s) {bad} out of range for a model with {num_classes} classes")
+def scan_labels(config: ScanConfig, num_classes: int, require_verdict: bool = False) -> list[int]:
+    """The labels to reverse: the config's, else all. `require_verdict`: ConfigError when they are fewer than
+    MAD needs to flag one, so that no scan runs whose verdict could only be inconclusive."""
+    labels = check_label_range(config.labels or range(num_classes), num_classes)
+    if require_verdict and len(labels) < MIN_LABELS:
+        raise ConfigError(
+            f"{len(labels)} label(s) to scan: MAD needs at least {MIN_LABELS} to flag one "
+            f"(the model has {num_classes} classes; --labels chooses them)"
+        )
     return labels
 
 
@@ -103,18 +97,16 @@ def scan(
     data: str | Path | CleanData,
     config: ScanConfig = ScanConfig(),
     progress: Callable[[LabelTrigger, int, int], None] | None = None,
+    require_verdict: bool = False,
 ) -> ScanReport:
     """Scan an ONNX image classifier for backdoors with Neural Cleanse.
 
     `data` is a path (.npz, .npy, .h5 or a folder of class subfolders) or a CleanData. `progress`, when
-    given, is called as each label finishes with (result, labels done, labels total).
+    given, is called as each label finishes with (result, labels done, labels total). With fewer than 3 labels
+    scanned the report's verdict is "inconclusive"; `require_verdict` refuses such a scan before it runs.
     """
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
-    config.reverse.validate()
-    device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    device = prepare_runtime(config.device, config.threads, config.seed)
 
     overrides = config.contract
     intake = intake_model(model_path, (overrides.channels, overrides.height, overrides.width))
@@ -122,6 +114,7 @@ def scan(
         intake.onnx_path, config.contract, config.input_name or None, config.output_name or None
     )
     contract = converted.contract
+    labels = scan_labels(config, contract.num_classes, require_verdict)
     if not isinstance(data, CleanData):
         data = load_clean_data(
             data,
@@ -132,7 +125,6 @@ def scan(
             config.max_images or None,
             config.seed,
         )
-    labels = scan_labels(config, contract.num_classes)
     converted.module.to(device)
     scaling, scaling_choice = choose_scaling(converted, data, config, device)
     model = scoring_model(converted, scaling, device)
@@ -145,10 +137,18 @@ def scan(
         if progress:
             progress(result, done, len(labels))
 
+    def decide(norms: dict[int, float]) -> frozenset[int]:
+        return frozenset(mad_outliers(norms, config.mad_threshold).flagged)
+
     reverser = TriggerReverser(model, config.reverse, device, config.seed)
-    triggers = reverser.reverse(data.images, labels, on_label)
-    norms = {trigger.label: trigger.norm for trigger in triggers}
-    mad = mad_outliers(norms, config.mad_threshold)
+    session = reverser.session(data.images, len(labels))
+    runs, schedule = LabelScheduler(session, config.schedule, decide, config.seed, on_label).run(labels)
+    triggers = [session.result(runs[label]) for label in labels]
+    for trigger in triggers:
+        if not runs[trigger.label].finished:  # stopped by the scheduler: done all the same
+            on_label(trigger)
+    estimates = schedule.estimates()
+    mad = mad_outliers(estimates, config.mad_threshold)
     label_results = [
         LabelResult(
             label=t.label,
@@ -159,6 +159,8 @@ def scan(
             seconds=t.seconds,
             anomaly_index=mad.anomaly_indices[t.label],
             flagged=t.label in mad.flagged,
+            final=runs[t.label].finished,
+            estimated_norm=estimates[t.label],
         )
         for t in triggers
     ]
@@ -190,5 +192,6 @@ def scan(
         precision="bfloat16" if reverser.bfloat16 else "float32",
         seconds_total=time.perf_counter() - started,
         started_at=started_at,
+        schedule=schedule.to_dict(),
         triggers=triggers,
     )

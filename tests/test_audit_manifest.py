@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from cleanse_base.errors import ConfigError
-from scanner.audit.jobs import config_hash, data_fingerprint, plan_job
-from scanner.audit.manifest import ModelEntry, entries_from_paths, entry_settings, read_manifest
+from scanner.audit.jobs import config_hash, data_fingerprint, plan_config, plan_job, run_job
+from scanner.audit.manifest import ModelEntry, entries_from_paths, read_manifest
+from scanner.audit.store import ERROR
 
 MANIFEST = """
 data = "data/clean.npz"
@@ -55,13 +56,31 @@ def test_a_manifest_lists_folders_and_models_with_their_own_data_and_settings(au
 
 def test_model_settings_override_shared_ones_and_flags_override_both(audit_dir: Path) -> None:
     manifest = read_manifest(audit_dir / "audit.toml")
-    settings = entry_settings(manifest.models[-1], manifest.settings, {"reverse": {"max_steps": 10}})
-    assert settings == {
-        "seed": 3,
-        "reverse": {"max_steps": 10, "images_per_step": 64},
-        "scale": "inception",
-        "contract": {"layout": "NHWC"},
-    }
+    entry = manifest.models[-1]
+    job = plan_job(entry, manifest.data, manifest.settings, {"reverse": {"max_steps": 10}}, audit_dir / "out")
+    config = job.config
+    assert config is not None and job.settings_error == ""
+    assert (config.seed, config.scale, config.contract.layout) == (3, "inception", "NHWC")
+    assert (config.reverse.max_steps, config.reverse.images_per_step) == (10, 64)
+    assert config.reverse.mini_batch == 16  # the rest of the default preset's numbers stay
+
+
+@pytest.mark.parametrize(
+    ("own", "message"),
+    [({"seed": "three"}, "seed"), ({"contract": {"layout": "NWHC"}}, "layout"), ({"preset": "fast"}, "preset")],
+)
+def test_bad_settings_of_one_model_become_its_error_row_with_a_one_line_reason(
+    audit_dir: Path, own: dict, message: str
+) -> None:
+    entry = ModelEntry(audit_dir / "zoo" / "a.onnx", None, own)
+    job = plan_job(entry, audit_dir / "data" / "clean.npz", {"seed": 3}, {}, audit_dir / "out")
+    assert job.config is None and message in job.settings_error and "\n" not in job.settings_error
+    outcome = run_job(job)
+    assert outcome.status == ERROR and message in outcome.error
+    other = plan_job(
+        ModelEntry(entry.path, None, {"seed": "four"}), audit_dir / "data" / "clean.npz", {}, {}, audit_dir / "out"
+    )
+    assert other.key.config_hash != job.key.config_hash  # other bad settings: another row
 
 
 @pytest.mark.parametrize(
@@ -87,13 +106,27 @@ def test_command_line_paths_expand_folders_and_keep_missing_files(tmp_path: Path
 
 def test_the_config_hash_follows_results_not_run_settings(audit_dir: Path) -> None:
     data = str(audit_dir / "data" / "clean.npz")
-    base = config_hash({"seed": 1}, data)
-    assert config_hash({"seed": 1, "threads": 4, "device": "cpu"}, data) == base
-    assert config_hash({"seed": 2}, data) != base
-    assert config_hash({"seed": 1, "reverse": {"max_steps": 5}}, data) != base
+    base = config_hash(plan_config({"seed": 1}), data)
+    assert config_hash(plan_config({"seed": 1}, {}, {"threads": 4, "device": "cpu"}), data) == base
+    assert config_hash(plan_config({}, {"seed": 1}), data) == base  # the same settings from another layer
+    assert config_hash(plan_config({"seed": 1, "preset": "default"}), data) == base  # the preset's default, named
+    assert config_hash(plan_config({"seed": 2}), data) != base
+    assert config_hash(plan_config({"seed": 1, "reverse": {"max_steps": 5}}), data) != base
     np.savez(audit_dir / "data" / "other.npz", x=np.ones((2, 8, 8, 1), np.uint8))
-    assert config_hash({"seed": 1}, str(audit_dir / "data" / "other.npz")) != base
-    assert data_fingerprint(data) == data_fingerprint(data)
+    assert config_hash(plan_config({"seed": 1}), str(audit_dir / "data" / "other.npz")) != base
+
+
+def test_an_image_folder_is_fingerprinted_by_its_pixels_not_its_names_and_sizes(tmp_path: Path) -> None:
+    image = tmp_path / "images" / "3" / "a.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"\x89PNG pixels: 0000")
+    before = data_fingerprint(str(tmp_path / "images"))
+    image.write_bytes(b"\x89PNG pixels: 1111")  # same name, same size, other pixels
+    after = data_fingerprint(str(tmp_path / "images"))
+    assert after != before
+    assert config_hash(plan_config({"seed": 1}), str(tmp_path / "images")) != config_hash(
+        plan_config({"seed": 1}), str(tmp_path / "images"), lambda path: before
+    )
 
 
 def test_a_planned_job_names_its_file_content_and_report_folder(audit_dir: Path) -> None:

@@ -23,6 +23,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_infected_exits_1_and_writes_the_report(digits, tmp_path):
     out = tmp_path / "report"
     result = run_cli(
@@ -43,6 +44,7 @@ def test_infected_exits_1_and_writes_the_report(digits, tmp_path):
     assert abs(float(mask.sum()) - report["labels"][7]["l1_norm"]) < 1e-3
 
 
+@pytest.mark.slow
 def test_clean_exits_0_and_json_goes_to_stdout(digits):
     result = run_cli(
         "scan", str(digits["digits_clean.onnx"]), "--data", str(digits["digits_test.npz"]), "--json", "--quiet", *FAST
@@ -53,6 +55,7 @@ def test_clean_exits_0_and_json_goes_to_stdout(digits):
     assert "CLEAN" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_model, message",
     [
@@ -73,6 +76,7 @@ def _write(path: Path, content: bytes) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_truncated_model_exits_2(digits, tmp_path):
     data = digits["digits_infected.onnx"].read_bytes()
     truncated = _write(tmp_path / "truncated.onnx", data[: len(data) // 2])
@@ -85,17 +89,22 @@ def test_bad_options_exit_2(digits, tmp_path):
     runner = CliRunner()
     model, data = str(digits["digits_infected.onnx"]), str(digits["digits_test.npz"])
     assert runner.invoke(main, ["scan", model, "--data", data, "--scale", "bogus"]).exit_code == 2
-    result = runner.invoke(main, ["scan", model, "--data", data, "--labels", "3,42"])
+    result = runner.invoke(main, ["scan", model, "--data", data, "--labels", "3,4,42"])
     assert result.exit_code == 2 and "out of range" in result.output
     result = runner.invoke(main, ["scan", model, "--data", str(tmp_path / "none.npz")])
     assert result.exit_code == 2 and "no such file" in result.output
     result = runner.invoke(main, ["scan", model, "--data", data, "--max-steps", "0"])
-    assert result.exit_code == 2 and "max_steps" in result.output
+    assert result.exit_code == 2 and "--max-steps" in result.output
 
 
+@pytest.mark.slow
 def test_config_file_sets_options_and_flags_override_it(digits, tmp_path):
     config = tmp_path / "scan.toml"
-    config.write_text("seed = 4\nlabels = [0, 7]\n[reverse]\nmax_steps = 3\nimages_per_step = 64\n")
+    config.write_text(
+        "seed = 4\nlabels = [0, 1, 7]\n"
+        "[reverse]\nmax_steps = 2\nimages_per_step = 16\nmini_batch = 16\n"
+        "[limits]\nimages = 500\n"
+    )
     runner = CliRunner()
     args = [
         "scan",
@@ -108,17 +117,49 @@ def test_config_file_sets_options_and_flags_override_it(digits, tmp_path):
         "--quiet",
     ]
     result = runner.invoke(main, [*args, "--seed", "9"])
-    assert result.exit_code in (0, 1), result.output
+    # two steps reach no attack success: inconclusive, exit 2, the reason the one stderr line, JSON still out
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "cleanse: error: inconclusive verdict: no label's trigger reached the attack success threshold (0.99)"
+    ]
     report = json.loads(result.stdout)
+    assert report["verdict"] == "inconclusive" and "success threshold" in report["verdict_reason"]
     assert report["config"]["seed"] == 9
-    assert report["config"]["labels"] == [0, 7]
-    assert report["config"]["reverse"]["max_steps"] == 3
-    assert all(label["steps"] <= 3 for label in report["labels"])
+    assert report["config"]["labels"] == [0, 1, 7]
+    assert report["config"]["reverse"]["max_steps"] == 2 and report["config"]["reverse"]["mini_batch"] == 16
+    assert all(label["steps"] <= 2 for label in report["labels"])
     config.write_text("sede = 4\n")
     result = runner.invoke(main, args)
-    assert result.exit_code == 2 and "unknown scan setting" in result.output
+    assert result.exit_code == 2 and "unknown field(s) sede" in result.output
 
 
+@pytest.mark.slow
+def test_inconclusive_scan_still_writes_its_report(digits, tmp_path):
+    out = tmp_path / "report"
+    args = ["--labels", "0,1,2", "--max-steps", "2", "--images-per-step", "16", "--quiet", "--out", str(out)]
+    result = run_cli("scan", str(digits["digits_infected.onnx"]), "--data", str(digits["digits_test.npz"]), *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("cleanse: error: inconclusive verdict:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "INCONCLUSIVE" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"] == "inconclusive" and report["schema_version"] == "1.2"
+    html = (out / "report.html").read_text()
+    assert 'class="verdict inconclusive"' in html and "success threshold" in html
+
+
+def test_usage_errors_are_one_line_and_exit_2(digits):
+    runner = CliRunner()
+    model = str(digits["digits_infected.onnx"])
+    for args in (["scan", model], ["scan", model, "--data", "x.npz", "--threads", "0"], ["bogus"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("cleanse: error: ")
+    assert runner.invoke(main, ["--help"]).exit_code == 0
+    assert runner.invoke(main, ["--version"]).exit_code == 0
+
+
+@pytest.mark.slow
 def test_model_with_no_image_input_exits_2(tmp_path, digits):
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["tokens"], ["scores"])],

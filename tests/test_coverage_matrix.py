@@ -9,7 +9,6 @@ opset-dependent ops: LayerNormalization from 17, Gelu from 20).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from converters.contract import ContractOverrides
 from converters.onnx_to_torch import RELATIVE_TOLERANCE, load_onnx_classifier
-from fixtures.export import check_export, export_legacy
+from fixtures.export import export_dynamo, export_legacy
 from fixtures.families import CHANNELS, CLASSES, FAMILIES, HEADS, SIZE, keras_classifier, torch_classifier
 from scanner.config import ReverseConfig
 from scanner.model import ScoringModel
@@ -27,7 +26,7 @@ from scanner.preprocess import make_scaling
 from scanner.reverse import TriggerReverser
 
 FIXED_BATCH = 4
-ONE_STEP = ReverseConfig(batch_size=FIXED_BATCH, images_per_step=FIXED_BATCH, max_steps=1)
+ONE_STEP = ReverseConfig(mini_batch=FIXED_BATCH, images_per_step=FIXED_BATCH, max_steps=1)
 LEGACY_OPSETS = range(11, 18)
 DYNAMO_OPSETS = (18, 19, 20)
 OPSET_FAMILIES = ("plain_cnn", "vit")
@@ -68,26 +67,6 @@ def matrix() -> list[Cell]:
 UNSUPPORTED: dict[str, str] = {}
 
 
-def export_dynamo_at(module: torch.nn.Module, path: Path, opset: int, dynamic_batch: bool) -> None:
-    example = torch.rand(FIXED_BATCH, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=True,
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_shapes=dynamic_shapes,
-        )
-    check_export(module, path, example, dynamic_batch)
-
-
 def export_cell(cell: Cell, folder: Path) -> Path:
     path = folder / f"{cell.id}.onnx"
     if cell.exporter == "keras":
@@ -101,7 +80,8 @@ def export_cell(cell: Cell, folder: Path) -> Path:
     if cell.exporter == "legacy":
         export_legacy(module, path, (FIXED_BATCH, CHANNELS, SIZE, SIZE), opset=cell.opset)
     else:
-        export_dynamo_at(module, path, cell.opset, dynamic_batch=cell.exporter == "dynamo")
+        example = torch.rand(FIXED_BATCH, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+        export_dynamo(module, path, example, dynamic_batch=cell.exporter == "dynamo", opset=cell.opset)
     return path
 
 
@@ -115,6 +95,7 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CLEANSE_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", [cell_param(cell) for cell in matrix()])
 def test_cell_converts_differentiates_and_scans(cell: Cell, tmp_path: Path):
     if cell.exporter == "keras":
@@ -142,6 +123,7 @@ def test_cell_converts_differentiates_and_scans(cell: Cell, tmp_path: Path):
     assert trigger.steps == 1 and np.isfinite(trigger.norm) and trigger.mask.shape == (SIZE, SIZE)
 
 
+@pytest.mark.slow
 def test_keras_grouped_convolution_is_unsupported_with_the_op_named(tmp_path: Path):
     """Unsupported cell: Keras' Conv2D(groups>1) reaches tf2onnx as an XLA call it cannot convert."""
     pytest.importorskip("tensorflow", reason="needs the keras extra: pip install .[keras]")

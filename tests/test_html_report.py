@@ -65,6 +65,7 @@ def test_the_chart_marks_flagged_bars_and_skips_a_threshold_below_zero() -> None
     assert 'class="median"' in svg and 'class="threshold"' not in svg
 
 
+@pytest.mark.slow
 def test_scan_out_writes_one_self_contained_report_html(scanned: Path) -> None:
     html = (scanned / "reports" / "infected" / REPORT_HTML).read_text()
     sources = re.findall(r'src="([^"]*)"', html)
@@ -73,6 +74,7 @@ def test_scan_out_writes_one_self_contained_report_html(scanned: Path) -> None:
     assert 'id="label-7"' in html and 'class="threshold"' in html
 
 
+@pytest.mark.slow
 def test_index_links_done_models_and_escapes_errors(scanned: Path) -> None:
     html = (scanned / INDEX_HTML).read_text()
     assert html.count("<a href=") == 1 and 'href="reports/infected/report.html"' in html

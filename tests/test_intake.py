@@ -91,6 +91,7 @@ def test_the_planted_pickle_really_runs_code_when_unpickled(tmp_path):
     assert marker.exists()  # so its absence below means the file was never unpickled
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["scan", "convert"])
 def test_pickled_checkpoints_are_refused_without_running_them(tmp_path, command):
     marker = tmp_path / "ran"
@@ -103,6 +104,7 @@ def test_pickled_checkpoints_are_refused_without_running_them(tmp_path, command)
         assert not marker.exists(), f"{path.name} was unpickled"
 
 
+@pytest.mark.slow
 def test_pt2_with_pickled_sample_inputs_is_refused(tmp_path, pt2_file):
     marker = tmp_path / "ran"
     buffer = io.BytesIO()
@@ -113,6 +115,7 @@ def test_pt2_with_pickled_sample_inputs_is_refused(tmp_path, pt2_file):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_pt2_calling_a_python_function_is_refused(tmp_path, pt2_file):
     with zipfile.ZipFile(pt2_file) as archive:
         name = next(n for n in archive.namelist() if n.endswith("models/model.json"))
@@ -124,6 +127,7 @@ def test_pt2_calling_a_python_function_is_refused(tmp_path, pt2_file):
         convert_to_onnx(planted, tmp_path / "out.onnx")
 
 
+@pytest.mark.slow
 def test_pt2_with_a_pickled_weight_is_refused(tmp_path, pt2_file):
     with zipfile.ZipFile(pt2_file) as archive:
         name = next(n for n in archive.namelist() if n.endswith("model_weights_config.json"))
@@ -137,6 +141,7 @@ def test_pt2_with_a_pickled_weight_is_refused(tmp_path, pt2_file):
         convert_to_onnx(planted, tmp_path / "out.onnx")
 
 
+@pytest.mark.slow
 def test_torchscript_archive_with_a_foreign_global_is_refused(tmp_path, small_cnn):
     scripted = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(small_cnn), scripted)
@@ -159,6 +164,7 @@ def test_pickle_scan_reports_a_global_it_cannot_follow_as_unknown():
 # ---------------------------------------------------------------- torch formats convert faithfully
 
 
+@pytest.mark.slow
 def test_pt2_and_torchscript_convert_and_match_the_source(tmp_path, pt2_file, small_cnn):
     record = convert_to_onnx(pt2_file, tmp_path / "pt2.onnx")
     assert record.source_format == ModelKind.TORCH_EXPORT.value and "dynamo" in record.converter
@@ -172,6 +178,7 @@ def test_pt2_and_torchscript_convert_and_match_the_source(tmp_path, pt2_file, sm
     assert "legacy" in record.converter and record.max_abs_diff_vs_source < 1e-4
 
 
+@pytest.mark.slow
 def test_convert_command_writes_a_checked_onnx_file(tmp_path, pt2_file):
     out = tmp_path / "model.onnx"
     result = run_cli("convert", pt2_file, "-o", out, "--json")
@@ -181,6 +188,7 @@ def test_convert_command_writes_a_checked_onnx_file(tmp_path, pt2_file):
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_intake_passes_onnx_through_and_caches_conversions(pt2_file):
     first = intake_model(pt2_file)
     again = intake_model(pt2_file)
@@ -189,10 +197,11 @@ def test_intake_passes_onnx_through_and_caches_conversions(pt2_file):
     assert as_is.onnx_path == first.onnx_path and as_is.record.converter is None
 
 
+@pytest.mark.slow
 def test_scan_reads_a_pt2_file_and_reports_its_conversion(tmp_path, pt2_file):
     images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8)  # unlabelled, NHWC
     np.savez(tmp_path / "data.npz", x=images)
-    one_step = {"labels": [0, 1], "reverse": {"max_steps": 1, "images_per_step": 8, "batch_size": 8}}
+    one_step = {"labels": [0, 1], "reverse": {"max_steps": 1, "images_per_step": 8, "mini_batch": 8}}
     report = scan(pt2_file, tmp_path / "data.npz", make_config(one_step))
     intake = report.to_json_dict()["conversion"]["intake"]
     assert intake["source_format"] == ModelKind.TORCH_EXPORT.value and intake["opset"] == 18
@@ -203,6 +212,7 @@ def test_scan_reads_a_pt2_file_and_reports_its_conversion(tmp_path, pt2_file):
 # ---------------------------------------------------------------- clear errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -229,6 +239,7 @@ def test_other_zips_and_folders_are_named_for_what_they_are_not(tmp_path):
         detect_kind(tmp_path)
 
 
+@pytest.mark.slow
 def test_keras_without_the_extra_names_it(tmp_path, monkeypatch):
     path = tmp_path / "model.keras"
     with zipfile.ZipFile(path, "w") as file:
@@ -250,6 +261,7 @@ def keras():
     return keras
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_keras_lambda_layer_is_refused_and_its_code_never_runs(tmp_path, keras, suffix):
     marker = tmp_path / "ran"
@@ -278,6 +290,7 @@ def keras_cnn(keras):
     )
 
 
+@pytest.mark.slow
 def test_keras_h5_and_saved_model_convert_and_match_the_source(tmp_path, keras):
     model = keras_cnn(keras)
     model.save(tmp_path / "model.keras")
@@ -293,6 +306,7 @@ def test_keras_h5_and_saved_model_convert_and_match_the_source(tmp_path, keras):
         assert record.sample_shape == [2, 8, 8, 1] and record.max_abs_diff_vs_source < 1e-5
 
 
+@pytest.mark.slow
 def test_saved_model_that_writes_files_is_refused_before_it_runs(tmp_path, keras):
     import tensorflow as tf
 

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from scanner.mad import CONSISTENCY_CONSTANT, mad_outliers
+from scanner.mad import CONSISTENCY_CONSTANT, MIN_LABELS, mad_outliers
+from scanner.report import LabelResult, decide_verdict
 
 
 def test_matches_the_reference_formula():
@@ -39,3 +40,36 @@ def test_zero_mad_makes_any_deviation_infinite():
     assert math.isinf(result.anomaly_index)
     assert result.flagged == [3]
     assert mad_outliers({0: 5.0, 1: 5.0}).flagged == []
+
+
+def test_fewer_than_min_labels_can_never_be_flagged():
+    """Why MIN_LABELS is 3: with two norms, however far apart, the anomaly index stays at 1 / 1.4826."""
+    for far in (1.0, 1e-6, 1e6):
+        result = mad_outliers({0: 100.0, 1: far}, threshold=0.68)
+        assert result.flagged == [] and result.anomaly_index == pytest.approx(1 / CONSISTENCY_CONSTANT)
+    assert mad_outliers({0: 5.0}).anomaly_index == 0
+    assert MIN_LABELS == 3 and mad_outliers({0: 100.0, 1: 100.0, 2: 1.0}).flagged == [2]
+
+
+def _labels(norms: dict[int, float], found: set[int]) -> list[LabelResult]:
+    return [
+        LabelResult(label, norm, 1.0 if label in found else 0.2, label in found, 10, 1.0, 0.0, False)
+        for label, norm in norms.items()
+    ]
+
+
+@pytest.mark.parametrize(
+    "norms, found, verdict, reason",
+    [
+        ({0: 60.0, 1: 64.0, 2: 70.0, 3: 16.0, 4: 66.0}, {0, 1, 2, 3, 4}, "infected", "label(s) 3"),
+        ({0: 60.0, 1: 64.0, 2: 70.0, 3: 58.0, 4: 66.0}, {0, 1, 2, 3, 4}, "clean", "no label above"),
+        ({0: 60.0, 1: 64.0}, {0, 1}, "inconclusive", "2 label(s) scanned"),
+        ({7: 6.0}, {7}, "inconclusive", "1 label(s) scanned"),
+        ({0: 60.0, 1: 64.0, 2: 70.0, 3: 16.0}, set(), "inconclusive", "no label's trigger reached"),
+        ({0: 60.0, 1: 64.0, 2: 70.0, 3: 58.0}, {0, 1}, "inconclusive", "only 2 label(s) reached"),
+        ({0: 30.0, 1: 30.0, 2: 30.0, 3: 30.0}, {0, 1, 2, 3}, "inconclusive", "same L1 norm"),
+    ],
+)
+def test_the_verdict_is_inconclusive_where_the_statistics_cannot_decide(norms, found, verdict, reason):
+    decided, why = decide_verdict(_labels(norms, found), mad_outliers(norms), 0.99)
+    assert decided == verdict and reason in why

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +13,28 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from cleanse_base.errors import ConfigError, DataError
+from cleanse_base.exit_codes import EXIT_INFECTED
 from cleanse_base.files import file_sha256
 from converters.contract import ContractOverrides
 from converters.onnx_to_torch import load_onnx_classifier
 from scanner import make_config, scan, write_report
-from scanner.cli import EXIT_CLEAN, EXIT_INFECTED, main
+from scanner.cli import main
 from scanner.data import load_clean_data
-from scanner.mitigate import MitigationConfig, mitigate
+from scanner.mitigate import METHODS, MitigationConfig, MitigationMethod, mitigate
+from scanner.mitigate.methods import method_named
 from scanner.mitigate.prune import interleaved_order
 from scanner.mitigate.reattack import reattack_success, within_budget
-from scanner.mitigate.triggers import reversed_trigger
+from scanner.mitigate.triggers import load_trigger_files, require_labels, reversed_trigger
 from scanner.model import ScoringModel
 from scanner.preprocess import make_scaling
+from scanner.report import ScanReport
 
 TARGET = 7
+# the mitigation names its label, so the scan it starts from needs only the target's reversed trigger
 SCAN_TARGET_ONLY = make_config({"seed": 1, "labels": [TARGET], "threads": 1})
+# a re-scan must reverse enough labels for MAD to judge the target against the others (one label: MAD 0)
+RESCAN_LABELS = "0,1,2,7"
 # upper bound on the real trigger's attack success after each method (it is ~1.0 before)
 ATTACK_SUCCESS_AFTER = {"unlearn": 0.15, "prune": 0.15, "filter": 0.15}
 # The digits net's last hidden layer has only 64 neurons, too few to prune or filter; the 512 flattened conv
@@ -75,6 +83,7 @@ def infected_report(digits, tmp_path_factory) -> Path:
     return scan_report(digits["digits_infected.onnx"], digits["digits_test.npz"], folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["unlearn", "prune", "filter"])
 def test_method_lowers_attack_success_and_keeps_the_interface(digits, infected_report, tmp_path, method):
     model = digits["digits_infected.onnx"]
@@ -82,8 +91,11 @@ def test_method_lowers_attack_success_and_keeps_the_interface(digits, infected_r
     out = tmp_path / "patched.onnx"
     layer = "" if method == "unlearn" else FEATURES_LAYER
     config = MitigationConfig(method=method, labels=(TARGET,), threads=1, layer=layer)
-    result = mitigate(model, infected_report, digits["digits_test.npz"], config, out, real_trigger(digits))
+    result, json_path = mitigate(model, infected_report, digits["digits_test.npz"], config, out, real_trigger(digits))
 
+    assert json_path == tmp_path / "mitigation.json"
+    assert json.loads(json_path.read_text())["after"]["attack_success"] == result.after.attack_success
+    assert result.output_sha256 == file_sha256(out)
     assert result.real_trigger_target == TARGET
     assert result.before.attack_success["real"] > 0.9
     assert result.after.attack_success["real"] <= ATTACK_SUCCESS_AFTER[method]
@@ -102,10 +114,11 @@ def test_method_lowers_attack_success_and_keeps_the_interface(digits, infected_r
         assert onnx_attack_success(out, digits) <= ATTACK_SUCCESS_AFTER[method]
 
 
+@pytest.mark.slow
 def test_filter_flags_triggered_inputs_in_onnxruntime(digits, infected_report, tmp_path):
     out = tmp_path / "filtered.onnx"
     config = MitigationConfig(method="filter", labels=(TARGET,), threads=1, layer=FEATURES_LAYER)
-    result = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config, out)
+    result, _ = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config, out)
     with np.load(digits["digits_test.npz"]) as archive:
         clean = archive["x"].astype(np.float32)
     triggered = np.where(np.load(digits["digits_trigger_mask.npy"])[None, :, :, None] > 0, 255.0, clean)
@@ -125,16 +138,18 @@ def _initializer(path: Path) -> onnx.TensorProto:
     return next(init for init in model.graph.initializer if init.name == "cleanse_filter_threshold")
 
 
+@pytest.mark.slow
 def test_unlearning_is_seeded(digits, infected_report, tmp_path):
     config = MitigationConfig(labels=(TARGET,), threads=1, seed=3)
     runs = [
-        mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config, tmp_path / name)
+        mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config, tmp_path / name)[0]
         for name in ("a.onnx", "b.onnx")
     ]
     assert runs[0].output_sha256 == runs[1].output_sha256
     assert runs[0].after == runs[1].after
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "nhwc", "batch"),
     [
@@ -148,39 +163,56 @@ def test_unlearning_writes_back_other_exports(digits, tmp_path, model, nhwc, bat
     report = scan_report(path, digits["digits_test.npz"], tmp_path / "report")
     out = tmp_path / "patched.onnx"
     config = MitigationConfig(labels=(TARGET,), threads=1)
-    result = mitigate(path, report, digits["digits_test.npz"], config, out, real_trigger(digits))
+    result, _ = mitigate(path, report, digits["digits_test.npz"], config, out, real_trigger(digits))
     assert result.after.attack_success["real"] <= ATTACK_SUCCESS_AFTER["unlearn"]
     assert interface(onnx.load(str(out))) == interface(onnx.load(str(path)))
     if model != "digits_infected_nhwc_softmax.onnx":  # that one takes inception-scaled input
         assert onnx_attack_success(out, digits, nhwc, batch) <= ATTACK_SUCCESS_AFTER["unlearn"]
 
 
-def test_rescanning_the_patched_models_works(digits, infected_report, tmp_path):
+def rescan(model: Path, data: Path) -> tuple[int, dict]:
+    args = ["scan", str(model), "--data", str(data), "--labels", RESCAN_LABELS, "--seed", "1", "--json", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_rescanning_the_patched_models_judges_the_backdoor(digits, infected_report, tmp_path):
+    """Filtering leaves the classifier as it was (it only adds outputs): a re-scan still flags 7 with a small
+    trigger. Unlearning weakens the backdoor in the classifier: the re-scan's trigger for 7 must be much larger.
+    (It may still stand out among four labels: the unlearned 7 needs a smaller trigger than the other labels.)"""
+    data = digits["digits_test.npz"]
+    codes, target = {}, {}
     for method in ("unlearn", "filter"):
         out = tmp_path / f"{method}.onnx"
         config = MitigationConfig(method=method, labels=(TARGET,), threads=1, layer=FEATURES_LAYER)
-        mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config, out)
-        args = ["scan", str(out), "--data", str(digits["digits_test.npz"]), "--labels", "7", "--json", "--quiet"]
-        result = CliRunner().invoke(main, args)
-        assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED), result.stderr
-        report = json.loads(result.stdout)
+        mitigate(digits["digits_infected.onnx"], infected_report, data, config, out)
+        codes[method], report = rescan(out, data)
         assert report["contract"]["output_name"] == "output"
         assert report["scaling"]["accuracy"] > 0.9
+        assert len(report["labels"]) == len(RESCAN_LABELS.split(","))
+        target[method] = next(label for label in report["labels"] if label["label"] == TARGET)
+    assert codes["filter"] == EXIT_INFECTED and target["filter"]["flagged"]
+    assert target["unlearn"]["l1_norm"] > 2 * target["filter"]["l1_norm"]
+    assert target["unlearn"]["anomaly_index"] < target["filter"]["anomaly_index"]
 
 
-def test_prune_respects_the_accuracy_limit(digits, infected_report):
+@pytest.mark.slow
+def test_prune_respects_the_accuracy_limit(digits, infected_report, tmp_path):
+    out = tmp_path / "pruned.onnx"
     config = MitigationConfig(method="prune", labels=(TARGET,), threads=1, prune_max_accuracy_drop=0.01)
-    result = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config)
+    result, _ = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config, out)
     details = result.details
     assert details["accuracy_drop"] <= 0.01
-    assert 0 <= details["pruned"] < details["neurons"]
-    assert details["fraction_pruned"] == details["pruned"] / details["neurons"]
-    assert result.output_path is None
+    assert 0 < details["pruned"] < details["neurons"]
+    assert details["stopped"] == "target reached"
 
 
-def test_default_layer_is_the_candidate_where_triggered_inputs_stand_out(digits, infected_report):
+@pytest.mark.slow
+def test_default_layer_is_the_candidate_where_triggered_inputs_stand_out(digits, infected_report, tmp_path):
+    model, data, out = digits["digits_infected.onnx"], digits["digits_test.npz"], tmp_path / "filtered.onnx"
     config = MitigationConfig(method="filter", labels=(TARGET,), threads=1)
-    details = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config).details
+    details = mitigate(model, infected_report, data, config, out)[0].details
     separation = details["layer_separation"]
     # the second-to-last layer (feeding the last Gemm) and the one before it
     assert list(separation) == ["/core/core.8/Gemm", FEATURES_LAYER]
@@ -190,7 +222,7 @@ def test_default_layer_is_the_candidate_where_triggered_inputs_stand_out(digits,
     assert all(0 <= value <= 1 for value in separation.values())
 
     named = MitigationConfig(method="filter", labels=(TARGET,), threads=1, layer="/core/core.8/Gemm")
-    details = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], named).details
+    details = mitigate(model, infected_report, data, named, out)[0].details
     assert details["layer_chosen_by"] == "user" and details["layer"] == "core/core/8/Gemm"
 
 
@@ -200,31 +232,32 @@ def test_reattack_budget_caps_the_mask_norm():
     assert torch.equal(within_budget(mask, 10.0), mask)
 
 
+@pytest.mark.slow
 def test_reattack_revives_the_backdoor_only_where_there_is_one(digits, infected_report):
     """Re-attacking label 7's reversed trigger: on the infected model it works; on the clean model, with the
     same small mask budget, it does not."""
-    trigger = reversed_trigger(infected_report, TARGET)
+    trigger = reversed_trigger(infected_report, TARGET, (1, 8, 8))
     data = load_clean_data(digits["digits_test.npz"], 1, 8, 8, 10)
-    images, labels = data.images, data.labels
+    half = len(data) // 2
+    repair, judged = data.subset(np.arange(half)), data.subset(np.arange(half, len(data)))
     success = {}
     for name in ("digits_infected.onnx", "digits_clean.onnx"):
         converted = load_onnx_classifier(digits[name])
         model = ScoringModel(converted.module, converted.contract, make_scaling("unit", 1))
-        half = len(images) // 2
-        success[name] = reattack_success(
-            model, trigger, images[:half], labels[:half], images[half:], labels[half:], 1.5, torch.device("cpu"), 0
-        )
+        success[name] = reattack_success(model, trigger, repair, judged, 1.5, torch.device("cpu"), 0)
     assert success["digits_infected.onnx"] > 0.9
     assert success["digits_clean.onnx"] < 0.5
 
 
+@pytest.mark.slow
 def test_contract_overrides_survive_the_report(digits, tmp_path):
     """A report made with user overrides (here the fixed batch size) drives the mitigation the same way."""
     path = digits["digits_infected_fixed_batch.onnx"]
-    config = make_config({"seed": 1, "labels": [TARGET], "contract": {"batch_size": 16}})
-    assert config.contract == ContractOverrides(batch_size=16)
-    write_report(scan(path, digits["digits_test.npz"], config), tmp_path)
-    result = mitigate(path, tmp_path, digits["digits_test.npz"], MitigationConfig(method="prune", labels=(TARGET,)))
+    config = make_config({"seed": 1, "labels": [TARGET], "contract": {"fixed_batch": 16}})
+    assert config.contract == ContractOverrides(fixed_batch=16)
+    write_report(scan(path, digits["digits_test.npz"], config), tmp_path / "report")
+    prune = MitigationConfig(method="prune", labels=(TARGET,))
+    result, _ = mitigate(path, tmp_path / "report", digits["digits_test.npz"], prune, tmp_path / "pruned.onnx")
     assert result.before.clean_accuracy > 0.9
 
 
@@ -237,3 +270,167 @@ def test_pruning_order_lets_each_trigger_take_turns():
 def test_pruning_order_leaves_out_neurons_no_trigger_raises():
     assert interleaved_order([np.array([2.0, 0.0, -1.0, 1.0])]).tolist() == [0, 3]
     assert interleaved_order([np.zeros(3)]).tolist() == []
+
+
+def test_every_method_is_registered_under_its_module_name():
+    assert METHODS == ("filter", "prune", "unlearn")
+    for name in METHODS:
+        method = method_named(name)
+        assert isinstance(method, MitigationMethod) and method.name == name
+    with pytest.raises(ConfigError, match="unknown method 'retrain'; choose one of filter, prune, unlearn"):
+        method_named("retrain")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"learning_rate": float("nan")}, "learning_rate must be positive"),
+        ({"prune_reattack_norm": float("inf")}, "prune_reattack_norm must be 0"),
+        ({"labels": (7, 7)}, "labels must be distinct"),
+        ({"unlearn_batch": 0}, "unlearn_batch must be positive"),
+        ({"seed": -1}, "seed must be 0 or positive"),
+    ],
+)
+def test_config_refuses_values_no_run_can_use(change, message):
+    with pytest.raises(ConfigError, match=message):
+        MitigationConfig(**change).validate()
+
+
+# ---------------------------------------------------------------- no output may replace an input
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clash", ["json-out is the model", "json-out is report.json", "json-out is out", "out links"])
+def test_an_output_onto_an_input_is_refused_before_any_work(digits, infected_report, tmp_path, clash):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(digits["digits_infected.onnx"].read_bytes())
+    out, json_out = tmp_path / "patched.onnx", None
+    if clash == "json-out is the model":
+        json_out = model
+    elif clash == "json-out is report.json":
+        json_out = infected_report / "report.json"
+    elif clash == "json-out is out":
+        json_out = out
+    else:
+        out.hardlink_to(model)  # a hard link: another name for the model's bytes
+    kept = {path: path.read_bytes() for path in (model, infected_report / "report.json")}
+    config = MitigationConfig(labels=(TARGET,), threads=1)
+    with pytest.raises(ConfigError, match="would overwrite or write into the input|are the same file"):
+        mitigate(model, infected_report, digits["digits_test.npz"], config, out, json_out=json_out)
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert not (tmp_path / "mitigation.json").exists()
+
+
+# ---------------------------------------------------------------- tampered report folders
+
+
+@pytest.fixture(scope="module")
+def report_payload(infected_report) -> dict:
+    return json.loads((infected_report / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_report_reads_back_as_it_was_written(report_payload):
+    report = ScanReport.from_json(report_payload)
+    assert report.to_json_dict() == report_payload
+    assert report.config.labels == (TARGET,) and report.contract.num_classes == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("flagged_labels",), [7] * 2000, "flagged_labels must be distinct labels in \\[0, 10\\)"),
+        (("flagged_labels",), [12], "flagged_labels must be distinct"),
+        (("flagged_labels",), "7", "flagged_labels: expected a list, not str"),
+        (("flagged_labels",), [True], "flagged_labels\\[0\\]: expected int, not bool"),
+        (("config", "mean"), "0.5", "config.mean: expected a list"),
+        (("config", "scale"), 3, "config.scale: expected str, not int"),
+        (("contract", "layout"), "NCWH", "contract.layout: 'NCWH' is not one of"),
+        (("contract", "num_classes"), float("nan"), "contract.num_classes: expected int, not float"),
+        (("median",), float("nan"), "median: nan is not a finite number"),
+        (("model",), None, "model: expected a table, not null"),
+    ],
+)
+def test_a_tampered_report_is_refused_with_one_line(report_payload, path, value, message):
+    tampered = json.loads(json.dumps(report_payload))
+    *parents, leaf = path
+    holder = tampered
+    for key in parents:
+        holder = holder[key]
+    holder[leaf] = value
+    with pytest.raises(ConfigError, match=message) as caught:
+        ScanReport.from_json(tampered)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_report_without_a_field_is_refused(report_payload):
+    tampered = {key: value for key, value in report_payload.items() if key != "contract"}
+    with pytest.raises(ConfigError, match="report.json: missing field 'contract'"):
+        ScanReport.from_json(tampered)
+
+
+class WritesMarker:
+    """Unpickling it creates the marker file: a pickled .npy that runs code when loaded with allow_pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def write_pickled_npy(path: Path, marker: Path) -> None:
+    np.save(path, np.array([WritesMarker(marker)], dtype=object), allow_pickle=True)
+
+
+def write_npy_header_only(path: Path, shape: tuple[int, ...]) -> None:
+    """A .npy file whose header declares `shape` float32 but that holds no data (a few hundred bytes)."""
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "<f4", "fortran_order": False, "shape": shape})
+
+
+@pytest.mark.parametrize(
+    ("which", "plant", "message"),
+    [
+        ("mask", lambda p, m: np.save(p, np.full((8, 8), 1e6, np.float32)), "mask values must be finite and lie in"),
+        ("mask", lambda p, m: np.save(p, np.full((8, 8), np.nan, np.float32)), "mask values must be finite"),
+        ("mask", lambda p, m: np.save(p, np.ones((4, 4), np.float32)), "mask has shape \\[4, 4\\], the model needs"),
+        ("pattern", lambda p, m: np.save(p, np.full((8, 8, 1), 256, np.float32)), "pattern values must be finite"),
+        ("pattern", lambda p, m: np.save(p, np.full((8, 8, 1), -np.inf)), "pattern values must be finite"),
+        ("pattern", lambda p, m: np.save(p, np.ones((8, 8), np.float32)), "pattern has shape \\[8, 8\\]"),
+        ("mask", write_pickled_npy, "must be a numeric array, not object"),
+        ("mask", lambda p, m: write_npy_header_only(p, (100_000, 100_000)), "over the limit image_elements"),
+        ("mask", lambda p, m: write_npy_header_only(p, (8, 8)), "not a readable .npy array"),
+        ("mask", lambda p, m: p.write_bytes(b"not an array"), "not a readable .npy array"),
+        ("mask", lambda p, m: os.mkfifo(p), "must be a regular file"),
+    ],
+)
+def test_tampered_trigger_arrays_are_refused(tmp_path, which, plant, message):
+    files = {"mask": tmp_path / "mask.npy", "pattern": tmp_path / "pattern.npy"}
+    np.save(files["mask"], np.zeros((8, 8), np.float32))
+    np.save(files["pattern"], np.zeros((8, 8, 1), np.float32))
+    files[which].unlink()
+    marker = tmp_path / "marker"
+    plant(files[which], marker)
+    with pytest.raises(DataError, match=message) as caught:
+        load_trigger_files(files["mask"], files["pattern"], (1, 8, 8))
+    assert "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_a_valid_trigger_loads_as_chw(tmp_path):
+    mask, pattern = tmp_path / "mask.npy", tmp_path / "pattern.npy"
+    np.save(mask, np.eye(8, dtype=np.float64))
+    np.save(pattern, np.arange(64, dtype=np.uint8).reshape(8, 8, 1))
+    loaded_mask, loaded_pattern = load_trigger_files(mask, pattern, (1, 8, 8))
+    assert loaded_mask.dtype == loaded_pattern.dtype == np.float32
+    assert loaded_pattern.shape == (1, 8, 8) and loaded_pattern[0, 7, 7] == 63
+    np.testing.assert_array_equal(loaded_mask, np.eye(8))
+
+
+def test_duplicated_labels_to_mitigate_are_refused():
+    with pytest.raises(ConfigError, match="distinct"):
+        require_labels((), [7] * 2000, 10)
+    assert require_labels((3, 7), [7], 10) == [3, 7]

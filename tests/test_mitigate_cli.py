@@ -1,4 +1,5 @@
-"""`cleanse mitigate`: writes the patched model and mitigation.json; bad arguments exit 2 with one line."""
+"""`cleanse mitigate`: writes the patched model and mitigation.json; bad arguments exit 2 with one line, and no
+output ever replaces an input."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def run(*args) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_writes_the_patched_model_and_the_table(digits, report, tmp_path):
     out = tmp_path / "patched.onnx"
     trigger = (digits["digits_trigger_mask.npy"], digits["digits_trigger_pattern.npy"])
@@ -42,6 +44,7 @@ def test_writes_the_patched_model_and_the_table(digits, report, tmp_path):
     assert table["method"] == "unlearn" and table["labels"] == [TARGET]
     assert table["after"]["attack_success"]["real"] < table["before"]["attack_success"]["real"]
     assert table["output_sha256"] == file_sha256(out)
+    assert f"table      {tmp_path / 'mitigation.json'}" in stdout
 
 
 @pytest.fixture
@@ -61,16 +64,20 @@ def bad_trigger(tmp_path: Path) -> list:
     return ["--trigger", tmp_path / "mask.npy", tmp_path / "pattern.npy"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"labels": []}, "flags no label: nothing to mitigate"),
         ({"labels": ["--labels", 12]}, "out of range"),
-        ({"labels": ["--labels", "seven"]}, "--labels expects comma-separated integers"),
+        ({"labels": ["--labels", "seven"]}, "labels"),
         ({"report": ["--report", "/nonexistent"]}, "no report.json"),
         ({"model": ["digits_clean.onnx"]}, "scan report of another model"),
-        ({"out": ["--out", "SAME"]}, "the input file is never modified"),
-        ({"out": ["--out", "/nonexistent/patched.onnx"]}, "does not exist"),
+        ({"out": ["--out", "MODEL"]}, "would overwrite or write into the input"),
+        ({"extra": ["--json-out", "MODEL"]}, "would overwrite or write into the input"),
+        ({"extra": ["--json-out", "REPORT_JSON"]}, "would overwrite or write into the input"),
+        ({"extra": ["--json-out", "OUT"]}, "are the same file"),
+        ({"out": ["--out", "UNDER_MODEL"]}, "cannot write there"),
         ({"data": ["--data", "/nonexistent.npz"]}, "no such file"),
         ({"extra": ["--fpr", 2]}, "filter_fpr must be in (0, 1)"),
         ({"extra": ["--method", "filter", "--layer", "nope"]}, "no prunable layer named 'nope'"),
@@ -78,21 +85,29 @@ def bad_trigger(tmp_path: Path) -> list:
         ({"extra": ["--method", "retrain"]}, "Invalid value for '--method'"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(digits, model_args, tmp_path, change, message):
+def test_bad_arguments_exit_2_with_one_line(digits, report, model_args, tmp_path, change, message):
+    model = digits["digits_infected.onnx"]
+    paths = {
+        "MODEL": model,
+        "REPORT_JSON": report / "report.json",
+        "OUT": tmp_path / "patched.onnx",
+        "UNDER_MODEL": model / "patched.onnx",
+    }
     args = dict(model_args)
     for key, value in change.items():
         if value == "BAD_TRIGGER":
             value = bad_trigger(tmp_path)
         elif key == "model":
             value = [digits[value[0]]]
-        elif value == ["--out", "SAME"]:
-            value = ["--out", digits["digits_infected.onnx"]]
+        elif isinstance(value, list):
+            value = [paths.get(item, item) if isinstance(item, str) else item for item in value]
         args[key] = value
-    digest = file_sha256(digits["digits_infected.onnx"])
+    kept = {path: file_sha256(path) for path in (model, report / "report.json")}
     code, stdout, stderr = run(*[item for values in args.values() for item in values])
     assert code == EXIT_ERROR
     assert message in stderr
     if "Invalid value" not in message:  # click's own usage errors print usage lines too
         assert stderr.count("\n") == 1 and stderr.startswith("cleanse: error: ")
-    assert file_sha256(digits["digits_infected.onnx"]) == digest
+    assert {path: file_sha256(path) for path in kept} == kept
     assert not (tmp_path / "patched.onnx").exists()
+    assert not (tmp_path / "mitigation.json").exists()

@@ -45,12 +45,14 @@ def test_transposed_gemm_and_matmul_buffers_are_linked(tf2onnx_style):
     assert set(buffers.values()) <= set(weight_map.trainable)
 
 
+@pytest.mark.slow
 def test_unlearning_a_tf2onnx_style_model_trains_its_buffers(digits, tf2onnx_style, tmp_path):
-    write_report(scan(tf2onnx_style, digits["digits_test.npz"], make_config({"seed": 1, "labels": [TARGET]})), tmp_path)
+    report = tmp_path / "report"
+    write_report(scan(tf2onnx_style, digits["digits_test.npz"], make_config({"seed": 1, "labels": [TARGET]})), report)
     out = tmp_path / "patched.onnx"
     trigger = (digits["digits_trigger_mask.npy"], digits["digits_trigger_pattern.npy"])
     config = MitigationConfig(labels=(TARGET,), threads=1)
-    result = mitigate(tf2onnx_style, tmp_path, digits["digits_test.npz"], config, out, trigger)
+    result, _ = mitigate(tf2onnx_style, report, digits["digits_test.npz"], config, out, trigger)
     assert result.after.attack_success["real"] <= 0.15
     patched, original = onnx.load(str(out)), onnx.load(str(tf2onnx_style))
     assert patched.graph.input == original.graph.input and patched.graph.output == original.graph.output
@@ -126,7 +128,7 @@ def test_keras_model_goes_through_scan_and_unlearn(tmp_path):
     write_report(report, tmp_path / "report")
     out = tmp_path / "patched.onnx"
     trigger = square_trigger(8, 8, 1, TRIGGER_SIZE, TRIGGER_MARGIN).save(tmp_path, "trigger")
-    result = mitigate(model, tmp_path / "report", data, MitigationConfig(threads=1), out, trigger, TARGET)
+    result, _ = mitigate(model, tmp_path / "report", data, MitigationConfig(threads=1), out, trigger, TARGET)
     assert result.before.attack_success["real"] > 0.9
     assert result.after.attack_success["real"] <= 0.15
     assert result.details["weight_tensors"] == 8  # 2 conv + 2 dense layers, weights and biases

@@ -134,7 +134,7 @@ def test_overrides_win_over_the_graph(tmp_path):
         weights,
     )
     assert load_onnx_classifier(path).contract.layout == "NHWC"
-    forced = load_onnx_classifier(path, ContractOverrides(output_kind="probabilities", batch_size=4))
+    forced = load_onnx_classifier(path, ContractOverrides(output_kind="probabilities", fixed_batch=4))
     assert forced.contract.output_kind == "probabilities" and forced.contract.batch_size == 4
 
 

@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -99,7 +97,6 @@ def test_adam_update_matches_torch_adam_per_slot():
         steps += 1
         adam_update(ours, grads, moments[0], moments[1], steps, 0.1, 0.5, 0.9)
     assert torch.allclose(ours, torch.stack([p.detach() for p in reference]), atol=1e-6)
-    assert not math.isnan(float(ours.sum()))
 
 
 def test_precision_is_resolved_per_device():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cleanse_base.errors import DataError
+from cleanse_base.errors import ConfigError, DataError
 from scanner import make_config, scan
 from scanner.data import load_clean_data
 
@@ -13,6 +13,7 @@ TARGET = 7
 FAST = {"reverse": {"max_steps": 200}}
 
 
+@pytest.mark.slow
 def test_infected_model_is_flagged_with_its_target(digits):
     report = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], make_config({"seed": 1}))
     assert report.verdict == "infected"
@@ -25,6 +26,7 @@ def test_infected_model_is_flagged_with_its_target(digits):
     assert report.scaling.accuracy > 0.9
 
 
+@pytest.mark.slow
 def test_bfloat16_autocast_finds_the_same_backdoor(digits):
     config = make_config({"seed": 1, "reverse": {"precision": "bfloat16"}})
     report = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config)
@@ -32,6 +34,7 @@ def test_bfloat16_autocast_finds_the_same_backdoor(digits):
     assert report.config.reverse.precision == "bfloat16"
 
 
+@pytest.mark.slow
 def test_clean_model_is_not_flagged(digits):
     report = scan(digits["digits_clean.onnx"], digits["digits_test.npz"], make_config({"seed": 1}))
     assert report.verdict == "clean"
@@ -39,6 +42,7 @@ def test_clean_model_is_not_flagged(digits):
     assert report.mad.anomaly_index <= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model",
     [
@@ -53,6 +57,7 @@ def test_model_variants_are_read_and_flagged(digits, model):
     assert report.flagged == [TARGET], report.to_json_dict()["labels"]
 
 
+@pytest.mark.slow
 def test_contract_is_read_from_the_graph(digits):
     config = make_config({"labels": [0, 1], "reverse": {"max_steps": 2}})
     nhwc = scan(digits["digits_infected_nhwc_softmax.onnx"], digits["digits_test.npz"], config)
@@ -66,6 +71,7 @@ def test_contract_is_read_from_the_graph(digits):
     assert (raw.contract.layout, raw.contract.output_kind, raw.contract.batch_size) == ("NCHW", "logits", None)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_norms(digits):
     config = make_config({"seed": 3, "labels": [2, 7], "reverse": {"max_steps": 30}})
     first = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config)
@@ -74,6 +80,7 @@ def test_same_seed_gives_the_same_norms(digits):
     assert [r.steps for r in first.labels] == [r.steps for r in second.labels]
 
 
+@pytest.mark.slow
 def test_batching_labels_does_not_change_their_triggers(digits):
     one = make_config({"seed": 5, "labels": [1, 7, 9], "reverse": {"max_steps": 15, "labels_per_batch": 1}})
     three = make_config({"seed": 5, "labels": [1, 7, 9], "reverse": {"max_steps": 15, "labels_per_batch": 3}})
@@ -91,6 +98,7 @@ def test_scan_refuses_when_accuracy_is_near_chance(digits, tmp_path):
         scan(digits["digits_infected.onnx"], shuffled, make_config({}))
 
 
+@pytest.mark.slow
 def test_unlabelled_data_uses_the_given_or_default_scaling(digits, tmp_path):
     unlabelled = tmp_path / "x.npy"
     np.save(unlabelled, np.load(digits["digits_test.npz"])["x"])
@@ -100,8 +108,19 @@ def test_unlabelled_data_uses_the_given_or_default_scaling(digits, tmp_path):
     assert scan(digits["digits_infected_raw.onnx"], unlabelled, given).scaling.name == "raw"
 
 
+@pytest.mark.slow
 def test_scan_accepts_loaded_data(digits):
     data = load_clean_data(digits["digits_test.npz"], 1, 8, 8, 10, max_images=100, seed=0)
     report = scan(digits["digits_infected.onnx"], data, make_config({"labels": [7], "reverse": {"max_steps": 5}}))
     assert report.data["images"] == 100
     assert [r.label for r in report.labels] == [7]
+    # one label: MAD cannot flag it, so the API's report says so rather than CLEAN
+    assert report.verdict == "inconclusive" and "MAD needs at least 3" in report.verdict_reason
+
+
+def test_a_scan_that_must_give_a_verdict_refuses_too_few_labels_before_reversing(digits):
+    config = make_config({"labels": [0, 7], "reverse": {"max_steps": 5}})
+    progress = []
+    with pytest.raises(ConfigError, match="MAD needs at least 3"):
+        scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config, progress.append, require_verdict=True)
+    assert progress == []

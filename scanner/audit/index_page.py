@@ -7,7 +7,8 @@ from html import escape
 from pathlib import Path
 
 from cleanse_base.text import format_number as fmt
-from scanner.audit.store import DONE, ERROR, INFECTED, AuditRow
+from scanner.audit.store import DONE, ERROR, INCONCLUSIVE, INFECTED, AuditRow
+from scanner.audit.summary import undecided
 from scanner.html_report import REPORT_HTML, page, table
 
 INDEX_HTML = "index.html"
@@ -34,13 +35,15 @@ def index_row(row: AuditRow, out: Path) -> list[str]:
 
 def render_index(rows: list[AuditRow], out: Path) -> str:
     infected = sum(row.verdict == INFECTED for row in rows)
-    errors = sum(row.status == ERROR for row in rows)
-    ordered = sorted(rows, key=lambda row: (row.verdict != INFECTED, row.status != ERROR, row.key.path))
+    inconclusive = sum(row.status == DONE and row.verdict == INCONCLUSIVE for row in rows)
+    errors = sum(row.status != DONE for row in rows)
+    undecided_text = f"{inconclusive} inconclusive, " if inconclusive else ""
+    ordered = sorted(rows, key=lambda row: (row.verdict != INFECTED, not undecided(row), row.key.path))
     headers = ["model", "verdict", "anomaly index", "flagged", "seconds", "error"]
     models = table(headers, [index_row(row, out) for row in ordered], {2, 4})
     body = f"""
 <h1>Cleanse audit</h1>
-<p>{len(rows)} model(s): {infected} infected, {errors} could not be scanned.</p>
+<p>{len(rows)} model(s): {infected} infected, {undecided_text}{errors} could not be scanned.</p>
 {models}
 """
     return page("Cleanse audit", body)

@@ -17,7 +17,8 @@ A manifest names the data and settings shared by every model, and lets each mode
     [models.contract]
     layout = "NHWC"
 
-Relative paths are taken from the manifest's folder.
+Relative paths are taken from the manifest's folder. A folder's symlinks are never followed: a link named
+`*.onnx` inside a listed folder becomes an error row naming the link (a model named directly may be a link).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from cleanse_base.errors import ConfigError
 from cleanse_base.files import read_toml
-from scanner.config import merge_settings
+from cleanse_base.plain import type_name
 
 MODEL_SUFFIX = ".onnx"
 ENTRY_KEYS = ("path", "data")  # the rest of a [[models]] entry is scan settings
@@ -38,7 +39,8 @@ ENTRY_KEYS = ("path", "data")  # the rest of a [[models]] entry is scan settings
 class ModelEntry:
     path: Path
     data: Path | None  # None: the audit's default data
-    settings: dict[str, Any] = field(default_factory=dict)  # make_config's nested form
+    settings: dict[str, Any] = field(default_factory=dict)  # this model's own layer of settings_to_config
+    from_folder: bool = False  # found by searching a folder: a symlink is refused, not followed
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,22 @@ class Manifest:
 
 
 def expand_models(path: Path) -> list[Path]:
-    """A folder becomes the ONNX files under it, sorted; anything else stays as given (a missing or
-    unreadable file becomes an error row, not a failed audit)."""
+    """A folder becomes the ONNX files under it, sorted, symlinks included as they are (never descended into
+    or read through: the scan refuses them by name); anything else stays as given (a missing or unreadable file
+    becomes an error row, not a failed audit)."""
     if path.is_dir():
-        return sorted(found for found in path.rglob(f"*{MODEL_SUFFIX}") if found.is_file())
+        found = path.rglob(f"*{MODEL_SUFFIX}")  # rglob does not descend into symlinked folders
+        return sorted(item for item in found if item.is_symlink() or item.is_file())
     return [path]
 
 
+def entries_for(path: Path, data: Path | None, settings: dict[str, Any]) -> list[ModelEntry]:
+    from_folder = path.is_dir()
+    return [ModelEntry(model, data, settings, from_folder) for model in expand_models(path)]
+
+
 def entries_from_paths(paths: list[Path]) -> list[ModelEntry]:
-    return [ModelEntry(model, None) for path in paths for model in expand_models(path)]
+    return [entry for path in paths for entry in entries_for(path, None, {})]
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -78,11 +87,9 @@ def parse_manifest(table: dict[str, Any], base: Path) -> Manifest:
             raise ConfigError(f"manifest: [[models]] entry {number} has no path")
         settings = {key: value for key, value in entry.items() if key not in ENTRY_KEYS}
         data = base / entry["data"] if "data" in entry else None
-        entries += [ModelEntry(model, data, settings) for model in expand_models(base / entry["path"])]
+        entries += entries_for(base / entry["path"], data, settings)
+    settings = table.get("settings", {})
+    if not isinstance(settings, dict):
+        raise ConfigError(f"manifest: [settings] must be a table, not {type_name(settings)}")
     data = base / table["data"] if "data" in table else None
-    return Manifest(data, table.get("settings", {}), entries)
-
-
-def entry_settings(entry: ModelEntry, shared: dict[str, Any], command_line: dict[str, Any]) -> dict[str, Any]:
-    """A model's settings: the shared ones, then its own, then the command line's flags."""
-    return merge_settings(merge_settings(shared, entry.settings), command_line)
+    return Manifest(data, settings, entries)

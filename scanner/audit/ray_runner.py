@@ -6,15 +6,40 @@ output folder at the same paths (a shared filesystem), since the task reads and 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 from cleanse_base.errors import ConfigError
-from cleanse_base.text import one_line
+from cleanse_base.text import one_line, printable
 from scanner.audit.jobs import AuditJob, run_job
 from scanner.audit.store import ERROR, Outcome
 
 LOCAL = "local"  # start a private Ray instance in this process instead of joining a cluster
+AUTO = "auto"  # the cluster `ray start` left running on this machine
+CONNECT_SECONDS = 5.0  # Ray itself retries an address where nothing listens for about a minute
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    """HOST:PORT (or ray://HOST:PORT) as a pair; ConfigError for anything else."""
+    bare = address.removeprefix("ray://")
+    host, _, port = bare.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ray: expected HOST:PORT, auto or local, not {printable(address)!r}")
+    return host.strip("[]"), int(port)
+
+
+def probe(address: str, seconds: float = CONNECT_SECONDS) -> None:
+    """ConfigError within `seconds` when nothing accepts a connection at a HOST:PORT Ray address."""
+    if address in (LOCAL, AUTO):
+        return
+    host, port = host_and_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=seconds):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot reach a Ray cluster at {printable(address)!r}: {reason}") from None
 
 
 def import_ray() -> Any:
@@ -30,11 +55,12 @@ class RayBackend:
     flight as the cluster has room for."""
 
     def __init__(self, address: str, threads: int, gpu: bool = False) -> None:
+        probe(address)
         self.ray = import_ray()
         try:
             self.ray.init(address=None if address == LOCAL else address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"cannot reach a Ray cluster at {address!r}: {exc}") from None
+            raise ConfigError(f"cannot reach a Ray cluster at {printable(address)!r}: {one_line(exc)}") from None
         self.threads = threads
         self.task = self.ray.remote(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=0)(run_job)
         resources = self.ray.cluster_resources()

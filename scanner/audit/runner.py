@@ -7,19 +7,22 @@ only runs `run_job` somewhere: `ProcessBackend` here, `RayBackend` in ray_runner
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from cleanse_base.errors import ConfigError
 from scanner.audit.jobs import AuditJob, run_job
-from scanner.audit.store import ERROR, AuditStore, Outcome
-from scanner.audit.summary import Progress
+from scanner.audit.store import ERROR, AuditStore, ModelKey, Outcome
+from scanner.progress import Progress
 
 
 class Backend(Protocol):
@@ -34,19 +37,39 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def run_jobs(jobs: Sequence[AuditJob], backend: Backend, store: AuditStore, progress: Progress) -> None:
-    """Run `jobs` on `backend`, at most `backend.slots` at a time, recording each outcome as it comes."""
-    queue, in_flight = deque(jobs), {}
+def run_jobs(
+    jobs: Sequence[AuditJob], backend: Backend, store: AuditStore, progress: Progress
+) -> dict[ModelKey, ModelKey]:
+    """Run `jobs` on `backend`, at most `backend.slots` at a time, recording each outcome as it comes, under the
+    sha256 of the bytes the worker scanned. Returns each job's planned key -> the key its outcome is under."""
+    if backend.slots < 1:
+        raise ConfigError(f"an audit needs at least one worker slot, not {backend.slots}")
+    queue, in_flight, recorded = deque(jobs), {}, {}
     while queue or in_flight:
         while queue and len(in_flight) < backend.slots:
             job = queue.popleft()
             store.mark_running(job.key, job.report_dir)
             in_flight[backend.submit(job)] = job
-            progress.on_start(job.model)
         for handle, outcome in backend.wait(list(in_flight)):
             job = in_flight.pop(handle)
-            store.finish(job.key, outcome, job.report_dir)
-            progress.on_finish(job.model, outcome)
+            recorded[job.key] = record_outcome(store, job, outcome)
+            progress.advance(outcome_detail(job, outcome))
+    return recorded
+
+
+def outcome_detail(job: AuditJob, outcome: Outcome) -> str:
+    """The progress line's word on a finished model: its file name and verdict (or error)."""
+    return f"{Path(job.model).name}: {outcome.verdict or outcome.status}"
+
+
+def record_outcome(store: AuditStore, job: AuditJob, outcome: Outcome) -> ModelKey:
+    """Store the outcome under the hash of the bytes scanned; a file swapped since planning loses its planned
+    'running' row, so that a rerun never skips it on the strength of another file's verdict."""
+    key = dataclasses.replace(job.key, sha256=outcome.sha256) if outcome.sha256 else job.key
+    if key != job.key:
+        store.forget_running(job.key)
+    store.finish(key, outcome, outcome.report_dir or job.report_dir)
+    return key
 
 
 # ---------------------------------------------------------------- local worker processes
@@ -63,6 +86,12 @@ def default_workers(device: str, models: int) -> int:
     """One worker per GPU, else one per CPU core; never more than there are models."""
     count = len(local_devices(device)) or os.cpu_count() or 1
     return max(1, min(count, models))
+
+
+def at_least_one(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return value
 
 
 def default_threads(workers: int) -> int:
@@ -91,7 +120,7 @@ class ProcessBackend:
     in flight into error rows, and a new pool takes the rest."""
 
     def __init__(self, workers: int, threads: int, device: str = "auto") -> None:
-        self.slots, self.threads = workers, threads
+        self.slots, self.threads = at_least_one("workers", workers), at_least_one("threads", threads)
         gpus = local_devices(device)
         self.devices = [gpus[index % len(gpus)] for index in range(workers)] if gpus else []
         self.context = multiprocessing.get_context("spawn")

@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+# the scan report's verdicts, re-exported for the audit's modules
+from scanner.report import CLEAN as CLEAN
+from scanner.report import INCONCLUSIVE as INCONCLUSIVE
+from scanner.report import INFECTED as INFECTED
+
 STORE_NAME = "audit.sqlite"
 RUNNING, DONE, ERROR = "running", "done", "error"  # status
-CLEAN, INFECTED = "clean", "infected"  # verdict of a model whose status is done
+# CLEAN, INFECTED, INCONCLUSIVE: the verdict of a model whose status is done (the scan report's verdict)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -48,11 +53,13 @@ class Outcome:
     """How one model's scan ended: done with a verdict, or an error with its message."""
 
     status: str  # DONE or ERROR
-    verdict: str | None = None  # CLEAN or INFECTED when done
+    verdict: str | None = None  # CLEAN, INFECTED or INCONCLUSIVE when done
     anomaly_index: float | None = None
     flagged_labels: list[int] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
+    sha256: str = ""  # of the bytes scanned, when they could be read: the row's key (may differ from the plan's)
+    report_dir: str = ""  # where the report went, when it differs from the plan's
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,13 @@ class AuditStore:
                 outcome.seconds,
                 outcome.error or None,
             ),
+        )
+
+    def forget_running(self, key: ModelKey) -> None:
+        """Drop a 'running' row whose outcome is recorded under another key (the file changed since planning)."""
+        self.connection.execute(
+            "DELETE FROM models WHERE path = ? AND sha256 = ? AND config_hash = ? AND status = ?",
+            (key.path, key.sha256, key.config_hash, RUNNING),
         )
 
     def get(self, key: ModelKey) -> AuditRow | None:

@@ -1,20 +1,15 @@
-"""The audit's results for people and machines: a terminal table, audit.csv, audit.json, the exit code,
-and the progress display while it runs."""
+"""The audit's results for people and machines: a terminal table, audit.csv, audit.json and the exit code."""
 
 from __future__ import annotations
 
 import csv
-import sys
-import time
 from pathlib import Path
 
-import click
-
 from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, EXIT_INFECTED
-from cleanse_base.files import write_json_atomic
+from cleanse_base.files import atomic_output, write_json_atomic
 from cleanse_base.text import format_number as fmt
 from cleanse_base.text import printable
-from scanner.audit.store import DONE, ERROR, INFECTED, AuditRow, Outcome
+from scanner.audit.store import CLEAN, DONE, ERROR, INCONCLUSIVE, INFECTED, AuditRow
 
 CSV_NAME, JSON_NAME = "audit.csv", "audit.json"
 SCHEMA_VERSION = "1.0"
@@ -22,36 +17,54 @@ ERROR_WIDTH = 70
 
 
 def exit_code(rows: list[AuditRow], errors_win: bool) -> int:
-    """1 if any model is infected, 2 if any could not be scanned; `errors_win` decides when both hold."""
+    """1 if any model is infected, 2 if any could not be scanned or got an inconclusive verdict (as a scan exits
+    2 for one); `errors_win` decides when both hold."""
     infected = any(row.verdict == INFECTED for row in rows)
-    errors = any(row.status != DONE for row in rows)
+    errors = any(undecided(row) for row in rows)
     if infected and errors:
         return EXIT_ERROR if errors_win else EXIT_INFECTED
     return EXIT_INFECTED if infected else EXIT_ERROR if errors else EXIT_CLEAN
+
+
+def undecided(row: AuditRow) -> bool:
+    """A model with no verdict to act on: an error (or still running), or a scan that could not decide."""
+    return row.status != DONE or row.verdict == INCONCLUSIVE
 
 
 def shown_verdict(row: AuditRow) -> str:
     return row.verdict if row.status == DONE else row.status
 
 
+def verdict_counts(rows: list[AuditRow]) -> dict[str, int]:
+    """Models per shown verdict: clean, infected, inconclusive (only when some are), error (a row still running
+    counts as one)."""
+    shown = [shown_verdict(row) for row in rows]
+    counts = {name: shown.count(name) for name in (CLEAN, INFECTED, INCONCLUSIVE)}
+    if not counts[INCONCLUSIVE]:
+        del counts[INCONCLUSIVE]
+    return {**counts, ERROR: len(rows) - sum(counts.values())}
+
+
 def format_table(rows: list[AuditRow]) -> str:
-    width = max([len("model"), *(len(Path(row.key.path).name) for row in rows)])
-    lines = [f"{'model':<{width}}  {'verdict':<8}  {'anomaly':>7}  {'flagged':<10}  {'seconds':>7}  error"]
-    for row in rows:
+    names = [printable(Path(row.key.path).name) for row in rows]
+    width = max([len("model"), *map(len, names)])
+    verdicts = max([len("verdict"), *(len(shown_verdict(row)) for row in rows)])
+    lines = [f"{'model':<{width}}  {'verdict':<{verdicts}}  {'anomaly':>7}  {'flagged':<10}  {'seconds':>7}  error"]
+    for row, name in zip(rows, names, strict=True):
         error = printable((row.error or "").splitlines()[0][:ERROR_WIDTH]) if row.error else ""
         flagged = ",".join(map(str, row.flagged_labels))
         lines.append(
-            f"{Path(row.key.path).name:<{width}}  {shown_verdict(row):<8}  {fmt(row.anomaly_index):>7}  "
+            f"{name:<{width}}  {shown_verdict(row):<{verdicts}}  {fmt(row.anomaly_index):>7}  "
             f"{flagged:<10}  {fmt(row.seconds, 1):>7}  {error}"
         )
-    counts = {name: sum(shown_verdict(row) == name for row in rows) for name in ("clean", INFECTED, ERROR)}
+    counts = verdict_counts(rows)
     lines.append(f"{len(rows)} model(s): " + ", ".join(f"{count} {name}" for name, count in counts.items()))
     return "\n".join(lines)
 
 
 def write_csv(rows: list[AuditRow], path: Path) -> Path:
     records = [row.to_dict() for row in rows]
-    with open(path, "w", newline="") as file:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(records[0]) if records else ["path"])
         writer.writeheader()
         for record in records:
@@ -68,55 +81,3 @@ def write_summary(rows: list[AuditRow], out: Path, errors_win: bool) -> int:
         {"schema_version": SCHEMA_VERSION, "exit_code": code, "models": [row.to_dict() for row in rows]},
     )
     return code
-
-
-class Progress:
-    """Models done, running, failed and time left, on one line of stderr (a line per model in logs)."""
-
-    def __init__(self, total: int, skipped: int, quiet: bool) -> None:
-        self.total, self.skipped, self.quiet = total, skipped, quiet
-        self.done = self.failed = self.running = 0
-        self.started = time.perf_counter()
-        self.interactive = sys.stderr.isatty()
-
-    def eta_seconds(self) -> float | None:
-        finished = self.done + self.failed
-        if not finished:
-            return None
-        remaining = self.total - self.skipped - finished
-        return (time.perf_counter() - self.started) / finished * remaining
-
-    def line(self, latest: str = "") -> str:
-        eta = self.eta_seconds()
-        return (
-            f"[audit] {self.done + self.failed + self.skipped}/{self.total} done"
-            + (f" ({self.skipped} in earlier runs)" if self.skipped else "")
-            + f", {self.running} running, {self.failed} failed | {time.perf_counter() - self.started:.0f}s, "
-            + (f"~{eta:.0f}s left" if eta is not None else "time left unknown")
-            + (f" | {latest}" if latest else "")
-        )
-
-    def show(self, latest: str = "") -> None:
-        if self.quiet:
-            return
-        if self.interactive:
-            click.echo("\r" + self.line(latest) + "\033[K", err=True, nl=False)
-        else:
-            click.echo(self.line(latest), err=True)
-
-    def on_start(self, model: str) -> None:
-        self.running += 1
-        if self.interactive:  # logs get a line per finished model only
-            self.show()
-
-    def on_finish(self, model: str, outcome: Outcome) -> None:
-        self.running -= 1
-        if outcome.status == DONE:
-            self.done += 1
-        else:
-            self.failed += 1
-        self.show(f"{Path(model).name}: {outcome.verdict or 'error'}")
-
-    def close(self) -> None:
-        if self.interactive and not self.quiet:
-            click.echo("", err=True)

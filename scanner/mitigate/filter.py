@@ -14,16 +14,14 @@ import numpy as np
 import onnx
 import torch
 from onnx import helper, numpy_helper
-from torch import nn
 
 from cleanse_base.errors import ModelError
-from converters.contract import ModelContract, to_model_layout
+from converters.contract import to_model_layout
 from converters.onnx_prepare import opset_of
 from converters.onnx_to_torch import ort_session
 from scanner.data import CleanData
-from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.layers import Layer, neuron_activations, trigger_elevation
-from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.workbench import Workbench
 
 ELEVATION_IMAGES = 1000  # repair images on which neurons are ranked
 SCORE_OUTPUT, FLAG_OUTPUT = "backdoor_score", "backdoor_flag"
@@ -44,9 +42,12 @@ class BackdoorFilter:
     threshold: float  # flag when score > threshold
     activation_rank: int
 
-    def scores(self, model: nn.Module, module: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
-        activations = neuron_activations(model, module, self.layer, images, device)
+    def scores(self, bench: Workbench, images: np.ndarray) -> np.ndarray:
+        activations = neuron_activations(bench, self.layer, images)
         return standardized(group_means(activations, self.groups), self.centers, self.spreads).max(axis=1)
+
+    def flags(self, bench: Workbench, images: np.ndarray) -> np.ndarray:
+        return self.scores(bench, images) > self.threshold
 
 
 def group_means(activations: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
@@ -67,40 +68,40 @@ class FilterOutcome:
     score_output: str
     flag_output: str
 
+    @classmethod
+    def of(cls, backdoor_filter: BackdoorFilter, false_positive_rate: float, graph: onnx.ModelProto) -> FilterOutcome:
+        neurons = [group.tolist() for group in backdoor_filter.groups]
+        layer, threshold = backdoor_filter.layer.node, backdoor_filter.threshold
+        return cls(layer, neurons, threshold, false_positive_rate, *output_names(graph))
 
-def calibrate_filter(
-    model: nn.Module,
-    module: nn.Module,
-    layer: Layer,
-    repair: CleanData,
-    triggers: list[Trigger],
-    config: MitigationConfig,
-    device: torch.device,
-) -> tuple[BackdoorFilter, float]:
-    """The filter and its false-positive rate on the clean repair images."""
+
+def calibrate_filter(bench: Workbench, layer: Layer, repair: CleanData) -> tuple[BackdoorFilter, float]:
+    """The filter on `layer` for the bench's triggers, calibrated on `repair`, and its false-positive rate there."""
+    config = bench.config
     rng = np.random.default_rng(config.seed)
     ranked = repair.images[np.sort(rng.permutation(len(repair))[:ELEVATION_IMAGES])]
     count = max(1, round(config.filter_top_fraction * layer.neurons))
     groups = [
-        np.argsort(-trigger_elevation(model, module, layer, ranked, [trigger], device), kind="stable")[:count]
-        for trigger in triggers
+        np.argsort(-trigger_elevation(bench, layer, ranked, [trigger]), kind="stable")[:count]
+        for trigger in bench.triggers
     ]
-    clean = group_means(neuron_activations(model, module, layer, repair.images, device), groups)
+    clean = group_means(neuron_activations(bench, layer, repair.images), groups)
     centers = clean.mean(axis=0).astype(np.float32)
     spreads = np.maximum(clean.std(axis=0), np.finfo(np.float32).eps).astype(np.float32)
     clean_scores = standardized(clean, centers, spreads).max(axis=1)
     threshold = float(np.quantile(clean_scores, 1 - config.filter_fpr, method="higher"))
-    rank = _activation_rank(model, module, layer, repair.images[:1], device)
+    rank = _activation_rank(bench, layer, repair.images[:1])
     groups = [group.astype(np.int64) for group in groups]
     return BackdoorFilter(layer, groups, centers, spreads, threshold, rank), float(np.mean(clean_scores > threshold))
 
 
-def _activation_rank(model: nn.Module, module: nn.Module, layer: Layer, image: np.ndarray, device) -> int:
+def _activation_rank(bench: Workbench, layer: Layer, image: np.ndarray) -> int:
     ranks = []
-    handle = module.get_submodule(layer.node).register_forward_pre_hook(lambda _m, args: ranks.append(args[0].dim()))
+    reader = bench.module.get_submodule(layer.node)
+    handle = reader.register_forward_pre_hook(lambda _m, args: ranks.append(args[0].dim()))
     try:
         with torch.no_grad():
-            model(torch.from_numpy(image).to(device))
+            bench.model(torch.from_numpy(image).to(bench.device))
     finally:
         handle.remove()
     return ranks[0]
@@ -176,21 +177,16 @@ def output_names(model: onnx.ModelProto) -> tuple[str, str]:
 
 
 def check_filter_outputs(
-    filtered: onnx.ModelProto,
-    backdoor_filter: BackdoorFilter,
-    model: nn.Module,
-    module: nn.Module,
-    contract: ModelContract,
-    images: np.ndarray,
-    device: torch.device,
+    filtered: onnx.ModelProto, backdoor_filter: BackdoorFilter, bench: Workbench, images: np.ndarray
 ) -> None:
     """The filtered file's score and flag in onnxruntime agree with the torch filter on `images`."""
+    contract = bench.converted.contract
     images = images[: contract.batch_size or len(images)]
     raw = torch.from_numpy(images)
-    inputs = to_model_layout(model.scaling.apply(raw), contract).contiguous().numpy()
+    inputs = to_model_layout(bench.model.scaling.apply(raw), contract).contiguous().numpy()
     score, flag = output_names(filtered)
     got_score, got_flag = ort_session(filtered).run([score, flag], {contract.input_name: inputs})
-    expected = backdoor_filter.scores(model, module, images, device)
+    expected = backdoor_filter.scores(bench, images)
     scale = max(1.0, float(np.max(np.abs(expected))))
     if not np.allclose(got_score, expected, rtol=0, atol=SCORE_TOLERANCE * scale):
         raise ModelError("the filter's score in onnxruntime disagrees with the torch filter; nothing written")

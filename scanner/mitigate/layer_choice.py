@@ -1,10 +1,9 @@
 """The layer pruning and filtering work on, when the user names none.
 
-The paper uses the second-to-last layer. Where the backdoor is carried depends on the model: on the GTSRB
-replica that layer (512 neurons, many of them dead) carries part of it by switching neurons off, so pruning
-it leaves the real trigger 10% attack success whatever is pruned, while the layer before (the 2048 flattened
-convolution features) holds the trigger in a few position-specific features (pruning 3% of them: real attack
-success below 1%, 0.4 points of accuracy lost). So the candidates are the inputs of the last few weighted
+The paper uses the second-to-last layer. Where the backdoor is carried depends on the model: a layer with
+many dead neurons may carry part of it by switching neurons off, which pruning cannot undo, while the layer
+before it may hold the trigger in a few position-specific features that pruning removes cheaply (the GTSRB
+replica is such a model; README, "Mitigation"). So the candidates are the inputs of the last few weighted
 nodes, and the one where inputs carrying the reversed triggers stand out most from clean ones wins: a filter
 is calibrated on half of a sample of repair images and judged on the other half. Ties go to the later layer.
 """
@@ -14,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
 
 from scanner.data import CleanData
-from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.filter import calibrate_filter
-from scanner.mitigate.layers import Layer, choose_layer
+from scanner.mitigate.layers import Layer, choose_layer, find_layers
 from scanner.mitigate.measure import victims
-from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.workbench import Workbench
+from scanner.mitigate.writeback import onnx2torch_nodes
 
 CANDIDATES = 2  # the inputs of the last two weighted nodes: the paper's second-to-last layer and the one before
 SAMPLE_IMAGES = 2000  # repair images the choice is made on, half to calibrate and half to judge
@@ -38,46 +35,28 @@ class LayerChoice:
     separation: dict[str, float]
 
 
-def separation(
-    model: nn.Module,
-    module: nn.Module,
-    layer: Layer,
-    calibration: CleanData,
-    judged: CleanData,
-    triggers: list[Trigger],
-    config: MitigationConfig,
-    device: torch.device,
-) -> float:
+def separation(bench: Workbench, layer: Layer, calibration: CleanData, judged: CleanData) -> float:
     """Mean over triggers of the fraction of judged images (not of its target) carrying it that a filter on
     `layer`, calibrated on `calibration`, flags."""
-    backdoor_filter, _ = calibrate_filter(model, module, layer, calibration, triggers, config, device)
+    backdoor_filter, _ = calibrate_filter(bench, layer, calibration)
     caught = []
-    for trigger in triggers:
+    for trigger in bench.triggers:
         stamped = trigger.apply(victims(judged.images, judged.labels, trigger.target))
-        caught.append(np.mean(backdoor_filter.scores(model, module, stamped, device) > backdoor_filter.threshold))
+        caught.append(np.mean(backdoor_filter.flags(bench, stamped)))
     return float(np.mean(caught))
 
 
-def choose_working_layer(
-    model: nn.Module,
-    module: nn.Module,
-    layers: list[Layer],
-    repair: CleanData,
-    triggers: list[Trigger],
-    config: MitigationConfig,
-    device: torch.device,
-) -> LayerChoice:
+def choose_working_layer(bench: Workbench) -> LayerChoice:
     """The user's layer (config.layer), else the candidate where triggered inputs separate best."""
+    config, repair = bench.config, bench.repair
+    layers = find_layers(bench.module, onnx2torch_nodes(bench.converted.prepared.convertible))
     if config.layer or len(layers) < 2:
         return LayerChoice(choose_layer(layers, config.layer), "user" if config.layer else "last layer", {})
     candidates = layers[::-1][:CANDIDATES]  # latest first
     order = np.random.default_rng(config.seed).permutation(len(repair))[:SAMPLE_IMAGES]
     half = len(order) // 2
     calibration, judged = repair.subset(np.sort(order[:half])), repair.subset(np.sort(order[half:]))
-    scores = {
-        layer.name: separation(model, module, layer, calibration, judged, triggers, config, device)
-        for layer in candidates
-    }
+    scores = {layer.name: separation(bench, layer, calibration, judged) for layer in candidates}
     best = candidates[0]
     for layer in candidates[1:]:
         if scores[layer.name] > scores[best.name] + MARGIN:

@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from cleanse_base.errors import ConfigError
 from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.workbench import Workbench
 from scanner.mitigate.writeback import INITIALIZER_CONTAINER, tensor_at
 
 ACTIVATION_BATCH = 256
@@ -100,12 +101,9 @@ def choose_layer(layers: list[Layer], name: str) -> Layer:
     raise ConfigError(f"no prunable layer named {name!r}; name the node that reads it, one of: {choices}")
 
 
-def neuron_activations(
-    model: nn.Module, module: nn.Module, layer: Layer, images: np.ndarray, device: torch.device
-) -> np.ndarray:
-    """(N, neurons): each neuron's value on each raw image, averaged over positions for a conv layer.
-    `model` is the ScoringModel around `module`."""
-    reader = module.get_submodule(layer.node)
+def neuron_activations(bench: Workbench, layer: Layer, images: np.ndarray) -> np.ndarray:
+    """(N, neurons): each neuron's value on each raw image, averaged over positions for a conv layer."""
+    reader = bench.module.get_submodule(layer.node)
     seen: list[torch.Tensor] = []
 
     def record(_module: nn.Module, args: tuple) -> None:
@@ -117,19 +115,17 @@ def neuron_activations(
     try:
         with torch.no_grad():
             for start in range(0, len(images), ACTIVATION_BATCH):
-                batch = torch.from_numpy(images[start : start + ACTIVATION_BATCH]).to(device)
+                batch = torch.from_numpy(images[start : start + ACTIVATION_BATCH]).to(bench.device)
                 seen.clear()
-                model(batch)
+                bench.model(batch)
                 rows.append(torch.cat(seen)[: len(batch)].cpu().numpy())  # a fixed-batch graph saw padding too
     finally:
         handle.remove()
     return np.concatenate(rows)
 
 
-def trigger_elevation(
-    model: nn.Module, module: nn.Module, layer: Layer, images: np.ndarray, triggers: list[Trigger], device
-) -> np.ndarray:
+def trigger_elevation(bench: Workbench, layer: Layer, images: np.ndarray, triggers: list[Trigger]) -> np.ndarray:
     """How much more each neuron fires on triggered images than on the same images clean, on average."""
-    clean = neuron_activations(model, module, layer, images, device).mean(axis=0)
-    triggered = [neuron_activations(model, module, layer, t.apply(images), device).mean(axis=0) for t in triggers]
+    clean = neuron_activations(bench, layer, images).mean(axis=0)
+    triggered = [neuron_activations(bench, layer, t.apply(images)).mean(axis=0) for t in triggers]
     return np.mean(triggered, axis=0) - clean

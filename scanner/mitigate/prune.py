@@ -12,14 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from scanner.data import CleanData
-from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.layers import Layer, trigger_elevation
 from scanner.mitigate.measure import measure
 from scanner.mitigate.reattack import reattack_success
-from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.workbench import Workbench
 from scanner.mitigate.writeback import tensor_at
 
 EVAL_IMAGES = 1000  # repair images each pruning step is judged on
@@ -63,40 +60,22 @@ def zero_neurons(weight: torch.Tensor, axis: int, neurons: np.ndarray) -> torch.
     return old
 
 
-def prune(
-    model: nn.Module,
-    module: nn.Module,
-    layer: Layer,
-    repair: CleanData,
-    triggers: list[Trigger],
-    config: MitigationConfig,
-    device: torch.device,
-) -> PruneOutcome:
-    """Prune `layer` of `module` in place; `model` is the ScoringModel around it."""
+def prune(bench: Workbench, layer: Layer) -> PruneOutcome:
+    """Prune `layer` of the bench's module in place."""
+    model, repair, triggers, config, device = bench.model, bench.repair, bench.triggers, bench.config, bench.device
     rng = np.random.default_rng(config.seed)
     judged = repair.subset(np.sort(rng.permutation(len(repair))[:EVAL_IMAGES]))
-    order = interleaved_order(
-        [trigger_elevation(model, module, layer, judged.images, [trigger], device) for trigger in triggers]
-    )
-    weight = tensor_at(module, layer.weight)
+    order = interleaved_order([trigger_elevation(bench, layer, judged.images, [trigger]) for trigger in triggers])
+    weight = tensor_at(bench.module, layer.weight)
     step = max(1, round(STEP_FRACTION * layer.neurons))
 
     def judge():
         return measure(model, judged.images, judged.labels, triggers, device)
 
     def reattacked() -> dict[str, float]:
+        budget = config.prune_reattack_norm
         return {
-            trigger.name: reattack_success(
-                model,
-                trigger,
-                repair.images,
-                repair.labels,
-                judged.images,
-                judged.labels,
-                config.prune_reattack_norm,
-                device,
-                config.seed,
-            )
+            trigger.name: reattack_success(model, trigger, repair, judged, budget, device, config.seed)
             for trigger in triggers
         }
 

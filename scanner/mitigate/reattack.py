@@ -2,11 +2,10 @@
 
 A reversed trigger is the smallest that reaches 99% attack success on the original model, so it sits at the
 edge of what works; once a few of the neurons it uses are pruned it fails, while the real trigger, which the
-model learned at full strength, keeps working through the neurons left (measured on the GTSRB replica: the
-fixed reversed trigger at 5.8% attack success while the real one was at 58%). So pruning is judged against a
-trigger re-optimized on the pruned model: warm-started from the reversed one, its mask held to a budget of
-L1 norm, trained to send clean images to the target label. It tracked the real trigger's attack success
-within a few points along the whole pruning curve there.
+model learned at full strength, keeps working through the neurons left (README, "Mitigation", has the figures
+measured on the GTSRB replica). So pruning is judged against a trigger re-optimized on the pruned model:
+warm-started from the reversed one, its mask held to a budget of L1 norm, trained to send clean images to the
+target label. There it tracked the real trigger's attack success along the whole pruning curve.
 """
 
 from __future__ import annotations
@@ -15,13 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from scanner.data import CleanData
 from scanner.mitigate.measure import victims
 from scanner.mitigate.triggers import Trigger
 from scanner.model import predict_labels
 from scanner.reverse import PIXEL_MAX, mask_from_tanh, pattern_from_tanh, stamp, to_tanh
 
 UPDATES = 100  # Adam updates of the re-attack
-BATCH_SIZE = 32
+REATTACK_BATCH = 32  # images per Adam update of the re-attack
 LEARNING_RATE, BETAS = 0.1, (0.5, 0.9)  # Neural Cleanse's optimizer
 SATURATION = 1e-4  # keeps arctanh finite for mask / pattern values at 0 or 1
 
@@ -54,7 +54,7 @@ def reattack(
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(labels != trigger.target)  # indices, so that no copy of the images is made per call
     for _ in range(UPDATES):
-        batch = torch.from_numpy(images[pool[rng.integers(0, len(pool), BATCH_SIZE)]]).to(device)
+        batch = torch.from_numpy(images[pool[rng.integers(0, len(pool), REATTACK_BATCH)]]).to(device)
         mask = mask_from_tanh(mask_tanh)
         log_probs = model(stamp(batch, mask, pattern_from_tanh(pattern_tanh)))
         # cross-entropy to the target, and a penalty that only acts while the mask is over budget
@@ -71,10 +71,8 @@ def reattack(
 def reattack_success(
     model: nn.Module,
     trigger: Trigger,
-    repair_images: np.ndarray,
-    repair_labels: np.ndarray,
-    judged_images: np.ndarray,
-    judged_labels: np.ndarray,
+    repair: CleanData,
+    judged: CleanData,
     budget_factor: float,
     device: torch.device,
     seed: int,
@@ -82,6 +80,6 @@ def reattack_success(
     """Attack success on the judged images (those not of the target) of `trigger` re-attacked on the repair
     images, its mask allowed `budget_factor` times the reversed mask's L1 norm."""
     budget = budget_factor * float(np.abs(trigger.mask).sum())
-    attacked = reattack(model, trigger, repair_images, repair_labels, budget, device, seed)
-    stamped = attacked.apply(victims(judged_images, judged_labels, trigger.target))
+    attacked = reattack(model, trigger, repair.images, repair.labels, budget, device, seed)
+    stamped = attacked.apply(victims(judged.images, judged.labels, trigger.target))
     return float(np.mean(predict_labels(model, stamped, device) == trigger.target))

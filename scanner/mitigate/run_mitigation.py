@@ -1,147 +1,71 @@
-"""`mitigate(model_path, report_folder, data, config) -> MitigationResult`: patch an infected ONNX model with
-the triggers a scan reversed, measure it before and after on held-out images, and write it back as ONNX."""
+"""`mitigate(model, report_folder, data, config, out)`: patch an infected ONNX model with the triggers its scan
+reversed, measure it before and after on held-out images, and write the patched model and mitigation.json."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
 from cleanse_base.errors import ConfigError, ModelError
-from cleanse_base.files import file_sha256
+from cleanse_base.files import check_writable_file, file_sha256, refuse_overlap
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier
 from scanner.data import CleanData, load_clean_data
 from scanner.mitigate.config import MitigationConfig
-from scanner.mitigate.filter import (
-    FilterOutcome,
-    add_filter_outputs,
-    calibrate_filter,
-    check_filter_outputs,
-    output_names,
+from scanner.mitigate.measure import likely_target, measure
+from scanner.mitigate.methods import method_named
+from scanner.mitigate.report_folder import read_scan_report, report_json, report_scaling
+from scanner.mitigate.result import RESULT_FILE, MitigationResult, write_result
+from scanner.mitigate.triggers import (
+    Trigger,
+    load_trigger_files,
+    require_labels,
+    reversed_trigger,
+    reversed_trigger_files,
+    split_holdout,
 )
-from scanner.mitigate.layer_choice import LayerChoice, choose_working_layer
-from scanner.mitigate.layers import find_layers
-from scanner.mitigate.measure import Screen, likely_target, measure
-from scanner.mitigate.prune import prune
-from scanner.mitigate.result import MitigationResult
-from scanner.mitigate.scan_facts import ScanFacts, read_scan_facts
-from scanner.mitigate.triggers import Trigger, load_trigger_files, require_labels, reversed_trigger, split_holdout
-from scanner.mitigate.unlearn import unlearn
-from scanner.mitigate.writeback import (
-    WeightMap,
-    build_weight_map,
-    onnx2torch_nodes,
-    patched_copy,
-    refuse_overwrite,
-    tensor_at,
-    tie_shared_buffers,
-    write_patched,
-)
+from scanner.mitigate.workbench import Workbench
+from scanner.mitigate.writeback import build_weight_map, write_patched
 from scanner.model import ScoringModel
-from scanner.run_scan import resolve_device, scoring_model
+from scanner.report import ScanReport
+from scanner.run_scan import scoring_model
+from scanner.runtime import prepare_runtime
 
-CHECK_IMAGES = 64  # held-out images on which a filtered file's added outputs are checked in onnxruntime
-
-
-@dataclass
-class Workbench:
-    """The loaded model, its weight links and the data a method works on."""
-
-    converted: ConvertedModel
-    model: ScoringModel  # raw NCHW pixels -> log-probabilities, around converted.module
-    weight_map: WeightMap
-    repair: CleanData
-    holdout: CleanData
-    triggers: list[Trigger]  # the reversed ones being removed
-    config: MitigationConfig
-    device: torch.device
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.converted.module
-
-    def layer(self) -> LayerChoice:
-        layers = find_layers(self.module, onnx2torch_nodes(self.converted.prepared.convertible))
-        return choose_working_layer(
-            self.model, self.module, layers, self.repair, self.triggers, self.config, self.device
-        )
+TriggerFiles = tuple[str | Path, str | Path]
 
 
-@dataclass
-class Patch:
-    graph: onnx.ModelProto  # the original graph, patched
-    outcome: Any  # the method's outcome dataclass
-    layer: LayerChoice | None = None  # the layer worked on (prune, filter)
-    screen: Screen | None = None  # rejects inputs (filter)
-    check: Callable[[onnx.ModelProto], None] | None = None  # checks added outputs before writing
+def check_outputs(
+    model: Path,
+    report_folder: Path,
+    report: ScanReport,
+    data: str | Path | CleanData,
+    config: MitigationConfig,
+    trigger: TriggerFiles | None,
+    out: Path,
+    json_out: Path,
+) -> None:
+    """Before any work: no output may resolve to an input (model, report files, data, trigger files) or to the
+    other output, and both must be writable."""
+    labels = list(config.labels) or report.flagged
+    report_files = [report_json(report_folder)]
+    report_files += [path for label in labels for path in reversed_trigger_files(report_folder, label)]
+    data_path = None if isinstance(data, CleanData) else data
+    refuse_overlap([model, *report_files, data_path, *(trigger or ())], [out, json_out])
+    for path in (out, json_out):
+        check_writable_file(path)
 
 
-def run_unlearn(bench: Workbench) -> Patch:
-    links = bench.weight_map.require(bench.weight_map.trainable)
-    tie_shared_buffers(bench.module, links)
-    weights = [tensor_at(bench.module, link.tensor) for link in links]
-    outcome = unlearn(bench.model, weights, bench.repair, bench.triggers, bench.config, bench.device)
-    return Patch(patched_copy(bench.converted.prepared.original, bench.module, links), outcome)
-
-
-def run_prune(bench: Workbench) -> Patch:
-    choice = bench.layer()
-    links = bench.weight_map.require([choice.layer.weight])
-    outcome = prune(bench.model, bench.module, choice.layer, bench.repair, bench.triggers, bench.config, bench.device)
-    return Patch(patched_copy(bench.converted.prepared.original, bench.module, links), outcome, choice)
-
-
-def run_filter(bench: Workbench) -> Patch:
-    choice = bench.layer()
-    layer = choice.layer
-    model, module, device = bench.model, bench.module, bench.device
-    backdoor_filter, false_positive_rate = calibrate_filter(
-        model, module, layer, bench.repair, bench.triggers, bench.config, device
-    )
-    graph = add_filter_outputs(bench.converted.prepared.original, backdoor_filter)
-    neurons = [group.tolist() for group in backdoor_filter.groups]
-    outcome = FilterOutcome(layer.node, neurons, backdoor_filter.threshold, false_positive_rate, *output_names(graph))
-
-    def screen(images: np.ndarray) -> np.ndarray:
-        return backdoor_filter.scores(model, module, images, device) > backdoor_filter.threshold
-
-    def check(filtered: onnx.ModelProto) -> None:
-        sample = bench.holdout.images[:CHECK_IMAGES]
-        check_filter_outputs(filtered, backdoor_filter, model, module, bench.converted.contract, sample, device)
-
-    return Patch(graph, outcome, choice, screen, check)
-
-
-METHOD_RUNNERS: dict[str, Callable[[Workbench], Patch]] = {
-    "unlearn": run_unlearn,
-    "prune": run_prune,
-    "filter": run_filter,
-}
-
-
-def method_details(patch: Patch) -> dict[str, Any]:
-    details = dataclasses.asdict(patch.outcome)
-    if patch.layer is not None:
-        details["layer_chosen_by"] = patch.layer.chosen_by
-        details["layer_separation"] = patch.layer.separation
-    return details
-
-
-def load_model(model_path: Path, folder: Path) -> tuple[ConvertedModel, ScanFacts]:
-    facts = read_scan_facts(folder)
+def load_model(model_path: Path, report: ScanReport, report_folder: Path) -> ConvertedModel:
     if not model_path.is_file():
         raise ModelError(f"{model_path}: no such file")
-    if facts.model_sha256 != file_sha256(model_path):
-        raise ConfigError(f"{folder} is the scan report of another model (sha256 differs): scan {model_path} first")
-    converted = load_onnx_classifier(model_path, facts.overrides, facts.input_name, facts.output_name)
-    return converted, facts
+    if report.model_sha256 != file_sha256(model_path):
+        raise ConfigError(
+            f"{report_folder} is the scan report of another model (sha256 differs): scan {model_path} first"
+        )
+    contract = report.contract
+    return load_onnx_classifier(model_path, report.config.contract, contract.input_name, contract.output_name)
 
 
 def load_data(data: str | Path | CleanData, converted: ConvertedModel, config: MitigationConfig) -> CleanData:
@@ -152,7 +76,7 @@ def load_data(data: str | Path | CleanData, converted: ConvertedModel, config: M
 
 
 def real_trigger_of(
-    files: tuple[str | Path, str | Path], target: int | None, model: ScoringModel, images: np.ndarray, device
+    files: TriggerFiles, target: int | None, model: ScoringModel, images: np.ndarray, device: torch.device
 ) -> Trigger:
     contract = model.contract
     mask, pattern = load_trigger_files(Path(files[0]), Path(files[1]), contract.image_shape)
@@ -164,80 +88,71 @@ def real_trigger_of(
 
 
 def mitigate(
-    model_path: str | Path,
+    model: str | Path,
     report_folder: str | Path,
     data: str | Path | CleanData,
-    config: MitigationConfig | None = None,
-    out_path: str | Path | None = None,
-    real_trigger: tuple[str | Path, str | Path] | None = None,
-    real_target: int | None = None,
-) -> MitigationResult:
-    """Patch the model at `model_path` against the triggers its scan report (`report_folder`) reversed.
+    config: MitigationConfig,
+    out: str | Path,
+    trigger: TriggerFiles | None = None,
+    trigger_target: int | None = None,
+    json_out: str | Path | None = None,
+) -> tuple[MitigationResult, Path]:
+    """Patch `model` against the triggers its scan report (in `report_folder`) reversed; write the patched ONNX
+    file to `out` and the result to `json_out` (default: mitigation.json beside `out`); returns the result and
+    the JSON path.
 
-    `data`: labelled clean images (a path or CleanData), split into repair and held-out parts. `out_path`:
-    where the patched ONNX file goes (nothing is written when None). `real_trigger`: (mask.npy,
-    pattern.npy) of the real trigger, used only to measure; its target is `real_target`, else the label the
-    original model gives most held-out images carrying it.
+    `data`: labelled clean images (a path or CleanData), split into repair and held-out parts. `trigger`:
+    (mask.npy, pattern.npy) of the real trigger, used only to measure; its target is `trigger_target`, else the
+    label the original model gives most held-out images carrying it. Every input is checked, and no output may
+    replace an input, before any work.
     """
     started = time.perf_counter()
-    config = (config or MitigationConfig()).validate()
-    model_path, report_folder = Path(model_path), Path(report_folder)
-    if out_path is not None:
-        out_path = Path(out_path)
-        refuse_overwrite(model_path, out_path)
-    device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    config = config.validate()
+    method = method_named(config.method)
+    model, report_folder, out = Path(model), Path(report_folder), Path(out)
+    json_out = Path(json_out) if json_out is not None else out.parent / RESULT_FILE
+    report = read_scan_report(report_folder)
+    check_outputs(model, report_folder, report, data, config, trigger, out, json_out)
+    device = prepare_runtime(config.device, config.threads, config.seed)
 
-    converted, facts = load_model(model_path, report_folder)
+    converted = load_model(model, report, report_folder)
     contract = converted.contract
-    labels = require_labels(config.labels, facts.flagged, contract.num_classes)
+    labels = require_labels(config.labels, report.flagged, contract.num_classes)
+    triggers = [reversed_trigger(report_folder, label, contract.image_shape) for label in labels]
     repair, holdout = split_holdout(load_data(data, converted, config), config.holdout_fraction, config.seed)
-    scaling = facts.scaling(contract.channels)
+    scaling = report_scaling(report, contract.channels)
     converted.module.to(device)
-    model = scoring_model(converted, scaling, device)  # trains through the logits of a final Softmax
-    triggers = [reversed_trigger(report_folder, label) for label in labels]
-    bench = Workbench(
-        converted,
-        model,
-        build_weight_map(converted.module, converted.prepared),
-        repair,
-        holdout,
-        triggers,
-        config,
-        device,
-    )
+    scoring = scoring_model(converted, scaling, device)  # trains through the logits of a final Softmax
+    weight_map = build_weight_map(converted.module, converted.prepared)
+    bench = Workbench(converted, scoring, weight_map, repair, holdout, triggers, config, device)
     measured = list(triggers)
-    if real_trigger is not None:
-        measured.append(real_trigger_of(real_trigger, real_target, model, holdout.images, device))
-    before = measure(model, holdout.images, holdout.labels, measured, device)
+    if trigger is not None:
+        measured.append(real_trigger_of(trigger, trigger_target, scoring, holdout.images, device))
+    before = measure(scoring, holdout.images, holdout.labels, measured, device)
 
     method_started = time.perf_counter()
-    patch = METHOD_RUNNERS[config.method](bench)
+    outcome = method.apply(bench)
     seconds_method = time.perf_counter() - method_started
-    after = measure(model, holdout.images, holdout.labels, measured, device, patch.screen)
+    after = measure(scoring, holdout.images, holdout.labels, measured, device, outcome.screen)
 
-    max_abs_diff = output_sha256 = None
-    if out_path is not None:
-        max_abs_diff = write_patched(patch.graph, converted.module, contract, out_path, patch.check)
-        output_sha256 = file_sha256(out_path)
-    return MitigationResult(
+    max_abs_diff, output_sha256 = write_patched(outcome.graph, converted.module, contract, out, outcome.check)
+    result = MitigationResult(
         method=config.method,
-        model_path=str(model_path),
-        model_sha256=facts.model_sha256,
-        output_path=None if out_path is None else str(out_path),
+        model_path=str(model),
+        model_sha256=report.model_sha256,
+        output_path=str(out),
         output_sha256=output_sha256,
         labels=labels,
-        real_trigger_target=measured[-1].target if real_trigger is not None else None,
+        real_trigger_target=measured[-1].target if trigger is not None else None,
         scaling=scaling.describe(),
         repair_images=len(repair),
         holdout_images=len(holdout),
         before=before,
         after=after,
-        details=method_details(patch),
+        details=outcome.details_dict(),
         max_abs_diff=max_abs_diff,
         seconds_method=seconds_method,
         seconds_total=time.perf_counter() - started,
         config=config,
     )
+    return result, write_result(result, json_out)

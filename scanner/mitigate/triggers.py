@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cleanse_base.errors import ConfigError, DataError
+from cleanse_base.files import is_regular_file
+from cleanse_base.limits import check_limit
+from cleanse_base.text import one_line
+from scanner.config import check_label_range
 from scanner.data import CleanData
-from scanner.report import read_trigger
+from scanner.report import trigger_paths
 from scanner.reverse import PIXEL_MAX, stamp
+
+NPY_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 @dataclass(frozen=True)
@@ -26,35 +33,60 @@ class Trigger:
         return stamp(images, self.mask[None, None], self.pattern[None]).astype(np.float32)
 
 
-def reversed_trigger(report_folder: Path, label: int) -> Trigger:
-    mask, pattern_hwc = read_trigger(report_folder, label)
-    return Trigger(f"label {label} (reversed)", mask.astype(np.float32), _to_chw(pattern_hwc), label)
+def reversed_trigger_files(report_folder: Path, label: int) -> tuple[Path, Path]:
+    """(mask .npy, pattern .npy) of a label's reversed trigger in a scan report folder."""
+    paths = trigger_paths(report_folder, label)
+    return Path(f"{paths['mask']}.npy"), Path(f"{paths['pattern']}.npy")
+
+
+def reversed_trigger(report_folder: Path, label: int, image_shape: tuple[int, int, int]) -> Trigger:
+    mask, pattern = load_trigger_files(*reversed_trigger_files(report_folder, label), image_shape)
+    return Trigger(f"label {label} (reversed)", mask, pattern, label)
 
 
 def load_trigger_files(
     mask_path: Path, pattern_path: Path, image_shape: tuple[int, int, int]
-) -> tuple[np.ndarray, ...]:
-    """(mask (H, W), pattern (C, H, W)) from the .npy files `--trigger` names, checked against the model."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mask (H, W) in [0, 1], pattern (C, H, W) in raw pixels) from .npy files (a report's reversed trigger, or
+    the real one `--trigger` names), checked against the model's image shape before their data is read."""
     channels, height, width = image_shape
-    arrays = []
-    for path in (mask_path, pattern_path):
-        try:
-            arrays.append(np.load(path, allow_pickle=False).astype(np.float32))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable .npy array ({type(exc).__name__})") from None
-    mask, pattern = arrays
-    if mask.shape != (height, width):
-        raise DataError(f"{mask_path}: trigger mask has shape {list(mask.shape)}, the model needs [{height}, {width}]")
-    if pattern.shape != (height, width, channels):
-        raise DataError(
-            f"{pattern_path}: trigger pattern has shape {list(pattern.shape)}, "
-            f"the model needs [{height}, {width}, {channels}] (H, W, C raw pixels)"
-        )
-    if mask.min() < 0 or mask.max() > 1:
-        raise DataError(f"{mask_path}: trigger mask values must lie in [0, 1]")
-    if pattern.min() < 0 or pattern.max() > PIXEL_MAX:
-        raise DataError(f"{pattern_path}: trigger pattern values must be raw pixels in [0, 255]")
+    mask = read_npy(mask_path, "trigger mask", (height, width), "[H, W]")
+    pattern = read_npy(pattern_path, "trigger pattern", (height, width, channels), "[H, W, C] raw pixels")
+    if not (mask.min() >= 0 and mask.max() <= 1):  # also false for NaN
+        raise DataError(f"{mask_path}: trigger mask values must be finite and lie in [0, 1]")
+    if not (pattern.min() >= 0 and pattern.max() <= PIXEL_MAX):
+        raise DataError(f"{pattern_path}: trigger pattern values must be finite raw pixels in [0, 255]")
     return mask, _to_chw(pattern)
+
+
+def read_npy(path: Path, what: str, shape: tuple[int, ...], layout: str) -> np.ndarray:
+    """A numeric .npy array of exactly `shape` as float32: its header is checked (shape, no pickled objects,
+    the size limit) before any data is read, from the same open file."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file ({what})")
+    if not is_regular_file(path):
+        raise DataError(f"{path}: the {what} must be a regular file")
+    try:
+        with open(path, "rb") as file:
+            declared, dtype = _npy_header(file)
+            check_limit(f"{path}: {what} elements", math.prod(declared), "image_elements", DataError)
+            if dtype.hasobject or dtype.kind not in "biuf":
+                raise DataError(f"{path}: the {what} must be a numeric array, not {dtype} (pickles are refused)")
+            if declared != shape:
+                raise DataError(f"{path}: {what} has shape {list(declared)}, the model needs {list(shape)} ({layout})")
+            file.seek(0)
+            array = np.lib.format.read_array(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({one_line(exc)})") from None
+    return array.astype(np.float32)
+
+
+def _npy_header(file) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(file)
+    if version not in NPY_READERS:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, _fortran_order, dtype = NPY_READERS[version](file)
+    return tuple(shape), dtype
 
 
 def _to_chw(pattern_hwc: np.ndarray) -> np.ndarray:
@@ -85,11 +117,11 @@ def stamp_fraction(
 
 
 def require_labels(labels: tuple[int, ...], flagged: list[int], num_classes: int) -> list[int]:
-    """The labels to mitigate: the user's, else the report's flagged ones."""
+    """The labels to mitigate: the user's, else the report's flagged ones; distinct and in range."""
     chosen = list(labels) or flagged
     if not chosen:
         raise ConfigError("the scan report flags no label: nothing to mitigate (name labels with --labels)")
-    bad = [label for label in chosen if not 0 <= label < num_classes]
-    if bad:
-        raise ConfigError(f"label(s) {bad} out of range for a model with {num_classes} classes")
+    check_label_range(chosen, num_classes)
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"labels to mitigate must be distinct, not {chosen[:10]}")
     return chosen

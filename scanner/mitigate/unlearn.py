@@ -12,11 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from scanner.data import CleanData
-from scanner.mitigate.config import MitigationConfig
-from scanner.mitigate.triggers import Trigger, stamp_fraction
+from scanner.mitigate.triggers import stamp_fraction
+from scanner.mitigate.workbench import Workbench
 
 
 @dataclass
@@ -32,15 +30,9 @@ def unique_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return list({id(tensor): tensor for tensor in tensors}.values())
 
 
-def unlearn(
-    model: nn.Module,
-    weights: list[torch.Tensor],
-    repair: CleanData,
-    triggers: list[Trigger],
-    config: MitigationConfig,
-    device: torch.device,
-) -> UnlearnOutcome:
-    """Fine-tune `weights` in place; `model` maps raw NCHW images to log-probabilities."""
+def unlearn(bench: Workbench, weights: list[torch.Tensor]) -> UnlearnOutcome:
+    """Fine-tune `weights` (tensors of the bench's module) in place on the repair images."""
+    model, repair, triggers, config, device = bench.model, bench.repair, bench.triggers, bench.config, bench.device
     weights = unique_tensors(weights)
     rng = np.random.default_rng(config.seed)
     labels = torch.from_numpy(repair.labels)
@@ -52,7 +44,7 @@ def unlearn(
         for _ in range(config.epochs):
             images = torch.from_numpy(stamp_fraction(repair.images, triggers, config.unlearn_fraction, rng))
             total = 0.0
-            for batch in np.array_split(rng.permutation(len(images)), max(1, len(images) // config.batch_size)):
+            for batch in np.array_split(rng.permutation(len(images)), max(1, len(images) // config.unlearn_batch)):
                 index = torch.from_numpy(batch)
                 loss = F.nll_loss(model(images[index].to(device)), labels[index].to(device))
                 optimizer.zero_grad()

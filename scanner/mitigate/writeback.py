@@ -9,8 +9,6 @@ an initializer. A tensor whose origin is not certain stays unlinked, and writing
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +20,8 @@ import torch
 from onnx import numpy_helper
 from torch import fx, nn
 
-from cleanse_base.errors import ConfigError, ModelError
+from cleanse_base.errors import ModelError
+from cleanse_base.files import atomic_output, file_sha256
 from cleanse_base.text import one_line
 from converters.contract import ModelContract
 from converters.onnx2torch_compat import import_onnx2torch
@@ -274,41 +273,25 @@ def check_patched(patched: onnx.ModelProto, module: nn.Module, contract: ModelCo
         raise ModelError(f"the patched file does not reproduce the patched module: {exc}; nothing written") from None
 
 
-def refuse_overwrite(source: Path, out_path: Path) -> None:
-    if out_path.exists() and out_path.resolve() == source.resolve():
-        raise ConfigError(f"--out {out_path} is the input model; the input file is never modified")
-    if out_path.is_dir():
-        raise ConfigError(f"--out {out_path} is a folder; give a file name such as patched.onnx")
-    if not out_path.parent.is_dir():
-        raise ConfigError(f"--out {out_path}: folder {out_path.parent} does not exist")
-
-
-def write_model_atomic(model: onnx.ModelProto, out_path: Path) -> None:
-    """Serialize to a temporary file beside `out_path`, then rename it over: no half-written model."""
-    try:
-        payload = model.SerializeToString()
-    except ValueError as exc:  # protobuf's 2 GiB limit
-        raise ModelError(f"the patched model cannot be written as one file ({exc})") from None
-    handle, temporary = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload)
-        os.replace(temporary, out_path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_patched(
     patched: onnx.ModelProto,
     module: nn.Module,
     contract: ModelContract,
     out_path: Path,
     extra_check: Callable[[onnx.ModelProto], None] | None = None,
-) -> float:
-    """Check the patched model (and `extra_check`, for added outputs), then write it; max |ort - torch|."""
-    diff = check_patched(patched, module, contract)
-    if extra_check is not None:
-        extra_check(patched)
-    write_model_atomic(patched, out_path)
-    return diff
+) -> tuple[float, str]:
+    """Write the patched model to a temporary file beside `out_path`, check what was written (and `extra_check`,
+    for added outputs), then rename it over `out_path`: no half-written or unchecked model is ever left there.
+    Returns max |onnxruntime - torch| and the file's sha256."""
+    try:
+        payload = patched.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GiB limit
+        raise ModelError(f"the patched model cannot be written as one file ({exc})") from None
+    with atomic_output(out_path, ".onnx") as temporary:
+        temporary.write_bytes(payload)
+        written = onnx.load_model_from_string(temporary.read_bytes())  # what is on disk, nothing beside it
+        diff = check_patched(written, module, contract)
+        if extra_check is not None:
+            extra_check(written)
+        digest = file_sha256(temporary)
+    return diff, digest

@@ -1,0 +1,31 @@
+"""The bundle every mitigation method works on: the loaded model, its weight links, the data and the triggers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from converters.onnx_to_torch import ConvertedModel
+from scanner.data import CleanData
+from scanner.mitigate.config import MitigationConfig
+from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.writeback import WeightMap
+from scanner.model import ScoringModel
+
+
+@dataclass
+class Workbench:
+    converted: ConvertedModel
+    model: ScoringModel  # raw NCHW pixels -> log-probabilities, around converted.module
+    weight_map: WeightMap
+    repair: CleanData
+    holdout: CleanData
+    triggers: list[Trigger]  # the reversed ones being removed
+    config: MitigationConfig
+    device: torch.device
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The converted graph whose weights are patched and whose layers are hooked."""
+        return self.converted.module

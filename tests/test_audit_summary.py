@@ -1,0 +1,66 @@
+"""The audit's summary: an inconclusive model (a scan that could not decide) exits 2 like an error row, and is
+shown as inconclusive in the table, audit.csv, audit.json and index.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, EXIT_INFECTED
+from scanner.audit.index_page import render_index
+from scanner.audit.jobs import plan_job, run_job
+from scanner.audit.manifest import ModelEntry
+from scanner.audit.store import CLEAN, DONE, ERROR, INCONCLUSIVE, INFECTED, AuditRow, ModelKey
+from scanner.audit.summary import CSV_NAME, JSON_NAME, exit_code, format_table, write_summary
+
+
+def row(name: str, status: str, verdict: str | None) -> AuditRow:
+    return AuditRow(ModelKey(f"/m/{name}.onnx", "s", "c"), status, verdict, None, [], None, None, None, 1.0, None)
+
+
+CLEAN_ROW, INFECTED_ROW = row("a", DONE, CLEAN), row("b", DONE, INFECTED)
+UNDECIDED_ROW, ERROR_ROW = row("undecided", DONE, INCONCLUSIVE), row("d", ERROR, None)
+
+
+@pytest.mark.parametrize(
+    ("rows", "errors_win", "code"),
+    [
+        ([CLEAN_ROW], False, EXIT_CLEAN),
+        ([CLEAN_ROW, UNDECIDED_ROW], False, EXIT_ERROR),
+        ([CLEAN_ROW, ERROR_ROW], False, EXIT_ERROR),
+        ([INFECTED_ROW, UNDECIDED_ROW], False, EXIT_INFECTED),
+        ([INFECTED_ROW, UNDECIDED_ROW], True, EXIT_ERROR),
+    ],
+)
+def test_an_inconclusive_model_exits_2_like_an_error(rows: list[AuditRow], errors_win: bool, code: int) -> None:
+    assert exit_code(rows, errors_win) == code
+
+
+def test_an_inconclusive_model_is_shown_as_inconclusive_everywhere(tmp_path: Path) -> None:
+    rows = [CLEAN_ROW, INFECTED_ROW, UNDECIDED_ROW, ERROR_ROW]
+    table = format_table(rows)
+    assert "4 model(s): 1 clean, 1 infected, 1 inconclusive, 1 error" in table
+    line = next(text for text in table.splitlines() if text.startswith("undecided.onnx"))
+    assert line.split()[1] == INCONCLUSIVE
+    assert write_summary(rows, tmp_path, errors_win=False) == EXIT_INFECTED
+    with open(tmp_path / CSV_NAME, newline="") as file:
+        assert [record["verdict"] for record in csv.DictReader(file)] == ["clean", "infected", "inconclusive", ""]
+    summary = json.loads((tmp_path / JSON_NAME).read_text())
+    assert [model["verdict"] for model in summary["models"]] == [CLEAN, INFECTED, INCONCLUSIVE, None]
+    page = render_index(rows, tmp_path)
+    assert "1 infected, 1 inconclusive, 1 could not be scanned" in page
+    assert '<span class="verdict inconclusive">inconclusive</span>' in page
+    assert "inconclusive" not in format_table([CLEAN_ROW])
+    assert "inconclusive," not in render_index([CLEAN_ROW], tmp_path)  # counted only where there are some
+
+
+def test_a_real_scan_of_two_labels_is_an_inconclusive_row(digits: dict[str, Path], tmp_path: Path) -> None:
+    settings = {"labels": [0, 7], "threads": 1, "reverse": {"max_steps": 5, "images_per_step": 16}}
+    job = plan_job(ModelEntry(digits["digits_infected.onnx"], None), digits["digits_test.npz"], {}, settings, tmp_path)
+    outcome = run_job(job)
+    assert (outcome.status, outcome.verdict) == (DONE, INCONCLUSIVE)
+    finished = AuditRow(job.key, DONE, outcome.verdict, None, [], None, None, None, outcome.seconds, None)
+    assert exit_code([finished], errors_win=False) == EXIT_ERROR
