@@ -260,19 +260,28 @@ def is_regular_file(path: Path) -> bool:
         return False
 
 
-def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A TOML file's table, with one-line ConfigErrors for every way it can be unreadable."""
+def read_small_file(path: str | Path, what: str, max_bytes: int, missing_hint: str = "") -> bytes:
+    """The bytes of a small hand-made or tool-written file (a config, a manifest, a scan report): one-line
+    ConfigErrors when it is missing, not a regular file (a FIFO would block) or larger than `max_bytes`."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: no such {what}")
+        raise ConfigError(f"{path}: no such {what}{missing_hint}")
     if not is_regular_file(path):
         raise ConfigError(f"{path}: the {what} must be a regular file")
-    if path.stat().st_size > MAX_TOML_BYTES:
-        raise ConfigError(f"{path}: the {what} is larger than {MAX_TOML_BYTES} bytes")
+    if path.stat().st_size > max_bytes:
+        raise ConfigError(f"{path}: the {what} is larger than {max_bytes} bytes")
     try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({type(exc).__name__})") from None
+
+
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's table, with one-line ConfigErrors for every way it can be unreadable."""
+    payload = read_small_file(path, what, MAX_TOML_BYTES)
+    try:
+        return tomllib.loads(payload.decode())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the {what} ({type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text") from None

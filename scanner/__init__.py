@@ -1,8 +1,31 @@
-"""Cleanse: find backdoors in image classifiers from any framework (Neural Cleanse over ONNX)."""
+"""Cleanse: find backdoors in image classifiers from any framework (Neural Cleanse over ONNX).
+
+The public names load on first use (PEP 562), so that `cleanse` starts its Ctrl-C handling before torch loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from cleanse_base.version import __version__
-from scanner.config import PRESETS, ReverseConfig, ScanConfig, make_config
-from scanner.report import ScanReport, write_report
-from scanner.run_scan import scan
 
-__all__ = ["PRESETS", "ReverseConfig", "ScanConfig", "ScanReport", "__version__", "make_config", "scan", "write_report"]
+_PUBLIC = {
+    "PRESETS": "scanner.config",
+    "ReverseConfig": "scanner.config",
+    "ScanConfig": "scanner.config",
+    "make_config": "scanner.config",
+    "ScanReport": "scanner.report",
+    "write_report": "scanner.report",
+    "scan": "scanner.run_scan",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'scanner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value

@@ -8,10 +8,22 @@ are declared once; every error leaves through `cli_errors` as one line and exit 
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    sys.stderr.write("cleanse: error: interrupted\n")
+    os._exit(2)  # Ctrl-C while torch and the rest load: exit 2 (not 1, which means "backdoor found")
+
+
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+# ruff: noqa: E402 - the imports below load torch for seconds; the handler above must be in place first
+
 import dataclasses
 import functools
 import json
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +57,8 @@ from scanner.progress import Progress
 from scanner.report import CLEAN, INCONCLUSIVE, INFECTED, ScanReport, format_summary
 from scanner.reverse import LabelTrigger
 from scanner.runtime import DEVICE_HELP
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on cli_errors handles Ctrl-C
 
 VERDICT_EXIT = {CLEAN: EXIT_CLEAN, INFECTED: EXIT_INFECTED, INCONCLUSIVE: EXIT_ERROR}
 

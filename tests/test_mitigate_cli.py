@@ -71,7 +71,7 @@ def bad_trigger(tmp_path: Path) -> list:
         ({"labels": []}, "flags no label: nothing to mitigate"),
         ({"labels": ["--labels", 12]}, "out of range"),
         ({"labels": ["--labels", "seven"]}, "labels"),
-        ({"report": ["--report", "/nonexistent"]}, "no report.json"),
+        ({"report": ["--report", "/nonexistent"]}, "no such scan report"),
         ({"model": ["digits_clean.onnx"]}, "scan report of another model"),
         ({"out": ["--out", "MODEL"]}, "would overwrite or write into the input"),
         ({"extra": ["--json-out", "MODEL"]}, "would overwrite or write into the input"),

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cleanse_base.errors import ConfigError
-from cleanse_base.files import is_regular_file
+from cleanse_base.files import read_small_file
 from scanner.preprocess import Scaling, make_scaling
 from scanner.report import ScanReport
 
@@ -22,14 +22,10 @@ def report_json(folder: Path) -> Path:
 def read_scan_report(folder: Path) -> ScanReport:
     """The report in `folder`, every value's type checked; ConfigError with one line when it is not one."""
     path = report_json(folder)
-    if not path.exists():
-        raise ConfigError(f"{folder}: no report.json (run `cleanse scan MODEL --out {folder}` first)")
-    if not is_regular_file(path):
-        raise ConfigError(f"{path}: the scan report must be a regular file")
-    if path.stat().st_size > MAX_REPORT_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_REPORT_BYTES} bytes, not a scan report")
+    hint = f" (run `cleanse scan MODEL --out {folder}` first)"
+    raw = read_small_file(path, "scan report", MAX_REPORT_BYTES, hint)
     try:
-        payload = json.loads(path.read_bytes())
+        payload = json.loads(raw)
     except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{path}: not a readable scan report ({type(exc).__name__})") from None
     return ScanReport.from_json(payload, str(path))
