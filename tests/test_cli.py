@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from scanner.cli import main
+from scanner.report import SCHEMA_VERSION
 
 FAST = ["--max-steps", "200", "--seed", "1"]
 
@@ -143,7 +144,7 @@ def test_inconclusive_scan_still_writes_its_report(digits, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert "INCONCLUSIVE" in result.stdout
     report = json.loads((out / "report.json").read_text())
-    assert report["verdict"] == "inconclusive" and report["schema_version"] == "1.2"
+    assert report["verdict"] == "inconclusive" and report["schema_version"] == SCHEMA_VERSION
     html = (out / "report.html").read_text()
     assert 'class="verdict inconclusive"' in html and "success threshold" in html
 
