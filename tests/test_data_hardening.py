@@ -106,7 +106,7 @@ def test_h5_external_storage_is_refused_unread(tmp_path, secret):
     with h5py.File(tmp_path / "d.h5", "w") as file:
         file["X_test"] = IMAGES.repeat(3, axis=0)[: len(SECRET)]
         file.create_dataset("Y_test", shape=(len(SECRET),), dtype=np.uint8, external=[(str(secret), 0, len(SECRET))])
-    message = refusal(tmp_path / "d.h5")
+    message = refusal(tmp_path / "d.h5").replace(str(tmp_path), "<tmp>")  # the tmp path may hold "45" or "102"
     assert "'Y_test' uses external storage" in message
     assert "45" not in message and "102" not in message and "SECRET" not in message
 
