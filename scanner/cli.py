@@ -38,6 +38,7 @@ from cleanse_base.text import one_line, printable
 from cleanse_base.version import __version__
 from converters.contract import LAYOUTS, OUTPUT_KINDS, ContractOverrides
 from scanner.config import (
+    DECISIONS,
     PRECISIONS,
     PRESETS,
     SCHEDULES,
@@ -245,9 +246,20 @@ shared_scan_options = options(
     ),
     max_images_option,
     click.option(
+        "--decision",
+        type=click.Choice(DECISIONS),
+        help="paper: Neural Cleanse's rule, MAD of the L1 norms (default); evidence: several measurements of each "
+        "label's trigger, a p-value per model.",
+    ),
+    click.option(
         "--mad-threshold",
         type=float,
-        help="Anomaly index above which a label is flagged (default 2; must be a positive number).",
+        help="paper rule: anomaly index above which a label is flagged (default 2; must be a positive number).",
+    ),
+    click.option(
+        "--alpha",
+        type=float,
+        help="evidence rule: family-wise p-value below which a label is flagged (default 0.01).",
     ),
     seed_option,
     device_option,

@@ -95,6 +95,7 @@ PRESETS: dict[str, ReverseConfig] = {
 
 
 SCHEDULES = ("full", "screened")
+DECISIONS = ("paper", "evidence")  # scanner/decision/rules.py
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ class ScanConfig:
 
     preset: str = "default"
     reverse: ReverseConfig | None = None
-    mad_threshold: float = 2.0
+    decision: str = "paper"  # paper: MAD of L1 norms; evidence: several measurements per label, a p-value per model
+    mad_threshold: float = 2.0  # the paper rule's anomaly index threshold
+    alpha: float = 0.01  # the evidence rule's family-wise p-value below which a label is flagged
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -160,6 +163,10 @@ class ScanConfig:
                 f"mad_threshold must be a positive number, not {self.mad_threshold} (no label can be flagged, or "
                 "every label would be)"
             )
+        if self.decision not in DECISIONS:
+            raise ConfigError(f"decision must be one of {', '.join(DECISIONS)}, not {printable(self.decision)!r}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"alpha must be in (0, 1), not {self.alpha}")
         if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError(f"seed must be in [0, {SEED_MAX}], not {self.seed}")
         if not DEVICE_PATTERN.fullmatch(self.device):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cleanse_base.files import write_bytes_atomic
 from cleanse_base.text import format_number as fmt
-from scanner.report import ScanReport, trigger_paths
+from scanner.report import ScanReport, rule_text, trigger_paths
 
 REPORT_HTML = "report.html"
 TRIGGER_KINDS = ("mask", "pattern", "fusion")
@@ -126,6 +126,33 @@ def trigger_grid(report: ScanReport, folder: Path) -> str:
     return f'<div class="grid">{"".join(cards)}</div>'
 
 
+def evidence_section(report: ScanReport) -> str:
+    """Per label: what was measured of its trigger, each measure's z-score, and the evidence rule's p-value."""
+    decision = report.judged
+    if not decision.judgements:
+        return ""
+    measured = sorted({name for result in report.labels for name in result.evidence})
+    rows = []
+    for result in sorted(report.labels, key=lambda result: decision.judgements[result.label].p_value):
+        judgement = decision.judgements[result.label]
+        rows.append(
+            [
+                str(result.label),
+                *(fmt(result.evidence.get(name)) for name in measured),
+                *(f"{judgement.z_scores[name]:+.2f}" for name in decision.measures),
+                f"{judgement.combined_z:+.2f}",
+                f"{judgement.p_value:.3g}",
+                escape(", ".join(judgement.flagged_by)) if judgement.flagged else "",
+            ]
+        )
+    headers = ["label", *measured, *(f"z {name}" for name in decision.measures), "combined z", "p-value", "flagged by"]
+    return f"""<h2 id="evidence">Evidence per label</h2>
+<p>Each measure as a robust z-score against the model's other labels (positive: more like a planted trigger),
+combined per label; the p-value is corrected for the {len(report.labels)} labels. Flagged below
+{decision.threshold:g}.</p>
+{table(headers, rows, set(range(1, len(headers) - 1)))}"""
+
+
 def render_report(report: ScanReport, folder: Path) -> str:
     mad = report.mad
     cutoff = threshold_norm(mad.median, mad.mad, mad.threshold)
@@ -151,11 +178,13 @@ def render_report(report: ScanReport, folder: Path) -> str:
 <p><span class="verdict {report.verdict}">{report.verdict.upper()}</span>
 flagged label(s): <strong id="flagged">{flagged}</strong></p>
 <p id="verdict-reason">{escape(report.verdict_reason)}</p>
+<p id="decision">decision: {escape(rule_text(report.judged))}</p>
 <p>anomaly index {fmt(mad.anomaly_index)} (threshold {mad.threshold:g}); median L1 {mad.median:.2f},
 MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 <p>sha256 <code>{escape(report.model_sha256)}</code></p>
 <h2>L1 norm per label</h2>
 {bar_chart_svg(norms, report.flagged, mad.median, cutoff)}
+{evidence_section(report)}
 <h2>Reversed triggers</h2>
 {trigger_grid(report, folder)}
 <h2>Labels</h2>

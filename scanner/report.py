@@ -17,12 +17,14 @@ from cleanse_base.plain import from_plain
 from cleanse_base.text import printable
 from converters.contract import ModelContract
 from scanner.config import ScanConfig
+from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.3"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.4"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
-# "final" and "estimated_norm"
+# "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
+# "decision" and "alpha", per label "evidence"
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -41,6 +43,7 @@ class LabelResult:
     flagged: bool
     final: bool = True  # ran to its own early stop; False: the scheduler stopped it at l1_norm (an upper bound)
     estimated_norm: float | None = None  # the norm the decision used: l1_norm when final, else the projection
+    evidence: dict[str, float | None] = field(default_factory=dict)  # scanner.decision.evidence, measured
 
 
 @dataclass
@@ -69,20 +72,28 @@ class ScanReport:
     seconds_total: float
     started_at: str
     schedule: dict[str, Any] = field(default_factory=dict)  # scanner.schedule.ScheduleSummary.to_dict()
+    decision: DecisionResult | None = None  # None: a report written before schema 1.4 (the paper rule, `mad`)
     triggers: list[LabelTrigger] = field(default_factory=list, repr=False)  # not in the JSON
 
     @property
     def verdict(self) -> str:
         """clean, infected, or inconclusive where the statistics cannot decide (see verdict_reason)."""
-        return decide_verdict(self.labels, self.mad, self.config.reverse.attack_success_threshold)[0]
+        return decide_verdict(self.labels, self.mad, self.judged, self.config.reverse.attack_success_threshold)[0]
 
     @property
     def verdict_reason(self) -> str:
-        return decide_verdict(self.labels, self.mad, self.config.reverse.attack_success_threshold)[1]
+        return decide_verdict(self.labels, self.mad, self.judged, self.config.reverse.attack_success_threshold)[1]
+
+    @property
+    def judged(self) -> DecisionResult:
+        """The decision's outcome (for a report from before schema 1.4: the paper rule's, from `mad`)."""
+        if self.decision is not None:
+            return self.decision
+        return paper_result(self.mad)
 
     @property
     def flagged(self) -> list[int]:
-        return list(self.mad.flagged)
+        return list(self.judged.flagged)
 
     def to_json_dict(self) -> dict[str, Any]:
         return _finite(
@@ -101,6 +112,7 @@ class ScanReport:
                 "anomaly_index": self.mad.anomaly_index,
                 "mad_threshold": self.mad.threshold,
                 "flagged_labels": self.flagged,
+                "decision": self.judged.to_dict(),
                 "verdict": self.verdict,
                 "verdict_reason": self.verdict_reason,
                 "device": self.device,
@@ -147,10 +159,15 @@ class ScanReport:
             seconds_total=document.seconds_total,
             started_at=document.started_at,
             schedule=document.schedule,
+            decision=_decision_from_json(document.decision, flagged, f"{where}.decision")
+            if document.decision
+            else None,
         )
 
 
-def decide_verdict(labels: list[LabelResult], mad: MadResult, success_threshold: float) -> tuple[str, str]:
+def decide_verdict(
+    labels: list[LabelResult], mad: MadResult, decision: DecisionResult, success_threshold: float
+) -> tuple[str, str]:
     """(verdict, reason). Inconclusive, never clean, where the statistics cannot decide: too few labels for MAD
     to flag one, no trigger that reached the attack success threshold (norms of failed masks say nothing), or
     every norm the same."""
@@ -159,8 +176,8 @@ def decide_verdict(labels: list[LabelResult], mad: MadResult, success_threshold:
         return INCONCLUSIVE, f"{len(labels)} label(s) scanned: MAD needs at least {MIN_LABELS} to flag one"
     if not found:
         return INCONCLUSIVE, f"no label's trigger reached the attack success threshold ({success_threshold:g})"
-    if mad.infected:
-        return INFECTED, f"label(s) {', '.join(map(str, mad.flagged))} above the anomaly threshold {mad.threshold:g}"
+    if decision.flagged:
+        return INFECTED, f"label(s) {', '.join(map(str, decision.flagged))} flagged: {rule_text(decision)}"
     if found < MIN_LABELS:
         return INCONCLUSIVE, (
             f"only {found} label(s) reached the attack success threshold ({success_threshold:g}): MAD needs at least "
@@ -168,7 +185,13 @@ def decide_verdict(labels: list[LabelResult], mad: MadResult, success_threshold:
         )
     if mad.all_equal:
         return INCONCLUSIVE, "every label's trigger has the same L1 norm: MAD is 0 and cannot tell them apart"
-    return CLEAN, f"no label above the anomaly threshold {mad.threshold:g}"
+    return CLEAN, f"no label flagged: {rule_text(decision)}"
+
+
+def rule_text(decision: DecisionResult) -> str:
+    if decision.score_kind == "p_value":
+        return f"evidence rule, model p-value {decision.score:.3g} (flagged below {decision.threshold:g})"
+    return f"paper rule, anomaly index {decision.score:.2f} (flagged above {decision.threshold:g})"
 
 
 def _finite(value: Any) -> Any:
@@ -217,6 +240,28 @@ class _ReportDocument:
     seconds_total: float
     started_at: str
     schedule: dict[str, Any] = field(default_factory=dict)  # absent before schema 1.3
+    decision: dict[str, Any] = field(default_factory=dict)  # absent before schema 1.4
+
+
+@dataclass(frozen=True)
+class _DecisionJson:
+    rule: str
+    flagged: list[int]
+    score: float
+    score_kind: str
+    threshold: float
+    measures: list[str] = field(default_factory=list)
+    labels: list[LabelJudgement] = field(default_factory=list)
+
+
+def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -> DecisionResult:
+    document = from_plain(_DecisionJson, entry, where, ConfigError, allow_unknown=True)
+    if document.flagged != flagged:
+        raise ConfigError(f"{where}.flagged {document.flagged[:10]} differs from flagged_labels {flagged[:10]}")
+    judgements = {item.label: item for item in document.labels}
+    return DecisionResult(
+        document.rule, flagged, document.score, document.score_kind, document.threshold, judgements, document.measures
+    )
 
 
 def _label_from_json(entry: dict[str, Any], where: str) -> LabelResult:
@@ -301,9 +346,15 @@ def write_report(report: ScanReport, folder: str | Path, inputs: Iterable[str | 
 
 
 def format_label_table(report: ScanReport) -> str:
-    rows = [f"{'label':>5}  {'L1 norm':>9}  {'success':>7}  {'anomaly':>7}  {'steps':>5}  {'seconds':>7}"]
+    judgements = report.judged.judgements
+    evidence_column = f"  {'p-value':>8}" if judgements else ""
+    rows = [
+        f"{'label':>5}  {'L1 norm':>9}  {'success':>7}  {'anomaly':>7}{evidence_column}  {'steps':>5}  {'seconds':>7}"
+    ]
     for result in sorted(report.labels, key=lambda r: r.l1_norm):
         index = "inf" if math.isinf(result.anomaly_index) else f"{result.anomaly_index:.2f}"
+        if judgements:
+            index += f"  {judgements[result.label].p_value:>8.2g}"
         mark = "  <- flagged" if result.flagged else ""
         if not result.found:
             mark += "  (no trigger reached the success threshold)"
@@ -329,6 +380,7 @@ def format_summary(report: ScanReport) -> str:
         "",
         f"median L1 {report.mad.median:.2f}, MAD {report.mad.mad:.2f}, anomaly index {report.mad.anomaly_index:.2f} "
         f"(threshold {report.mad.threshold:g})",
+        f"decision   {rule_text(report.judged)}",
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
         + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else ""),

@@ -17,6 +17,8 @@ from converters.intake import intake_model
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
 from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
+from scanner.decision.evidence import EvidenceMeter
+from scanner.decision.rules import make_decision
 from scanner.mad import MIN_LABELS, mad_outliers
 from scanner.model import ScoringModel, accuracy
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
@@ -137,18 +139,22 @@ def scan(
         if progress:
             progress(result, done, len(labels))
 
-    def decide(norms: dict[int, float]) -> frozenset[int]:
-        return frozenset(mad_outliers(norms, config.mad_threshold).flagged)
-
+    decision = make_decision(config.decision, config.mad_threshold, config.alpha)
     reverser = TriggerReverser(model, config.reverse, device, config.seed)
     session = reverser.session(data.images, len(labels))
-    runs, schedule = LabelScheduler(session, config.schedule, decide, config.seed, on_label).run(labels)
+    runs, schedule = LabelScheduler(session, config.schedule, decision.candidates, config.seed, on_label).run(labels)
     triggers = [session.result(runs[label]) for label in labels]
     for trigger in triggers:
         if not runs[trigger.label].finished:  # stopped by the scheduler: done all the same
             on_label(trigger)
     estimates = schedule.estimates()
     mad = mad_outliers(estimates, config.mad_threshold)
+    meter = EvidenceMeter(model, data.images, device, config.seed)
+    evidence = {
+        t.label: dataclasses.replace(meter.measure(t.label, t.mask, t.pattern), norm=estimates[t.label])
+        for t in triggers
+    }
+    judged = decision.judge(evidence)
     label_results = [
         LabelResult(
             label=t.label,
@@ -158,9 +164,10 @@ def scan(
             steps=t.steps,
             seconds=t.seconds,
             anomaly_index=mad.anomaly_indices[t.label],
-            flagged=t.label in mad.flagged,
+            flagged=t.label in judged.flagged,
             final=runs[t.label].finished,
             estimated_norm=estimates[t.label],
+            evidence=evidence[t.label].measurements(),
         )
         for t in triggers
     ]
@@ -193,5 +200,6 @@ def scan(
         seconds_total=time.perf_counter() - started,
         started_at=started_at,
         schedule=schedule.to_dict(),
+        decision=judged,
         triggers=triggers,
     )

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from scanner.decision.rules import paper_result
 from scanner.mad import CONSISTENCY_CONSTANT, MIN_LABELS, mad_outliers
 from scanner.report import LabelResult, decide_verdict
 
@@ -62,7 +63,7 @@ def _labels(norms: dict[int, float], found: set[int]) -> list[LabelResult]:
     "norms, found, verdict, reason",
     [
         ({0: 60.0, 1: 64.0, 2: 70.0, 3: 16.0, 4: 66.0}, {0, 1, 2, 3, 4}, "infected", "label(s) 3"),
-        ({0: 60.0, 1: 64.0, 2: 70.0, 3: 58.0, 4: 66.0}, {0, 1, 2, 3, 4}, "clean", "no label above"),
+        ({0: 60.0, 1: 64.0, 2: 70.0, 3: 58.0, 4: 66.0}, {0, 1, 2, 3, 4}, "clean", "no label flagged"),
         ({0: 60.0, 1: 64.0}, {0, 1}, "inconclusive", "2 label(s) scanned"),
         ({7: 6.0}, {7}, "inconclusive", "1 label(s) scanned"),
         ({0: 60.0, 1: 64.0, 2: 70.0, 3: 16.0}, set(), "inconclusive", "no label's trigger reached"),
@@ -71,5 +72,6 @@ def _labels(norms: dict[int, float], found: set[int]) -> list[LabelResult]:
     ],
 )
 def test_the_verdict_is_inconclusive_where_the_statistics_cannot_decide(norms, found, verdict, reason):
-    decided, why = decide_verdict(_labels(norms, found), mad_outliers(norms), 0.99)
+    mad = mad_outliers(norms)
+    decided, why = decide_verdict(_labels(norms, found), mad, paper_result(mad), 0.99)
     assert decided == verdict and reason in why

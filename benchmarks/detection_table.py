@@ -1,0 +1,226 @@
+"""Detection table over the model zoo: `python -m benchmarks.detection_table [--remeasure] [--alpha A]`.
+
+Reads the scans `python -m benchmarks.zoo_scans` saved (.cache/zoo/scans/<model>/seed<K>/report.json) and the
+zoo's model cards (.cache/zoo/<model>.json: dataset, attack family, targets), judges every scan's per-label
+evidence with each decision rule (so both rules see the same reversed triggers), and prints:
+
+- per attack family and rule: models caught with exactly their target(s), caught at all, clean models flagged;
+- the ROC-AUC of each rule's model-level score over all models (infected = positive), per seed;
+- stability: models whose verdict differs between seeds, with the score's margin from the threshold;
+- with --labels: each infected model's target labels and its most suspicious other label, measure by measure.
+
+`--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
+measurements change; the reversal is not rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from fixtures.paths import DEFAULT_CACHE
+from scanner.decision.evidence import LabelEvidence
+from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
+from scanner.mitigate.report_folder import read_scan_report
+from scanner.report import ScanReport
+
+ZOO_FOLDER = DEFAULT_CACHE.parent / "zoo"
+
+
+@dataclass(frozen=True)
+class ZooScan:
+    model: str
+    seed: int
+    family: str  # "clean" for clean models
+    dataset: str
+    targets: tuple[int, ...]
+    evidence: dict[int, LabelEvidence]
+    report: ScanReport
+
+
+def label_evidence(report: ScanReport) -> dict[int, LabelEvidence]:
+    evidence = {}
+    for result in report.labels:
+        norm = result.estimated_norm if result.estimated_norm is not None else result.l1_norm
+        evidence[result.label] = LabelEvidence(label=result.label, norm=norm, **result.evidence)  # type: ignore[arg-type]
+    return evidence
+
+
+def remeasured(report: ScanReport, folder: Path, model_path: Path) -> dict[int, LabelEvidence]:
+    """The evidence measured again from the saved triggers (same model, data, scaling and seed as the scan)."""
+    import torch
+
+    from scanner.data import load_clean_data
+    from scanner.decision.evidence import EvidenceMeter
+    from scanner.mitigate.report_folder import report_scaling
+    from scanner.mitigate.run_mitigation import load_model
+    from scanner.report import read_trigger
+    from scanner.run_scan import scoring_model
+
+    converted = load_model(model_path, report, folder)
+    contract = converted.contract
+    config = report.config
+    data = load_clean_data(
+        report.data["source"], *contract.image_shape, contract.num_classes, config.max_images or None, config.seed
+    )
+    device = torch.device("cpu")
+    model = scoring_model(converted, report_scaling(report, contract.channels), device)
+    meter = EvidenceMeter(model, data.images, device, config.seed)
+    evidence = {}
+    for result in report.labels:
+        mask, pattern = read_trigger(folder, result.label)
+        measured = meter.measure(result.label, mask, pattern)
+        norm = result.estimated_norm if result.estimated_norm is not None else result.l1_norm
+        evidence[result.label] = dataclasses.replace(measured, norm=norm)
+    return evidence
+
+
+def load_scans(zoo: Path, remeasure: bool) -> list[ZooScan]:
+    scans = []
+    for report_path in sorted(zoo.glob("scans/*/seed*/report.json")):
+        folder, model = report_path.parent, report_path.parent.parent.name
+        card = json.loads((zoo / f"{model}.json").read_text())
+        report = read_scan_report(folder)
+        evidence = remeasured(report, folder, zoo / f"{model}.onnx") if remeasure else label_evidence(report)
+        attack = card.get("attack") or {}
+        scans.append(
+            ZooScan(
+                model=model,
+                seed=int(folder.name.removeprefix("seed")),
+                family=attack.get("family", "clean") if card.get("targets") else "clean",
+                dataset=card["dataset"],
+                targets=tuple(sorted(card.get("targets") or ())),
+                evidence=evidence,
+                report=report,
+            )
+        )
+    return scans
+
+
+def roc_auc(positives: list[float], negatives: list[float]) -> float:
+    """P(a random positive scores above a random negative), ties counted half."""
+    if not positives or not negatives:
+        return math.nan
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def judge_all(scans: list[ZooScan], rules: dict[str, object]) -> dict[tuple[str, str, int], DecisionResult]:
+    return {(name, s.model, s.seed): rule.judge(s.evidence) for name, rule in rules.items() for s in scans}  # type: ignore[attr-defined]
+
+
+def family_table(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
+    rows = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))  # family -> rule -> [exact, any, total]
+    for scan in scans:
+        for rule in rules:
+            flagged = set(judged[(rule, scan.model, scan.seed)].flagged)
+            cell = rows[scan.family][rule]
+            cell[2] += 1
+            if scan.family == "clean":
+                cell[1] += bool(flagged)
+            elif scan.family == "all_to_all":
+                cell[0] += bool(flagged)
+                cell[1] += bool(flagged)
+            else:
+                cell[0] += flagged == set(scan.targets)
+                cell[1] += bool(flagged & set(scan.targets))
+    header = f"{'family':14s} {'scans':>5s}  " + "  ".join(f"{rule + ': exact / any target':>30s}" for rule in rules)
+    lines = [header]
+    for family in sorted(rows, key=lambda f: (f == "clean", f)):
+        cells = []
+        for rule in rules:
+            exact, hit, total = rows[family][rule]
+            text = f"clean flagged {hit}/{total}" if family == "clean" else f"{exact}/{total} / {hit}/{total}"
+            cells.append(f"{text:>30s}")
+        lines.append(f"{family:14s} {rows[family][rules[0]][2]:>5d}  " + "  ".join(cells))
+    return lines
+
+
+def auc_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
+    lines = []
+    seeds = sorted({scan.seed for scan in scans})
+    for rule in rules:
+        parts = []
+        for seed in [*seeds, None]:
+            chosen = [s for s in scans if seed is None or s.seed == seed]
+            score = {id(s): judged[(rule, s.model, s.seed)].suspicion for s in chosen}
+            auc = roc_auc(
+                [score[id(s)] for s in chosen if s.family != "clean"],
+                [score[id(s)] for s in chosen if s.family == "clean"],
+            )
+            parts.append(f"{'all seeds' if seed is None else f'seed {seed}'} {auc:.3f}")
+        lines.append(f"ROC-AUC {rule:9s} " + ", ".join(parts))
+    return lines
+
+
+def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
+    lines = []
+    by_model = defaultdict(list)
+    for scan in scans:
+        by_model[scan.model].append(scan)
+    for rule in rules:
+        flips = []
+        for model, runs in sorted(by_model.items()):
+            verdicts = {tuple(judged[(rule, model, s.seed)].flagged) for s in runs}
+            if len(verdicts) > 1:
+                detail = ", ".join(
+                    f"seed {s.seed}: {judged[(rule, model, s.seed)].flagged} margin "
+                    f"{judged[(rule, model, s.seed)].margin:+.2f}"
+                    for s in sorted(runs, key=lambda s: s.seed)
+                )
+                flips.append(f"  {model}: {detail}")
+        lines.append(f"{rule}: {len(flips)} of {len(by_model)} models change flagged labels between seeds")
+        lines.extend(flips)
+    return lines
+
+
+def label_lines(scans: list[ZooScan], judged: dict) -> list[str]:
+    """For every scan, the targets' and the most suspicious other label's measurements and z-scores."""
+    lines = []
+    for scan in scans:
+        result = judged[("evidence", scan.model, scan.seed)]
+        others = [label for label in result.judgements if label not in scan.targets]
+        worst = max(others, key=lambda label: result.judgements[label].combined_z)
+        lines.append(f"{scan.model} seed {scan.seed} ({scan.family}) flagged {result.flagged} p {result.score:.3g}")
+        for label in [*scan.targets, worst]:
+            judgement, item = result.judgements[label], scan.evidence[label]
+            z = " ".join(f"{name} {value:+.2f}" for name, value in judgement.z_scores.items())
+            kind = "target" if label in scan.targets else "other "
+            lines.append(
+                f"   {kind} {label:3d} norm {item.norm:7.2f} core {item.core_success:.2f} compact "
+                f"{item.compactness:.2f} drive {item.drive if item.drive is None else round(item.drive, 2)} | z {z} | "
+                f"combined {judgement.combined_z:+.2f}"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.detection_table", description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, default=ZOO_FOLDER)
+    parser.add_argument("--remeasure", action="store_true", help="measure the evidence again from the triggers")
+    parser.add_argument("--alpha", type=float, default=EvidenceDecision().alpha)
+    parser.add_argument("--labels", action="store_true", help="print the targets' evidence per scan")
+    args = parser.parse_args(argv)
+    scans = load_scans(args.zoo, args.remeasure)
+    if not scans:
+        raise SystemExit(f"no scans under {args.zoo}/scans: run python -m benchmarks.zoo_scans first")
+    rules = {"evidence": EvidenceDecision(args.alpha), "paper": PaperDecision()}
+    judged = judge_all(scans, rules)
+    models = {scan.model for scan in scans}
+    clean = {scan.model for scan in scans if scan.family == "clean"}
+    print(f"{len(scans)} scans of {len(models)} models ({len(clean)} clean), seeds {sorted({s.seed for s in scans})}")
+    for block in (family_table, auc_lines, stability_lines):
+        print()
+        print("\n".join(block(scans, judged, list(rules))))
+    if args.labels:
+        print()
+        print("\n".join(label_lines(scans, judged)))
+
+
+if __name__ == "__main__":
+    main()

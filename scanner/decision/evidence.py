@@ -1,0 +1,170 @@
+"""What a reversed trigger does, measured per label with forward passes only (no optimization).
+
+A planted trigger and a natural one can both be small; they differ in how they work. Measured on the
+reversed mask and pattern of every label, on a seeded sample of the scan's clean images:
+
+- `success`: the share of images (not already of the label) the trigger sends to the label;
+- `core_success`: the same with only the mask's core kept, the fewest pixels holding half its L1 mass
+  (a planted trigger's few decisive pixels still work on their own; a natural one spread thin stops working);
+- `compactness`: the share of the mask's mass inside the best square window of the area the norm would
+  fill (a planted patch is one place; a natural trigger is scattered);
+- `drive`: the share of the rise in the features entering the model's last linear layer that its top 5% of
+  features carry (a planted trigger drives a few dedicated neurons, ABS); None where no such layer is found.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EVALUATION_IMAGES = 256  # clean images each trigger is tried on
+CORE_MASS = 0.5  # the core keeps the fewest pixels holding this share of the mask's L1 mass
+DRIVE_TOP = 0.05  # share of the features whose part of the rise `drive` measures
+
+
+@dataclass(frozen=True)
+class LabelEvidence:
+    label: int
+    norm: float
+    success: float
+    core_success: float
+    compactness: float
+    drive: float | None
+
+    def measurements(self) -> dict[str, float | None]:
+        """What was measured beyond the label and its norm."""
+        return {
+            "success": self.success,
+            "core_success": self.core_success,
+            "compactness": self.compactness,
+            "drive": self.drive,
+        }
+
+
+# ---------------------------------------------------------------- pure pieces on arrays
+
+
+def core_mask(mask: np.ndarray, mass: float = CORE_MASS) -> np.ndarray:
+    """The mask with only its largest values kept, the fewest of them that hold `mass` of its sum."""
+    flat = mask.ravel()
+    total = float(flat.sum())
+    if total <= 0:
+        return np.zeros_like(mask)
+    order = np.argsort(flat)[::-1]
+    kept = int(np.searchsorted(np.cumsum(flat[order]), mass * total)) + 1
+    core = np.zeros_like(flat)
+    core[order[:kept]] = flat[order[:kept]]
+    return core.reshape(mask.shape)
+
+
+def window_side(norm: float, height: int, width: int) -> int:
+    """The side of the square a mask of this L1 norm would fill at full strength."""
+    return max(1, min(height, width, math.ceil(math.sqrt(max(norm, 0.0)))))
+
+
+def compactness(mask: np.ndarray) -> float:
+    """Share of the mask's mass inside its best square window of `window_side` pixels."""
+    total = float(mask.sum())
+    if total <= 0:
+        return 0.0
+    side = window_side(total, *mask.shape)
+    windows = F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None], side, 1)
+    return min(1.0, float(windows.max()) * side * side / total)
+
+
+def top_share(rise: np.ndarray, top: float = DRIVE_TOP) -> float:
+    """Share of the positive rise carried by the top `top` fraction of features."""
+    positive = np.clip(rise, 0.0, None)
+    total = float(positive.sum())
+    if total <= 0:
+        return 0.0
+    count = max(1, round(top * positive.size))
+    return float(np.sort(positive)[::-1][:count].sum() / total)
+
+
+# ---------------------------------------------------------------- measurements through the model
+
+
+def last_linear(model: nn.Module) -> nn.Module | None:
+    """The last nn.Linear registered in the model (onnx2torch turns a final Gemm/MatMul+Add into one)."""
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@contextmanager
+def captured_inputs(module: nn.Module | None) -> Iterator[list[torch.Tensor]]:
+    """Collects the input of `module` on every forward pass while the context is open."""
+    captured: list[torch.Tensor] = []
+    if module is None:
+        yield captured
+        return
+    handle = module.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach().flatten(1)))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def joined(captured: list[torch.Tensor], rows: int) -> torch.Tensor | None:
+    """One row of features per input image: a fixed-batch graph runs in padded chunks (the padding dropped)."""
+    if not captured:
+        return None
+    features = torch.cat(captured).float()
+    return features[:rows] if len(features) >= rows else None
+
+
+def stamp(images: torch.Tensor, mask: np.ndarray, pattern: np.ndarray) -> torch.Tensor:
+    mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).to(images.device)
+    pattern_t = torch.from_numpy(np.ascontiguousarray(pattern, dtype=np.float32)).to(images.device)
+    return (1 - mask_t) * images + mask_t * pattern_t
+
+
+class EvidenceMeter:
+    """`EvidenceMeter(model, images).measure(label, mask, pattern) -> LabelEvidence`.
+
+    `model` maps raw NCHW pixels to class scores; `images` are raw NCHW clean images (a seeded sample of
+    EVALUATION_IMAGES is used)."""
+
+    def __init__(self, model: nn.Module, images: np.ndarray, device: torch.device, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.permutation(len(images))[:EVALUATION_IMAGES])
+        self.model, self.device = model, device
+        self.images = torch.from_numpy(np.ascontiguousarray(images[chosen], dtype=np.float32)).to(device)
+        self.layer = last_linear(model)
+        with torch.no_grad(), captured_inputs(self.layer) as features:
+            self.clean_predictions = model(self.images).argmax(dim=1)
+        self.clean_features = joined(features, len(self.images))
+
+    def _success(self, label: int, mask: np.ndarray, pattern: np.ndarray) -> tuple[float, torch.Tensor | None]:
+        victims = self.clean_predictions != label
+        if not bool(victims.any()):
+            return 0.0, None
+        with torch.no_grad(), captured_inputs(self.layer) as features:
+            predictions = self.model(stamp(self.images[victims], mask, pattern)).argmax(dim=1)
+        stamped_features = joined(features, len(predictions))
+        rise = None
+        if stamped_features is not None and self.clean_features is not None:
+            rise = stamped_features.mean(dim=0) - self.clean_features[victims].mean(dim=0)
+        return float((predictions == label).float().mean()), rise
+
+    def measure(self, label: int, mask: np.ndarray, pattern: np.ndarray) -> LabelEvidence:
+        success, rise = self._success(label, mask, pattern)
+        core_success, _ = self._success(label, core_mask(mask), pattern)
+        return LabelEvidence(
+            label=label,
+            norm=float(mask.sum()),
+            success=success,
+            core_success=core_success,
+            compactness=compactness(mask),
+            drive=None if rise is None else top_share(rise.cpu().numpy()),
+        )
+
+    def measure_all(self, triggers: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, LabelEvidence]:
+        return {label: self.measure(label, mask, pattern) for label, mask, pattern in triggers}

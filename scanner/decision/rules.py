@@ -1,0 +1,205 @@
+"""Decision rules: per-label evidence in, flagged labels and a model-level score out.
+
+`paper` is Neural Cleanse's rule exactly: MAD of the L1 norms, a label flagged when its anomaly index exceeds
+the threshold (2). `evidence` judges every label on several measurements of its reversed trigger (see
+scanner.decision.evidence), each as a robust z-score against the model's other labels, combined into one
+z-score per label (Stouffer); the model-level score is a p-value: the chance that a clean model's most
+suspicious label looks at least this suspicious, corrected for the number of labels (Sidak).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from scanner.decision.evidence import LabelEvidence
+from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
+from scanner.mad import MadResult, mad_outliers
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One kind of evidence as the `evidence` rule reads it."""
+
+    name: str
+    larger_is_suspicious: bool
+    floor: float  # smallest scale (consistency-scaled MAD) a z-score divides by
+    weight: float
+
+
+def log_norm(item: LabelEvidence) -> float:
+    return math.log(max(item.norm, 1e-6))
+
+
+@dataclass(frozen=True)
+class LabelJudgement:
+    label: int
+    z_scores: dict[str, float]  # per measure, positive = suspicious
+    combined_z: float
+    p_value: float  # family-wise, corrected for the number of labels
+    flagged: bool
+    flagged_by: list[str]  # measures whose z-score alone passed the threshold
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "z_scores": {name: round(z, 4) for name, z in self.z_scores.items()},
+            "combined_z": round(self.combined_z, 4),
+            "p_value": self.p_value,
+            "flagged": self.flagged,
+            "flagged_by": self.flagged_by,
+        }
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    rule: str  # "paper" or "evidence"
+    flagged: list[int]  # most suspicious first
+    score: float  # evidence: the model's p-value (small = suspicious); paper: the anomaly index (large = suspicious)
+    score_kind: str  # "p_value" or "anomaly_index"
+    threshold: float  # evidence: the p-value below which a label is flagged; paper: the anomaly index threshold
+    judgements: dict[int, LabelJudgement] = field(default_factory=dict)  # evidence rule only
+    measures: list[str] = field(default_factory=list)
+
+    @property
+    def suspicion(self) -> float:
+        """The score on one scale, larger = more suspicious (for ROC curves): -log10 p, or the anomaly index."""
+        if self.score_kind == "p_value":
+            return -math.log10(max(self.score, 1e-300))
+        return self.score
+
+    @property
+    def margin(self) -> float:
+        """How far the score lies from the threshold, on the suspicion scale (positive: flagged side)."""
+        if self.score_kind == "p_value":
+            return self.suspicion + math.log10(self.threshold)
+        return self.score - self.threshold
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rule": self.rule,
+            "flagged": self.flagged,
+            "score": self.score,
+            "score_kind": self.score_kind,
+            "threshold": self.threshold,
+            "margin": round(self.margin, 4),
+            "measures": self.measures,
+            "labels": [self.judgements[label].to_dict() for label in sorted(self.judgements)],
+        }
+
+
+class Decision(Protocol):
+    name: str
+
+    def candidates(self, norms: Mapping[int, float]) -> frozenset[int]:
+        """From norms alone: the labels the verdict may flag (the scheduler finishes these)."""
+
+    def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult: ...
+
+
+@dataclass(frozen=True)
+class PaperDecision:
+    threshold: float = 2.0
+    name: str = "paper"
+
+    def candidates(self, norms: Mapping[int, float]) -> frozenset[int]:
+        return frozenset(mad_outliers(dict(norms), self.threshold).flagged)
+
+    def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
+        return paper_result(mad_outliers({label: item.norm for label, item in evidence.items()}, self.threshold))
+
+
+def paper_result(mad: MadResult) -> DecisionResult:
+    """The paper rule's outcome, from its MAD statistics."""
+    return DecisionResult("paper", list(mad.flagged), mad.anomaly_index, "anomaly_index", mad.threshold)
+
+
+EVIDENCE_MEASURES: tuple[Measure, ...] = (
+    Measure("log_norm", larger_is_suspicious=False, floor=0.05, weight=1.0),
+    Measure("core_success", larger_is_suspicious=True, floor=0.05, weight=1.0),
+    Measure("compactness", larger_is_suspicious=True, floor=0.05, weight=1.0),
+    Measure("drive", larger_is_suspicious=True, floor=0.02, weight=1.0),
+)
+
+
+def measure_value(item: LabelEvidence, name: str) -> float | None:
+    return log_norm(item) if name == "log_norm" else getattr(item, name)
+
+
+def measure_z_scores(
+    evidence: Mapping[int, LabelEvidence], measures: tuple[Measure, ...]
+) -> dict[str, dict[int, float]]:
+    """Per measure, every label's robust z-score; a measure missing for any label is left out."""
+    scores: dict[str, dict[int, float]] = {}
+    for measure in measures:
+        values = {label: measure_value(item, measure.name) for label, item in evidence.items()}
+        if any(value is None or not math.isfinite(value) for value in values.values()):
+            continue
+        scores[measure.name] = robust_z(values, measure.floor, measure.larger_is_suspicious)  # type: ignore[arg-type]
+    return scores
+
+
+@dataclass(frozen=True)
+class EvidenceDecision:
+    alpha: float = 0.01  # family-wise p-value below which a label is flagged
+    measures: tuple[Measure, ...] = EVIDENCE_MEASURES
+    candidate_z: float = 1.0  # log-norm z-score from which the scheduler must finish a label
+    name: str = "evidence"
+
+    def candidates(self, norms: Mapping[int, float]) -> frozenset[int]:
+        logs = {label: math.log(max(norm, 1e-6)) for label, norm in norms.items()}
+        z = robust_z(logs, self.measures[0].floor, larger_is_suspicious=False)
+        return frozenset(label for label, score in z.items() if score > self.candidate_z)
+
+    def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
+        z_scores = measure_z_scores(evidence, self.measures)
+        weights = {measure.name: measure.weight for measure in self.measures}
+        tests = len(evidence)
+        one_test_z = upper_tail_quantile(1 - (1 - self.alpha) ** (1 / max(tests, 1)))
+        judgements = {}
+        for label in evidence:
+            names = list(z_scores)
+            combined = stouffer([z_scores[name][label] for name in names], [weights[name] for name in names])
+            p_value = sidak(normal_upper_tail(combined), tests)
+            smaller_than_typical = z_scores.get("log_norm", {}).get(label, 1.0) > 0
+            flagged = p_value < self.alpha and smaller_than_typical
+            judgements[label] = LabelJudgement(
+                label,
+                {name: z_scores[name][label] for name in names},
+                combined,
+                p_value,
+                flagged,
+                [name for name in names if z_scores[name][label] > one_test_z] if flagged else [],
+            )
+        flagged = [
+            label
+            for label in sorted(judgements, key=lambda label: judgements[label].p_value)
+            if judgements[label].flagged
+        ]
+        score = min(j.p_value for j in judgements.values()) if judgements else 1.0
+        return DecisionResult("evidence", flagged, score, "p_value", self.alpha, judgements, list(z_scores))
+
+
+def upper_tail_quantile(p_value: float) -> float:
+    """z with P(Z > z) = p_value, by bisection on the normal tail (no scipy)."""
+    low, high = -40.0, 40.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        if normal_upper_tail(middle) > p_value:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+DECISIONS = ("paper", "evidence")
+
+
+def make_decision(name: str, mad_threshold: float, alpha: float) -> PaperDecision | EvidenceDecision:
+    if name == "paper":
+        return PaperDecision(mad_threshold)
+    if name == "evidence":
+        return EvidenceDecision(alpha)
+    raise ValueError(f"unknown decision {name!r}")

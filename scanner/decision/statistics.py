@@ -1,0 +1,48 @@
+"""Pure statistics of the decision: robust z-scores across a model's labels, normal tails, corrections.
+
+Every label's evidence is judged against the model's other labels (a model that is easy to fool everywhere
+has small triggers everywhere), so each measurement becomes a robust z-score: its distance from the median
+of all labels in units of the consistency-scaled median absolute deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+CONSISTENCY_CONSTANT = 1.4826  # MAD * this estimates the standard deviation of normal data
+
+
+def robust_scale(values: np.ndarray, floor: float) -> tuple[float, float]:
+    """(median, consistency-scaled MAD, at least `floor`)."""
+    median = float(np.median(values))
+    mad = CONSISTENCY_CONSTANT * float(np.median(np.abs(values - median)))
+    return median, max(mad, floor)
+
+
+def robust_z(values: Mapping[int, float], floor: float, larger_is_suspicious: bool) -> dict[int, float]:
+    """Each label's signed robust z-score: positive where the value lies on the suspicious side."""
+    array = np.array(list(values.values()), dtype=np.float64)
+    median, scale = robust_scale(array, floor)
+    sign = 1.0 if larger_is_suspicious else -1.0
+    return {label: sign * (value - median) / scale for label, value in values.items()}
+
+
+def normal_upper_tail(z: float) -> float:
+    """P(Z > z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def sidak(p_value: float, tests: int) -> float:
+    """The chance that the smallest of `tests` independent p-values is at most `p_value` (family-wise)."""
+    if tests <= 1:
+        return p_value
+    return -math.expm1(tests * math.log1p(-min(p_value, 1.0 - 1e-16))) if p_value < 1 else 1.0
+
+
+def stouffer(z_scores: list[float], weights: list[float]) -> float:
+    """Weighted Stouffer combination of z-scores into one z-score."""
+    total = sum(w * z for w, z in zip(weights, z_scores, strict=True))
+    return total / math.sqrt(sum(w * w for w in weights))

@@ -1,0 +1,178 @@
+"""The decision stage: its statistics, the evidence measured on a trigger, and the two rules."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from scanner.decision.evidence import EvidenceMeter, LabelEvidence, compactness, core_mask, top_share, window_side
+from scanner.decision.rules import EvidenceDecision, PaperDecision, upper_tail_quantile
+from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
+from scanner.mad import mad_outliers
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_robust_z_is_distance_from_the_median_in_scaled_mads_with_a_floor_and_a_direction():
+    values = {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 100.0}
+    z = robust_z(values, floor=0.0, larger_is_suspicious=True)
+    assert z[2] == 0 and z[4] == pytest.approx(97 / 1.4826) and z[0] == pytest.approx(-2 / 1.4826)
+    assert robust_z(values, 0.0, larger_is_suspicious=False)[4] == pytest.approx(-z[4])
+    flat = robust_z({0: 5.0, 1: 5.0, 2: 5.0, 3: 6.0}, floor=0.5, larger_is_suspicious=True)
+    assert flat[3] == pytest.approx(2.0)  # MAD 0: the floor is the scale
+
+
+def test_normal_tail_quantile_and_sidak_agree_with_known_values():
+    assert normal_upper_tail(0) == pytest.approx(0.5)
+    assert normal_upper_tail(1.959964) == pytest.approx(0.025, rel=1e-5)
+    assert upper_tail_quantile(0.025) == pytest.approx(1.959964, abs=1e-5)
+    assert sidak(0.01, 1) == 0.01
+    assert sidak(0.01, 10) == pytest.approx(1 - 0.99**10)
+    assert sidak(1e-20, 43) == pytest.approx(43e-20, rel=1e-6)  # no cancellation at tiny p-values
+    assert sidak(1.0, 5) == 1.0
+
+
+def test_stouffer_weights_and_scales():
+    assert stouffer([2.0, 2.0], [1.0, 1.0]) == pytest.approx(4 / math.sqrt(2))
+    assert stouffer([3.0, 0.0], [1.0, 0.0]) == pytest.approx(3.0)
+    assert stouffer([1.0, -1.0, 2.0, 0.0], [1.0] * 4) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- evidence on arrays
+
+
+def test_core_mask_keeps_the_fewest_largest_values_holding_half_the_mass():
+    mask = np.array([[0.9, 0.1], [0.05, 0.05]], dtype=np.float32)
+    np.testing.assert_allclose(core_mask(mask), [[0.9, 0.0], [0.0, 0.0]])
+    spread = np.full((4, 4), 0.25, dtype=np.float32)
+    assert np.count_nonzero(core_mask(spread)) == 8
+    assert not core_mask(np.zeros((3, 3), dtype=np.float32)).any()
+
+
+def test_a_patch_is_compact_and_scattered_pixels_are_not():
+    patch = np.zeros((16, 16), dtype=np.float32)
+    patch[2:5, 10:13] = 1.0
+    assert window_side(9.0, 16, 16) == 3 and compactness(patch) == pytest.approx(1.0)
+    scattered = np.zeros((16, 16), dtype=np.float32)
+    scattered[[0, 4, 8, 12, 15, 2, 6, 10, 14], [1, 13, 5, 9, 3, 11, 7, 15, 0]] = 1.0
+    assert compactness(scattered) == pytest.approx(2 / 9)  # the best 3x3 window holds two of nine pixels
+    assert compactness(np.zeros((4, 4), dtype=np.float32)) == 0
+
+
+def test_top_share_of_a_rise_counts_only_increases():
+    rise = np.zeros(100)
+    rise[:5] = 10.0
+    assert top_share(rise) == pytest.approx(1.0)
+    assert top_share(np.ones(100)) == pytest.approx(0.05)
+    assert top_share(-np.ones(10)) == 0
+
+
+class PixelDetector(nn.Module):
+    """Class 1 where the top-left pixel is bright; class 0 otherwise (through a last linear layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        corner = x[:, 0, 0, 0:1] / 255.0
+        return self.head(torch.cat([corner * 10, torch.full_like(corner, 5.0)], dim=1))
+
+
+def test_the_meter_measures_a_working_trigger_and_a_useless_one():
+    images = np.zeros((40, 1, 6, 6), dtype=np.float32)
+    meter = EvidenceMeter(PixelDetector(), images, torch.device("cpu"))
+    mask = np.zeros((6, 6), dtype=np.float32)
+    mask[0, 0] = 1.0
+    white = np.full((1, 6, 6), 255.0, dtype=np.float32)
+    planted = meter.measure(1, mask, white)
+    assert planted.success == 1.0 and planted.core_success == 1.0 and planted.compactness == 1.0
+    assert planted.norm == 1.0 and planted.drive == pytest.approx(1.0)  # one of two features rises
+    useless = meter.measure(1, np.roll(mask, 3), white)
+    assert useless.success == 0.0 and useless.core_success == 0.0
+    assert meter.measure(0, mask, white).success == 0.0  # every image is already of label 0
+
+
+# ---------------------------------------------------------------- rules
+
+
+def evidence_set(norms, core=None, compact=None, drive=None) -> dict[int, LabelEvidence]:
+    count = len(norms)
+    core = core or [0.3] * count
+    compact = compact or [0.5] * count
+    drive = drive or [0.3] * count
+    return {
+        label: LabelEvidence(label, norms[label], 1.0, core[label], compact[label], drive[label])
+        for label in range(count)
+    }
+
+
+RNG = np.random.default_rng(0)
+NATURAL = list(np.exp(RNG.normal(np.log(40), 0.25, size=20)))
+NATURAL_CORE = list(RNG.uniform(0.2, 0.5, size=20))
+NATURAL_COMPACT = list(RNG.uniform(0.3, 0.6, size=20))
+
+
+def test_the_paper_rule_is_mad_of_the_l1_norms_exactly():
+    evidence = evidence_set([*NATURAL[:9], 3.0])
+    result = PaperDecision().judge(evidence)
+    mad = mad_outliers({label: item.norm for label, item in evidence.items()})
+    assert result.flagged == mad.flagged == [9] and result.score == mad.anomaly_index
+    assert result.score_kind == "anomaly_index" and not result.judgements
+    assert PaperDecision().candidates({0: 40.0, 1: 41.0, 2: 39.0, 3: 5.0}) == {3}
+
+
+def test_the_evidence_rule_flags_a_small_compact_working_trigger_and_not_natural_variation():
+    planted = evidence_set(
+        [*NATURAL[:19], 12.0], core=[*NATURAL_CORE[:19], 0.95], compact=[*NATURAL_COMPACT[:19], 0.98]
+    )
+    result = EvidenceDecision().judge(planted)
+    assert result.flagged == [19] and result.score < 1e-6 and result.score_kind == "p_value"
+    assert "log_norm" in result.judgements[19].flagged_by
+    clean = EvidenceDecision().judge(evidence_set(NATURAL, core=NATURAL_CORE, compact=NATURAL_COMPACT))
+    assert clean.flagged == [] and clean.score > 0.01
+
+
+def test_a_large_trigger_is_never_flagged_however_strange_its_other_measures():
+    evidence = evidence_set(
+        [*NATURAL[:19], 400.0], core=[*NATURAL_CORE[:19], 1.0], compact=[*NATURAL_COMPACT[:19], 1.0]
+    )
+    evidence[19] = LabelEvidence(19, 400.0, 1.0, 1.0, 1.0, 1.0)
+    assert EvidenceDecision().judge(evidence).flagged == []
+
+
+def test_a_measure_missing_for_some_label_is_left_out_of_the_rule():
+    evidence = evidence_set([*NATURAL[:9], 3.0])
+    evidence[0] = LabelEvidence(0, evidence[0].norm, 1.0, 0.3, 0.5, None)
+    result = EvidenceDecision().judge(evidence)
+    assert "drive" not in result.measures and "log_norm" in result.measures
+
+
+@pytest.mark.slow
+def test_the_evidence_rule_on_the_digits_models_end_to_end(digits, tmp_path):
+    """A real scan of each digits model under the evidence rule, through the CLI, its report read back."""
+    from scanner.cli import main
+    from scanner.mitigate.report_folder import read_scan_report
+
+    outcomes = {}
+    for name in ("digits_infected", "digits_clean"):
+        out = tmp_path / name
+        args = ["scan", str(digits[f"{name}.onnx"]), "--data", str(digits["digits_test.npz"]), "--out", str(out)]
+        with pytest.raises(SystemExit) as exited:
+            main([*args, "--decision", "evidence", "--threads", "1"])
+        report = read_scan_report(out)
+        outcomes[name] = (exited.value.code, report)
+        assert report.judged.rule == "evidence" and len(report.judged.judgements) == 10
+        assert json.loads((out / "report.json").read_text())["decision"]["labels"][0]["z_scores"]
+        assert 'id="evidence"' in (out / "report.html").read_text()
+    code, infected = outcomes["digits_infected"]
+    assert code == 1 and infected.flagged == [7] and infected.judged.score < 1e-6
+    assert set(infected.labels[0].evidence) == {"success", "core_success", "compactness", "drive"}
+    code, clean = outcomes["digits_clean"]
+    assert code == 0 and clean.flagged == [] and clean.judged.score > 0.01
