@@ -1,7 +1,7 @@
 """Detection table over the model zoo: `python -m benchmarks.detection_table [--remeasure] [--alpha A]`.
 
 Reads the scans `python -m benchmarks.zoo_scans` saved (.cache/zoo/scans/<model>/seed<K>/report.json) and the
-zoo's model cards (.cache/zoo/<model>.json: dataset, attack family, targets), judges every scan's per-label
+zoo's model cards (fixtures.zoo.ZooCard: dataset, attack family, targets), judges every scan's per-label
 evidence with each decision rule (so both rules see the same reversed triggers), and prints:
 
 - per attack family and rule: models caught with exactly their target(s), caught at all, clean models flagged;
@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.zoo_scans import SCANS_DIR
 from fixtures.paths import DEFAULT_CACHE
+from fixtures.zoo import ZooCard, model_paths
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import ScanReport
-
-ZOO_FOLDER = DEFAULT_CACHE.parent / "zoo"
 
 
 @dataclass(frozen=True)
@@ -80,21 +79,21 @@ def remeasured(report: ScanReport, folder: Path, model_path: Path) -> dict[int, 
     return evidence
 
 
-def load_scans(zoo: Path, remeasure: bool) -> list[ZooScan]:
+def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool) -> list[ZooScan]:
     scans = []
-    for report_path in sorted(zoo.glob("scans/*/seed*/report.json")):
+    for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
         folder, model = report_path.parent, report_path.parent.parent.name
-        card = json.loads((zoo / f"{model}.json").read_text())
+        model_path, card_path = model_paths(models_dir, model)
+        card = ZooCard.read(card_path)
         report = read_scan_report(folder)
-        evidence = remeasured(report, folder, zoo / f"{model}.onnx") if remeasure else label_evidence(report)
-        attack = card.get("attack") or {}
+        evidence = remeasured(report, folder, model_path) if remeasure else label_evidence(report)
         scans.append(
             ZooScan(
                 model=model,
                 seed=int(folder.name.removeprefix("seed")),
-                family=attack.get("family", "clean") if card.get("targets") else "clean",
-                dataset=card["dataset"],
-                targets=tuple(sorted(card.get("targets") or ())),
+                family=card.attack["family"] if card.attack else "clean",
+                dataset=card.dataset,
+                targets=tuple(sorted(card.targets)),
                 evidence=evidence,
                 report=report,
             )
@@ -185,9 +184,9 @@ def label_lines(scans: list[ZooScan], judged: dict) -> list[str]:
     for scan in scans:
         result = judged[("evidence", scan.model, scan.seed)]
         others = [label for label in result.judgements if label not in scan.targets]
-        worst = max(others, key=lambda label: result.judgements[label].combined_z)
+        worst = [max(others, key=lambda label: result.judgements[label].combined_z)] if others else []
         lines.append(f"{scan.model} seed {scan.seed} ({scan.family}) flagged {result.flagged} p {result.score:.3g}")
-        for label in [*scan.targets, worst]:
+        for label in [*scan.targets, *worst]:
             judgement, item = result.judgements[label], scan.evidence[label]
             z = " ".join(f"{name} {value:+.2f}" for name, value in judgement.z_scores.items())
             kind = "target" if label in scan.targets else "other "
@@ -201,14 +200,15 @@ def label_lines(scans: list[ZooScan], judged: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.detection_table", description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", type=Path, default=ZOO_FOLDER)
+    parser.add_argument("--scans", type=Path, default=SCANS_DIR, help="saved scans (%(default)s)")
+    parser.add_argument("--models", type=Path, default=DEFAULT_CACHE, help="fixture cache holding zoo/ (%(default)s)")
     parser.add_argument("--remeasure", action="store_true", help="measure the evidence again from the triggers")
     parser.add_argument("--alpha", type=float, default=EvidenceDecision().alpha)
     parser.add_argument("--labels", action="store_true", help="print the targets' evidence per scan")
     args = parser.parse_args(argv)
-    scans = load_scans(args.zoo, args.remeasure)
+    scans = load_scans(args.scans, args.models, args.remeasure)
     if not scans:
-        raise SystemExit(f"no scans under {args.zoo}/scans: run python -m benchmarks.zoo_scans first")
+        raise SystemExit(f"no scans under {args.scans}: run python -m benchmarks.zoo_scans first")
     rules = {"evidence": EvidenceDecision(args.alpha), "paper": PaperDecision()}
     judged = judge_all(scans, rules)
     models = {scan.model for scan in scans}

@@ -149,9 +149,9 @@ def test_a_large_trigger_is_never_flagged_however_strange_its_other_measures():
 
 def test_a_measure_missing_for_some_label_is_left_out_of_the_rule():
     evidence = evidence_set([*NATURAL[:9], 3.0])
-    evidence[0] = LabelEvidence(0, evidence[0].norm, 1.0, 0.3, 0.5, None)
+    evidence[0] = LabelEvidence(0, evidence[0].norm, 1.0, math.nan, 0.5, None)
     result = EvidenceDecision().judge(evidence)
-    assert "drive" not in result.measures and "log_norm" in result.measures
+    assert result.measures == ["log_norm", "compactness"] and result.flagged == [9]
 
 
 @pytest.mark.slow

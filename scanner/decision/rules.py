@@ -116,11 +116,13 @@ def paper_result(mad: MadResult) -> DecisionResult:
     return DecisionResult("paper", list(mad.flagged), mad.anomaly_index, "anomaly_index", mad.threshold)
 
 
+# Chosen on the model zoo (benchmarks/detection_table.py, figures in the README): the norm and the mask's
+# compactness separate planted triggers from natural ones on every dataset; the core's success points the same
+# way but weakly; `drive` is measured and reported but left out, as its sign on planted triggers varied.
 EVIDENCE_MEASURES: tuple[Measure, ...] = (
     Measure("log_norm", larger_is_suspicious=False, floor=0.05, weight=1.0),
-    Measure("core_success", larger_is_suspicious=True, floor=0.05, weight=1.0),
     Measure("compactness", larger_is_suspicious=True, floor=0.05, weight=1.0),
-    Measure("drive", larger_is_suspicious=True, floor=0.02, weight=1.0),
+    Measure("core_success", larger_is_suspicious=True, floor=0.05, weight=0.5),
 )
 
 
