@@ -149,9 +149,18 @@ def test_a_large_trigger_is_never_flagged_however_strange_its_other_measures():
 
 def test_a_measure_missing_for_some_label_is_left_out_of_the_rule():
     evidence = evidence_set([*NATURAL[:9], 3.0])
-    evidence[0] = LabelEvidence(0, evidence[0].norm, 1.0, math.nan, 0.5, None)
+    evidence[0] = LabelEvidence(0, evidence[0].norm, 1.0, 0.3, math.nan, None)
     result = EvidenceDecision().judge(evidence)
-    assert result.measures == ["log_norm", "compactness"] and result.flagged == [9]
+    assert result.measures == ["log_norm"] and result.flagged == [9]
+
+
+def test_an_ordinary_sized_trigger_is_not_flagged_for_its_other_measures_alone():
+    compact = [*NATURAL_COMPACT[:19], 1.0]
+    norms = [*NATURAL[:19], float(np.median(NATURAL[:19]))]
+    result = EvidenceDecision().judge(evidence_set(norms, compact=compact))
+    judgement = result.judgements[19]
+    assert judgement.z_scores["compactness"] > 5 and judgement.p_value < 1e-3 and not judgement.flagged
+    assert 19 not in result.flagged
 
 
 @pytest.mark.slow

@@ -117,12 +117,12 @@ def paper_result(mad: MadResult) -> DecisionResult:
 
 
 # Chosen on the model zoo (benchmarks/detection_table.py, figures in the README): the norm and the mask's
-# compactness separate planted triggers from natural ones on every dataset; the core's success points the same
-# way but weakly; `drive` is measured and reported but left out, as its sign on planted triggers varied.
+# compactness separate planted triggers from natural ones on every dataset. `core_success` and `drive` are
+# measured and reported but left out: natural small triggers scored as high on the first, and the second's
+# sign on planted triggers varied.
 EVIDENCE_MEASURES: tuple[Measure, ...] = (
     Measure("log_norm", larger_is_suspicious=False, floor=0.05, weight=1.0),
     Measure("compactness", larger_is_suspicious=True, floor=0.05, weight=1.0),
-    Measure("core_success", larger_is_suspicious=True, floor=0.05, weight=0.5),
 )
 
 
@@ -147,7 +147,7 @@ def measure_z_scores(
 class EvidenceDecision:
     alpha: float = 0.01  # family-wise p-value below which a label is flagged
     measures: tuple[Measure, ...] = EVIDENCE_MEASURES
-    candidate_z: float = 1.0  # log-norm z-score from which the scheduler must finish a label
+    candidate_z: float = 1.0  # log-norm z-score above which a label may be flagged (and the scheduler finishes it)
     name: str = "evidence"
 
     def candidates(self, norms: Mapping[int, float]) -> frozenset[int]:
@@ -165,8 +165,10 @@ class EvidenceDecision:
             names = list(z_scores)
             combined = stouffer([z_scores[name][label] for name in names], [weights[name] for name in names])
             p_value = sidak(normal_upper_tail(combined), tests)
-            smaller_than_typical = z_scores.get("log_norm", {}).get(label, 1.0) > 0
-            flagged = p_value < self.alpha and smaller_than_typical
+            # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures
+            # weigh a label's case, they cannot make an ordinary-sized trigger a finding
+            small = z_scores["log_norm"][label] > self.candidate_z
+            flagged = p_value < self.alpha and small
             judgements[label] = LabelJudgement(
                 label,
                 {name: z_scores[name][label] for name in names},
@@ -180,7 +182,8 @@ class EvidenceDecision:
             for label in sorted(judgements, key=lambda label: judgements[label].p_value)
             if judgements[label].flagged
         ]
-        score = min(j.p_value for j in judgements.values()) if judgements else 1.0
+        small = [j.p_value for label, j in judgements.items() if z_scores["log_norm"][label] > self.candidate_z]
+        score = min(small, default=1.0)  # the most suspicious label that could be flagged
         return DecisionResult("evidence", flagged, score, "p_value", self.alpha, judgements, list(z_scores))
 
 
