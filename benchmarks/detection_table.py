@@ -10,13 +10,15 @@ evidence with each decision rule (so both rules see the same reversed triggers),
 - with --labels: each infected model's target labels and its most suspicious other label, measure by measure.
 
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
-measurements change; the reversal is not rerun).
+measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
+later runs read it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -73,10 +75,17 @@ def remeasured(report: ScanReport, folder: Path, model_path: Path) -> dict[int, 
     evidence = {}
     for result in report.labels:
         mask, pattern = read_trigger(folder, result.label)
-        measured = meter.measure(result.label, mask, pattern)
+        measured = meter.measure(result.label, mask, pattern.transpose(2, 0, 1))  # saved (H, W, C)
         norm = result.estimated_norm if result.estimated_norm is not None else result.l1_norm
         evidence[result.label] = dataclasses.replace(measured, norm=norm)
     return evidence
+
+
+MIN_ATTACK_SUCCESS = 0.5  # below this mean attack success a model does not count as backdoored
+
+
+def mean_success(card: ZooCard) -> float:
+    return sum(card.attack_success.values()) / max(1, len(card.attack_success))
 
 
 def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool) -> list[ZooScan]:
@@ -84,14 +93,27 @@ def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool) -> list[ZooSc
     for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
         folder, model = report_path.parent, report_path.parent.parent.name
         model_path, card_path = model_paths(models_dir, model)
+        if not card_path.exists():
+            print(f"skipped {folder}: no model card {card_path} (a model no longer in the zoo?)")
+            continue
         card = ZooCard.read(card_path)
         report = read_scan_report(folder)
-        evidence = remeasured(report, folder, model_path) if remeasure else label_evidence(report)
+        cache = folder.with_name(f"{folder.name}.evidence.json")
+        if remeasure:
+            evidence = remeasured(report, folder, model_path)
+            cache.write_text(json.dumps([dataclasses.asdict(item) for item in evidence.values()]))
+        elif cache.exists():
+            evidence = {item["label"]: LabelEvidence(**item) for item in json.loads(cache.read_text())}
+        else:
+            evidence = label_evidence(report)
+        family = card.attack["family"] if card.attack else "clean"
+        if card.attack and mean_success(card) < MIN_ATTACK_SUCCESS:
+            family = "failed_attack"  # the attack did not take: neither a backdoored nor a clean model
         scans.append(
             ZooScan(
                 model=model,
                 seed=int(folder.name.removeprefix("seed")),
-                family=card.attack["family"] if card.attack else "clean",
+                family=family,
                 dataset=card.dataset,
                 targets=tuple(sorted(card.targets)),
                 evidence=evidence,
@@ -99,6 +121,10 @@ def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool) -> list[ZooSc
             )
         )
     return scans
+
+
+NOT_POSITIVE = ("clean", "failed_attack")
+PATCH_FAMILIES = ("badnets", "two_target")
 
 
 def roc_auc(positives: list[float], negatives: list[float]) -> float:
@@ -148,11 +174,10 @@ def auc_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]
         for seed in [*seeds, None]:
             chosen = [s for s in scans if seed is None or s.seed == seed]
             score = {id(s): judged[(rule, s.model, s.seed)].suspicion for s in chosen}
-            auc = roc_auc(
-                [score[id(s)] for s in chosen if s.family != "clean"],
-                [score[id(s)] for s in chosen if s.family == "clean"],
-            )
-            parts.append(f"{'all seeds' if seed is None else f'seed {seed}'} {auc:.3f}")
+            negatives = [score[id(s)] for s in chosen if s.family == "clean"]
+            auc = roc_auc([score[id(s)] for s in chosen if s.family not in NOT_POSITIVE], negatives)
+            patch = roc_auc([score[id(s)] for s in chosen if s.family in PATCH_FAMILIES], negatives)
+            parts.append(f"{'all seeds' if seed is None else f'seed {seed}'} {auc:.3f} (patch families {patch:.3f})")
         lines.append(f"ROC-AUC {rule:9s} " + ", ".join(parts))
     return lines
 

@@ -147,11 +147,15 @@ def test_a_large_trigger_is_never_flagged_however_strange_its_other_measures():
     assert EvidenceDecision().judge(evidence).flagged == []
 
 
-def test_a_measure_missing_for_some_label_is_left_out_of_the_rule():
-    evidence = evidence_set([*NATURAL[:9], 3.0])
+def test_a_measure_missing_for_a_label_counts_as_no_evidence_and_missing_for_most_is_left_out():
+    evidence = evidence_set([*NATURAL[:9], 3.0], compact=[*NATURAL_COMPACT[:9], 0.9])
     evidence[0] = LabelEvidence(0, evidence[0].norm, 1.0, 0.3, math.nan, None)
     result = EvidenceDecision().judge(evidence)
-    assert result.measures == ["log_norm"] and result.flagged == [9]
+    assert result.measures == ["log_norm", "compactness"] and result.flagged == [9]
+    assert result.judgements[0].z_scores["compactness"] == 0
+    for label in range(6):
+        evidence[label] = LabelEvidence(label, evidence[label].norm, 1.0, 0.3, math.nan, None)
+    assert EvidenceDecision().judge(evidence).measures == ["log_norm"]
 
 
 def test_an_ordinary_sized_trigger_is_not_flagged_for_its_other_measures_alone():

@@ -9,7 +9,11 @@ reversed mask and pattern of every label, on a seeded sample of the scan's clean
 - `compactness`: the share of the mask's mass inside the best square window of the area the norm would
   fill (a planted patch is one place; a natural trigger is scattered);
 - `drive`: the share of the rise in the features entering the model's last linear layer that its top 5% of
-  features carry (a planted trigger drives a few dedicated neurons, ABS); None where no such layer is found.
+  features carry (a planted trigger drives a few dedicated neurons, ABS); None where no such layer is found;
+- `mimicry`: the cosine similarity of those features on triggered images to their mean on clean images the
+  model assigns to the label (a natural trigger adds the label's own look; a planted one reaches the label by a
+  shortcut that leaves its own cluster, as activation clustering observed); None where no such layer is found
+  or too few clean images fall in the label.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from torch import nn
 EVALUATION_IMAGES = 256  # clean images each trigger is tried on
 CORE_MASS = 0.5  # the core keeps the fewest pixels holding this share of the mask's L1 mass
 DRIVE_TOP = 0.05  # share of the features whose part of the rise `drive` measures
+CLASS_MEAN_IMAGES = 2048  # clean images whose features give each label's mean (forward passes only)
+CLASS_MEAN_MIN = 2  # fewest clean images of a label for its mean
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class LabelEvidence:
     core_success: float
     compactness: float
     drive: float | None
+    mimicry: float | None = None
 
     def measurements(self) -> dict[str, float | None]:
         """What was measured beyond the label and its norm."""
@@ -45,6 +52,7 @@ class LabelEvidence:
             "core_success": self.core_success,
             "compactness": self.compactness,
             "drive": self.drive,
+            "mimicry": self.mimicry,
         }
 
 
@@ -141,22 +149,47 @@ class EvidenceMeter:
         with torch.no_grad(), captured_inputs(self.layer) as features:
             self.clean_predictions = model(self.images).argmax(dim=1)
         self.clean_features = joined(features, len(self.images))
+        self.class_means = self._class_means(images, rng) if self.clean_features is not None else {}
 
-    def _success(self, label: int, mask: np.ndarray, pattern: np.ndarray) -> tuple[float, torch.Tensor | None]:
+    def _class_means(self, images: np.ndarray, rng: np.random.Generator) -> dict[int, torch.Tensor]:
+        """Each label's mean feature vector over clean images the model assigns to it."""
+        chosen = np.sort(rng.permutation(len(images))[:CLASS_MEAN_IMAGES])
+        sums: dict[int, torch.Tensor] = {}
+        counts: dict[int, int] = {}
+        for start in range(0, len(chosen), EVALUATION_IMAGES):
+            batch = torch.from_numpy(np.ascontiguousarray(images[chosen[start : start + EVALUATION_IMAGES]]))
+            with torch.no_grad(), captured_inputs(self.layer) as features:
+                predictions = self.model(batch.to(self.device, torch.float32)).argmax(dim=1)
+            rows = joined(features, len(predictions))
+            if rows is None:
+                return {}
+            for label in predictions.unique().tolist():
+                chosen_rows = rows[predictions == label]
+                sums[label] = sums.get(label, 0) + chosen_rows.sum(dim=0)
+                counts[label] = counts.get(label, 0) + len(chosen_rows)
+        return {label: sums[label] / counts[label] for label in sums if counts[label] >= CLASS_MEAN_MIN}
+
+    def _success(
+        self, label: int, mask: np.ndarray, pattern: np.ndarray
+    ) -> tuple[float, torch.Tensor | None, float | None]:
+        """(attack success, mean rise of the features, cosine of the triggered features to the label's mean)."""
         victims = self.clean_predictions != label
         if not bool(victims.any()):
-            return 0.0, None
+            return 0.0, None, None
         with torch.no_grad(), captured_inputs(self.layer) as features:
             predictions = self.model(stamp(self.images[victims], mask, pattern)).argmax(dim=1)
         stamped_features = joined(features, len(predictions))
-        rise = None
+        rise, mimicry = None, None
         if stamped_features is not None and self.clean_features is not None:
             rise = stamped_features.mean(dim=0) - self.clean_features[victims].mean(dim=0)
-        return float((predictions == label).float().mean()), rise
+            if label in self.class_means:
+                similarity = F.cosine_similarity(stamped_features.mean(dim=0), self.class_means[label], dim=0)
+                mimicry = float(similarity)
+        return float((predictions == label).float().mean()), rise, mimicry
 
     def measure(self, label: int, mask: np.ndarray, pattern: np.ndarray) -> LabelEvidence:
-        success, rise = self._success(label, mask, pattern)
-        core_success, _ = self._success(label, core_mask(mask), pattern)
+        success, rise, mimicry = self._success(label, mask, pattern)
+        core_success, _, _ = self._success(label, core_mask(mask), pattern)
         return LabelEvidence(
             label=label,
             norm=float(mask.sum()),
@@ -164,6 +197,7 @@ class EvidenceMeter:
             core_success=core_success,
             compactness=compactness(mask),
             drive=None if rise is None else top_share(rise.cpu().numpy()),
+            mimicry=mimicry,
         )
 
     def measure_all(self, triggers: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, LabelEvidence]:

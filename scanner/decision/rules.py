@@ -117,12 +117,14 @@ def paper_result(mad: MadResult) -> DecisionResult:
 
 
 # Chosen on the model zoo (benchmarks/detection_table.py, figures in the README): the norm and the mask's
-# compactness separate planted triggers from natural ones on every dataset. `core_success` and `drive` are
-# measured and reported but left out: natural small triggers scored as high on the first, and the second's
-# sign on planted triggers varied.
+# compactness separate planted triggers from natural ones on every dataset, and a trigger whose features do not
+# look like the label's clean images (low mimicry) is planted on about half the models and never natural.
+# `core_success` and `drive` are measured and reported but left out: natural small triggers scored as high on
+# the first, and the second's sign on planted triggers varied.
 EVIDENCE_MEASURES: tuple[Measure, ...] = (
     Measure("log_norm", larger_is_suspicious=False, floor=0.05, weight=1.0),
     Measure("compactness", larger_is_suspicious=True, floor=0.05, weight=1.0),
+    Measure("mimicry", larger_is_suspicious=False, floor=0.02, weight=1.0),
 )
 
 
@@ -130,16 +132,22 @@ def measure_value(item: LabelEvidence, name: str) -> float | None:
     return log_norm(item) if name == "log_norm" else getattr(item, name)
 
 
+MIN_MEASURED_SHARE = 0.5  # a measure missing for more labels than this is left out of the rule
+
+
 def measure_z_scores(
     evidence: Mapping[int, LabelEvidence], measures: tuple[Measure, ...]
 ) -> dict[str, dict[int, float]]:
-    """Per measure, every label's robust z-score; a measure missing for any label is left out."""
+    """Per measure, every label's robust z-score against the labels where it was measured; a label where it
+    was not scores 0 (no evidence either way); a measure missing for most labels is left out."""
     scores: dict[str, dict[int, float]] = {}
     for measure in measures:
         values = {label: measure_value(item, measure.name) for label, item in evidence.items()}
-        if any(value is None or not math.isfinite(value) for value in values.values()):
+        measured = {label: value for label, value in values.items() if value is not None and math.isfinite(value)}
+        if len(measured) < max(3, MIN_MEASURED_SHARE * len(values)):
             continue
-        scores[measure.name] = robust_z(values, measure.floor, measure.larger_is_suspicious)  # type: ignore[arg-type]
+        z = robust_z(measured, measure.floor, measure.larger_is_suspicious)
+        scores[measure.name] = {label: z.get(label, 0.0) for label in values}
     return scores
 
 

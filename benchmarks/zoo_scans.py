@@ -1,0 +1,219 @@
+"""Scan the model zoo with the real CLI: one subprocess per (model, seed), reports kept for the detection table.
+
+    python -m benchmarks.zoo_scans [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--max-images 1000]
+
+For each built zoo model (`python -m fixtures.build zoo`) and seed, runs
+
+    python -m scanner.cli scan <model>.onnx --data <the data set's shared test file> --max-images N
+        --seed K --threads 1 --out .cache/zoo/scans/<name>/seed<K>
+
+with OMP_NUM_THREADS=1, at most --jobs at once, skipping scans whose report.json exists. Beside each report
+folder, `seed<K>.run.json` keeps the exit code, seconds and command of the run that wrote it. Prints one line
+per scan (name, seed, exit code, flagged labels, true targets, seconds) and a final count; no statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
+from fixtures.zoo import ZooCard, model_paths, select
+
+SCANS_DIR = REPO_ROOT / ".cache" / "zoo" / "scans"
+REPORT = "report.json"
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    name: str
+    seed: int
+    model: Path
+    data: Path
+    out: Path  # the CLI's report folder
+    targets: tuple[int, ...]
+    max_images: int
+
+    @property
+    def record(self) -> Path:
+        """This run's exit code, seconds and command, beside (not inside) the CLI's folder."""
+        return self.out.with_name(f"{self.out.name}.run.json")
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "scanner.cli",
+            "scan",
+            str(self.model),
+            "--data",
+            str(self.data),
+            "--max-images",
+            str(self.max_images),
+            "--seed",
+            str(self.seed),
+            "--threads",
+            "1",
+            "--out",
+            str(self.out),
+            "--quiet",
+        ]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    exit_code: int
+    seconds: float
+    command: list[str]
+    stderr_tail: str
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    job: ScanJob
+    exit_code: int | None  # None: a report from an earlier run without a record
+    seconds: float | None
+    cached: bool
+    flagged: list[int] | None  # None: no readable report
+    note: str = ""
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def scan_jobs(
+    only: list[str] | None, seeds: list[int], max_images: int, models_dir: Path, data_dir: Path, scans_dir: Path
+) -> tuple[list[ScanJob], list[str]]:
+    """(jobs ordered seed by seed, so every model gets its first seed before any gets a second; zoo models
+    not built yet)."""
+    jobs, missing = [], []
+    for spec in select(only):
+        model, card_path = model_paths(models_dir, spec.name)
+        if not (model.is_file() and card_path.is_file()):
+            missing.append(spec.name)
+            continue
+        card = ZooCard.read(card_path)
+        for seed in seeds:
+            out = scans_dir / spec.name / f"seed{seed}"
+            jobs.append(
+                ScanJob(spec.name, seed, model, data_dir / card.test_file, out, tuple(card.targets), max_images)
+            )
+    return sorted(jobs, key=lambda job: job.seed), missing
+
+
+def flagged_labels(out: Path) -> list[int] | None:
+    try:
+        report = json.loads((out / REPORT).read_text())
+    except (OSError, ValueError):
+        return None
+    flagged = report.get("flagged_labels") if isinstance(report, dict) else None
+    return [int(label) for label in flagged] if isinstance(flagged, list) else None
+
+
+def single_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_scan(job: ScanJob) -> ScanOutcome:
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    done = subprocess.run(job.command(), cwd=REPO_ROOT, env=single_thread_env(), capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    stderr_tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+    record = RunRecord(done.returncode, round(seconds, 1), job.command(), stderr_tail)
+    job.record.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    last_line = stderr_tail.splitlines()[-1] if stderr_tail and done.returncode not in (0, 1) else ""
+    return ScanOutcome(job, done.returncode, seconds, False, flagged_labels(job.out), last_line)
+
+
+def cached_outcome(job: ScanJob) -> ScanOutcome:
+    try:
+        record = RunRecord(**json.loads(job.record.read_text()))
+        return ScanOutcome(job, record.exit_code, record.seconds, True, flagged_labels(job.out))
+    except (OSError, ValueError, TypeError):
+        return ScanOutcome(job, None, None, True, flagged_labels(job.out))
+
+
+def outcome_line(outcome: ScanOutcome) -> str:
+    job = outcome.job
+    code = "?" if outcome.exit_code is None else str(outcome.exit_code)
+    flagged = "?" if outcome.flagged is None else ",".join(map(str, outcome.flagged)) or "-"
+    targets = ",".join(map(str, job.targets)) or "-"
+    seconds = "?" if outcome.seconds is None else f"{outcome.seconds:.0f}"
+    cached = " (cached)" if outcome.cached else ""
+    note = f"  [{outcome.note}]" if outcome.note else ""
+    return (
+        f"{job.name:42s} seed {job.seed}  exit {code:>2}  flagged {flagged:12s} targets {targets:12s} "
+        f"{seconds:>5} s{cached}{note}"
+    )
+
+
+def summary(outcomes: list[ScanOutcome]) -> str:
+    codes = Counter("?" if outcome.exit_code is None else str(outcome.exit_code) for outcome in outcomes)
+    ran = sum(not outcome.cached for outcome in outcomes)
+    by_code = ", ".join(f"exit {code}: {count}" for code, count in sorted(codes.items()))
+    return f"{len(outcomes)} scans ({ran} run now, {len(outcomes) - ran} cached): {by_code or 'none'}"
+
+
+def run_all(jobs: list[ScanJob], workers: int) -> list[ScanOutcome]:
+    """Cached outcomes first, then each new scan's line as it finishes."""
+    outcomes = []
+    pending = []
+    for job in jobs:
+        if (job.out / REPORT).is_file():
+            outcomes.append(cached_outcome(job))
+            print(outcome_line(outcomes[-1]), flush=True)
+        else:
+            pending.append(job)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures: list[Future[ScanOutcome]] = [pool.submit(run_scan, job) for job in pending]
+        try:
+            for future in as_completed(futures):
+                outcomes.append(future.result())
+                print(outcome_line(outcomes[-1]), flush=True)
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            raise
+    return outcomes
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.zoo_scans", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help="comma-separated zoo model names (default: every built one)")
+    parser.add_argument("--seeds", default="0", help="comma-separated scan seeds (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=2, help="scans at once (default: %(default)s)")
+    parser.add_argument("--max-images", type=int, default=1000, help="clean images per scan (default: %(default)s)")
+    parser.add_argument("--models", type=Path, default=DEFAULT_CACHE, help="the zoo build's --out (%(default)s)")
+    parser.add_argument("--data", type=Path, default=None, help="shared data folder")
+    parser.add_argument("--scans", type=Path, default=SCANS_DIR, help="report folders (%(default)s)")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.max_images < 1:
+        parser.error("--jobs and --max-images must be at least 1")
+    args.data = args.data or shared_data_dir()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    only = args.only.split(",") if args.only else None
+    jobs, missing = scan_jobs(only, parse_ints(args.seeds), args.max_images, args.models, args.data, args.scans)
+    if missing:
+        print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
+    started = time.perf_counter()
+    outcomes = run_all(jobs, args.jobs)
+    print(f"{summary(outcomes)}; {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
