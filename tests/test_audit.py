@@ -83,10 +83,9 @@ def test_an_audit_with_two_workers_gives_verdicts_and_error_rows(models: dict[st
     assert (out / INDEX_HTML).read_text().count(f'/{REPORT_HTML}"') == 3
     assert "6 model(s): 1 clean, 2 infected, 3 error" in result.stdout
 
-    started = time.perf_counter()
     rerun = CliRunner().invoke(main, [*args, "--workers", "2", *CHEAP, "--errors-win"])
     assert rerun.exit_code == 2, rerun.output
-    assert "scanned now 0" in rerun.stdout and time.perf_counter() - started < 10
+    assert "scanned now 0" in rerun.stdout  # and no row was rewritten:
     assert {name: row.finished_at for name, row in rows_by_name(out).items()} == {
         name: row.finished_at for name, row in rows.items()
     }

@@ -78,7 +78,7 @@ def test_a_ray_address_where_nothing_listens_fails_within_seconds() -> None:
     started = time.perf_counter()
     with pytest.raises(ConfigError, match="cannot reach a Ray cluster"):
         RayBackend(f"127.0.0.1:{closed_port()}", 1)
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < 30  # one 5 s probe, where Ray itself retried for minutes
     with pytest.raises(ConfigError, match="HOST:PORT"):
         host_and_port("\x1b[2Jnowhere")
     assert host_and_port("ray://head.example:10001") == ("head.example", 10001)
