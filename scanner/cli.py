@@ -259,7 +259,7 @@ shared_scan_options = options(
     click.option(
         "--alpha",
         type=float,
-        help="evidence rule: family-wise p-value below which a label is flagged (default 0.01).",
+        help="evidence rule: family-wise p-value below which a label is flagged (default 0.001).",
     ),
     seed_option,
     device_option,

@@ -132,7 +132,7 @@ class ScanConfig:
     reverse: ReverseConfig | None = None
     decision: str = "paper"  # paper: MAD of L1 norms; evidence: several measurements per label, a p-value per model
     mad_threshold: float = 2.0  # the paper rule's anomaly index threshold
-    alpha: float = 0.01  # the evidence rule's family-wise p-value below which a label is flagged
+    alpha: float = 0.001  # the evidence rule's family-wise p-value below which a label is flagged
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # torch CPU threads; 0 = torch's default

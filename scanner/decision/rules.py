@@ -153,8 +153,11 @@ def measure_z_scores(
 
 @dataclass(frozen=True)
 class EvidenceDecision:
-    alpha: float = 0.01  # family-wise p-value below which a label is flagged
+    alpha: float = 0.001  # family-wise p-value below which a label is flagged (calibrated on the zoo's clean models)
     measures: tuple[Measure, ...] = EVIDENCE_MEASURES
+    # measures also judged on their own: an extremely small trigger is a finding even where the other measures
+    # are silent (Neural Cleanse's own test); each look is paid for (Bonferroni)
+    alone: tuple[str, ...] = ("log_norm",)
     candidate_z: float = 1.0  # log-norm z-score above which a label may be flagged (and the scheduler finishes it)
     name: str = "evidence"
 
@@ -172,7 +175,8 @@ class EvidenceDecision:
         for label in evidence:
             names = list(z_scores)
             combined = stouffer([z_scores[name][label] for name in names], [weights[name] for name in names])
-            p_value = sidak(normal_upper_tail(combined), tests)
+            looks = [combined, *(z_scores[name][label] for name in self.alone if name in z_scores)]
+            p_value = sidak(min(1.0, len(looks) * normal_upper_tail(max(looks))), tests)
             # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures
             # weigh a label's case, they cannot make an ordinary-sized trigger a finding
             small = z_scores["log_norm"][label] > self.candidate_z
