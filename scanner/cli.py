@@ -248,8 +248,8 @@ shared_scan_options = options(
     click.option(
         "--decision",
         type=click.Choice(DECISIONS),
-        help="paper: Neural Cleanse's rule, MAD of the L1 norms (default); evidence: several measurements of each "
-        "label's trigger, a p-value per model.",
+        help="evidence: several measurements of each label's trigger, a p-value per model (the default preset's); "
+        "paper: Neural Cleanse's rule exactly, MAD of the L1 norms (the paper preset's).",
     ),
     click.option(
         "--mad-threshold",

@@ -94,6 +94,8 @@ PRESETS: dict[str, ReverseConfig] = {
 }
 
 
+PRESET_DECISIONS = {"paper": "paper", "default": "evidence"}  # a preset's decision rule, unless one is given
+
 SCHEDULES = ("full", "screened")
 DECISIONS = ("paper", "evidence")  # scanner/decision/rules.py
 
@@ -130,7 +132,8 @@ class ScanConfig:
 
     preset: str = "default"
     reverse: ReverseConfig | None = None
-    decision: str = "paper"  # paper: MAD of L1 norms; evidence: several measurements per label, a p-value per model
+    # evidence: several measurements per label, a p-value per model; paper: MAD of L1 norms; empty: the preset's
+    decision: str = ""
     mad_threshold: float = 2.0  # the paper rule's anomaly index threshold
     alpha: float = 0.001  # the evidence rule's family-wise p-value below which a label is flagged
     seed: int = 0
@@ -152,6 +155,8 @@ class ScanConfig:
             raise ConfigError(f"unknown preset {printable(self.preset)!r}; choose one of {', '.join(PRESETS)}")
         if self.reverse is None:
             object.__setattr__(self, "reverse", PRESETS[self.preset])
+        if not self.decision:
+            object.__setattr__(self, "decision", PRESET_DECISIONS[self.preset])
         for name in ("labels", "mean", "std"):  # lists from a file or a caller become the declared tuples
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))

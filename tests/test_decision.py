@@ -186,6 +186,11 @@ def test_the_evidence_rule_on_the_digits_models_end_to_end(digits, tmp_path):
         assert 'id="evidence"' in (out / "report.html").read_text()
     code, infected = outcomes["digits_infected"]
     assert code == 1 and infected.flagged == [7] and infected.judged.score < 1e-6
-    assert set(infected.labels[0].evidence) == {"success", "core_success", "compactness", "drive"}
+    assert set(infected.labels[0].evidence) == {"success", "core_success", "compactness", "drive", "mimicry"}
     code, clean = outcomes["digits_clean"]
     assert code == 0 and clean.flagged == [] and clean.judged.score > 0.01
+
+
+def test_with_too_few_labels_for_a_z_score_nothing_is_flagged():
+    result = EvidenceDecision().judge(evidence_set([40.0, 1.0]))
+    assert result.flagged == [] and result.measures == [] and result.score == 1.0

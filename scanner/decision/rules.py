@@ -168,18 +168,21 @@ class EvidenceDecision:
 
     def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
         z_scores = measure_z_scores(evidence, self.measures)
+        log_norm_z = z_scores.get("log_norm", {})
         weights = {measure.name: measure.weight for measure in self.measures}
         tests = len(evidence)
         one_test_z = upper_tail_quantile(1 - (1 - self.alpha) ** (1 / max(tests, 1)))
         judgements = {}
         for label in evidence:
             names = list(z_scores)
-            combined = stouffer([z_scores[name][label] for name in names], [weights[name] for name in names])
+            combined = (
+                stouffer([z_scores[name][label] for name in names], [weights[name] for name in names]) if names else 0.0
+            )
             looks = [combined, *(z_scores[name][label] for name in self.alone if name in z_scores)]
             p_value = sidak(min(1.0, len(looks) * normal_upper_tail(max(looks))), tests)
             # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures
             # weigh a label's case, they cannot make an ordinary-sized trigger a finding
-            small = z_scores["log_norm"][label] > self.candidate_z
+            small = log_norm_z.get(label, 0.0) > self.candidate_z  # no z-score with too few labels: none is small
             flagged = p_value < self.alpha and small
             judgements[label] = LabelJudgement(
                 label,
@@ -194,7 +197,7 @@ class EvidenceDecision:
             for label in sorted(judgements, key=lambda label: judgements[label].p_value)
             if judgements[label].flagged
         ]
-        small = [j.p_value for label, j in judgements.items() if z_scores["log_norm"][label] > self.candidate_z]
+        small = [j.p_value for label, j in judgements.items() if log_norm_z.get(label, 0.0) > self.candidate_z]
         score = min(small, default=1.0)  # the most suspicious label that could be flagged
         return DecisionResult("evidence", flagged, score, "p_value", self.alpha, judgements, list(z_scores))
 
