@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scanner.reverse import stamp
+
 EVALUATION_IMAGES = 256  # clean images each trigger is tried on
 CORE_MASS = 0.5  # the core keeps the fewest pixels holding this share of the mask's L1 mass
 DRIVE_TOP = 0.05  # share of the features whose part of the rise `drive` measures
@@ -128,10 +130,11 @@ def joined(captured: list[torch.Tensor], rows: int) -> torch.Tensor | None:
     return features[:rows] if len(features) >= rows else None
 
 
-def stamp(images: torch.Tensor, mask: np.ndarray, pattern: np.ndarray) -> torch.Tensor:
+def stamp_arrays(images: torch.Tensor, mask: np.ndarray, pattern: np.ndarray) -> torch.Tensor:
+    """The reversal's stamp, with the mask and pattern as the arrays a LabelTrigger holds."""
     mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).to(images.device)
     pattern_t = torch.from_numpy(np.ascontiguousarray(pattern, dtype=np.float32)).to(images.device)
-    return (1 - mask_t) * images + mask_t * pattern_t
+    return stamp(images, mask_t, pattern_t)
 
 
 class EvidenceMeter:
@@ -177,7 +180,7 @@ class EvidenceMeter:
         if not bool(victims.any()):
             return 0.0, None, None
         with torch.no_grad(), captured_inputs(self.layer) as features:
-            predictions = self.model(stamp(self.images[victims], mask, pattern)).argmax(dim=1)
+            predictions = self.model(stamp_arrays(self.images[victims], mask, pattern)).argmax(dim=1)
         stamped_features = joined(features, len(predictions))
         rise, mimicry = None, None
         if stamped_features is not None and self.clean_features is not None:
