@@ -44,12 +44,17 @@ class ZooScan:
     report: ScanReport
 
 
+def decision_norms(report: ScanReport) -> dict[int, float]:
+    """Each label's norm as the scan's decision used it (a stopped label's projection, else its mask's)."""
+    return {r.label: r.estimated_norm if r.estimated_norm is not None else r.l1_norm for r in report.labels}
+
+
 def label_evidence(report: ScanReport) -> dict[int, LabelEvidence]:
-    evidence = {}
-    for result in report.labels:
-        norm = result.estimated_norm if result.estimated_norm is not None else result.l1_norm
-        evidence[result.label] = LabelEvidence(label=result.label, norm=norm, **result.evidence)  # type: ignore[arg-type]
-    return evidence
+    norms = decision_norms(report)
+    return {
+        r.label: LabelEvidence(label=r.label, norm=norms[r.label], **r.evidence)  # type: ignore[arg-type]
+        for r in report.labels
+    }
 
 
 def remeasured(report: ScanReport, folder: Path, model_path: Path) -> dict[int, LabelEvidence]:
@@ -72,13 +77,11 @@ def remeasured(report: ScanReport, folder: Path, model_path: Path) -> dict[int, 
     device = torch.device("cpu")
     model = scoring_model(converted, report_scaling(report, contract.channels), device)
     meter = EvidenceMeter(model, data.images, device, config.seed)
-    evidence = {}
+    triggers = []
     for result in report.labels:
         mask, pattern = read_trigger(folder, result.label)
-        measured = meter.measure(result.label, mask, pattern.transpose(2, 0, 1))  # saved (H, W, C)
-        norm = result.estimated_norm if result.estimated_norm is not None else result.l1_norm
-        evidence[result.label] = dataclasses.replace(measured, norm=norm)
-    return evidence
+        triggers.append((result.label, mask, pattern.transpose(2, 0, 1)))  # saved (H, W, C)
+    return meter.measure_all(triggers, decision_norms(report))
 
 
 MIN_ATTACK_SUCCESS = 0.5  # below this mean attack success a model does not count as backdoored

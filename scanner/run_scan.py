@@ -150,10 +150,7 @@ def scan(
     estimates = schedule.estimates()
     mad = mad_outliers(estimates, config.mad_threshold)
     meter = EvidenceMeter(model, data.images, device, config.seed)
-    evidence = {
-        t.label: dataclasses.replace(meter.measure(t.label, t.mask, t.pattern), norm=estimates[t.label])
-        for t in triggers
-    }
+    evidence = meter.measure_all([(t.label, t.mask, t.pattern) for t in triggers], estimates)
     judged = decision.judge(evidence)
     label_results = [
         LabelResult(

@@ -18,8 +18,9 @@ reversed mask and pattern of every label, on a seeded sample of the scan's clean
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -203,5 +204,12 @@ class EvidenceMeter:
             mimicry=mimicry,
         )
 
-    def measure_all(self, triggers: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, LabelEvidence]:
-        return {label: self.measure(label, mask, pattern) for label, mask, pattern in triggers}
+    def measure_all(
+        self, triggers: Sequence[tuple[int, np.ndarray, np.ndarray]], norms: Mapping[int, float]
+    ) -> dict[int, LabelEvidence]:
+        """Every (label, mask, pattern)'s evidence, with the norm the decision uses (for a label the scheduler
+        stopped early, its projected norm rather than its mask's)."""
+        return {
+            label: dataclasses.replace(self.measure(label, mask, pattern), norm=norms[label])
+            for label, mask, pattern in triggers
+        }

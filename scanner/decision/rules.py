@@ -29,8 +29,8 @@ class Measure:
     weight: float
 
 
-def log_norm(item: LabelEvidence) -> float:
-    return math.log(max(item.norm, 1e-6))
+def log_of_norm(norm: float) -> float:
+    return math.log(max(norm, 1e-6))
 
 
 @dataclass(frozen=True)
@@ -121,15 +121,16 @@ def paper_result(mad: MadResult) -> DecisionResult:
 # look like the label's clean images (low mimicry) is planted on about half the models and never natural.
 # `core_success` and `drive` are measured and reported but left out: natural small triggers scored as high on
 # the first, and the second's sign on planted triggers varied.
+LOG_NORM = Measure("log_norm", larger_is_suspicious=False, floor=0.05, weight=1.0)
 EVIDENCE_MEASURES: tuple[Measure, ...] = (
-    Measure("log_norm", larger_is_suspicious=False, floor=0.05, weight=1.0),
+    LOG_NORM,
     Measure("compactness", larger_is_suspicious=True, floor=0.05, weight=1.0),
     Measure("mimicry", larger_is_suspicious=False, floor=0.02, weight=1.0),
 )
 
 
 def measure_value(item: LabelEvidence, name: str) -> float | None:
-    return log_norm(item) if name == "log_norm" else getattr(item, name)
+    return log_of_norm(item.norm) if name == LOG_NORM.name else getattr(item, name)
 
 
 MIN_MEASURED_SHARE = 0.5  # a measure missing for more labels than this is left out of the rule
@@ -162,13 +163,17 @@ class EvidenceDecision:
     name: str = "evidence"
 
     def candidates(self, norms: Mapping[int, float]) -> frozenset[int]:
-        logs = {label: math.log(max(norm, 1e-6)) for label, norm in norms.items()}
-        z = robust_z(logs, self.measures[0].floor, larger_is_suspicious=False)
+        logs = {label: log_of_norm(norm) for label, norm in norms.items()}
+        z = robust_z(logs, LOG_NORM.floor, LOG_NORM.larger_is_suspicious)
         return frozenset(label for label, score in z.items() if score > self.candidate_z)
 
     def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
         z_scores = measure_z_scores(evidence, self.measures)
-        log_norm_z = z_scores.get("log_norm", {})
+        log_norm_z = z_scores.get(LOG_NORM.name, {})
+        # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures weigh a
+        # label's case, they cannot make an ordinary-sized trigger a finding; with too few labels for a z-score,
+        # no label is small
+        small = {label: log_norm_z.get(label, 0.0) > self.candidate_z for label in evidence}
         weights = {measure.name: measure.weight for measure in self.measures}
         tests = len(evidence)
         one_test_z = upper_tail_quantile(1 - (1 - self.alpha) ** (1 / max(tests, 1)))
@@ -180,10 +185,7 @@ class EvidenceDecision:
             )
             looks = [combined, *(z_scores[name][label] for name in self.alone if name in z_scores)]
             p_value = sidak(min(1.0, len(looks) * normal_upper_tail(max(looks))), tests)
-            # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures
-            # weigh a label's case, they cannot make an ordinary-sized trigger a finding
-            small = log_norm_z.get(label, 0.0) > self.candidate_z  # no z-score with too few labels: none is small
-            flagged = p_value < self.alpha and small
+            flagged = p_value < self.alpha and small[label]
             judgements[label] = LabelJudgement(
                 label,
                 {name: z_scores[name][label] for name in names},
@@ -197,8 +199,8 @@ class EvidenceDecision:
             for label in sorted(judgements, key=lambda label: judgements[label].p_value)
             if judgements[label].flagged
         ]
-        small = [j.p_value for label, j in judgements.items() if log_norm_z.get(label, 0.0) > self.candidate_z]
-        score = min(small, default=1.0)  # the most suspicious label that could be flagged
+        # the model's score: its most suspicious label that could be flagged
+        score = min((j.p_value for label, j in judgements.items() if small[label]), default=1.0)
         return DecisionResult("evidence", flagged, score, "p_value", self.alpha, judgements, list(z_scores))
 
 
@@ -212,9 +214,6 @@ def upper_tail_quantile(p_value: float) -> float:
         else:
             high = middle
     return (low + high) / 2
-
-
-DECISIONS = ("paper", "evidence")
 
 
 def make_decision(name: str, mad_threshold: float, alpha: float) -> PaperDecision | EvidenceDecision:
