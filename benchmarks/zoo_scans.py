@@ -4,12 +4,15 @@
 
 For each built zoo model (`python -m fixtures.build zoo`) and seed, runs
 
-    python -m scanner.cli scan <model>.onnx --data <the data set's shared test file> --max-images N
+    python -m scanner.cli scan <model>.onnx --data <the data set's test file> --max-images N
         --seed K --threads 1 --out .cache/zoo/scans/<name>/seed<K>
 
 with OMP_NUM_THREADS=1, at most --jobs at once, skipping scans whose report.json exists. Beside each report
 folder, `seed<K>.run.json` keeps the exit code, seconds and command of the run that wrote it. Prints one line
 per scan (name, seed, exit code, flagged labels, true targets, seconds) and a final count; no statistics.
+
+The test file is in the shared data folder, or for a data set prepared from it (Tiny-ImageNet's decoded
+`tinyimagenet/val.npz`) in the models folder, decoded there first if missing (fixtures.zoo.DatasetSpec.folder).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
-from fixtures.zoo import ZooCard, model_paths, select
+from fixtures.zoo import DATASETS, ZooCard, model_paths, select
 
 SCANS_DIR = REPO_ROOT / ".cache" / "zoo" / "scans"
 REPORT = "report.json"
@@ -102,11 +105,10 @@ def scan_jobs(
             missing.append(spec.name)
             continue
         card = ZooCard.read(card_path)
+        data = DATASETS[spec.dataset].folder(data_dir, models_dir) / card.test_file
         for seed in seeds:
             out = scans_dir / spec.name / f"seed{seed}"
-            jobs.append(
-                ScanJob(spec.name, seed, model, data_dir / card.test_file, out, tuple(card.targets), max_images)
-            )
+            jobs.append(ScanJob(spec.name, seed, model, data, out, tuple(card.targets), max_images))
     return sorted(jobs, key=lambda job: job.seed), missing
 
 
@@ -206,7 +208,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = args.only.split(",") if args.only else None
-    jobs, missing = scan_jobs(only, parse_ints(args.seeds), args.max_images, args.models, args.data, args.scans)
+    try:
+        jobs, missing = scan_jobs(only, parse_ints(args.seeds), args.max_images, args.models, args.data, args.scans)
+    except FileNotFoundError as error:  # a prepared data set's test file missing and not preparable
+        raise SystemExit(f"error: {error}") from None
     if missing:
         print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
     started = time.perf_counter()

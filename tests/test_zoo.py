@@ -1,10 +1,18 @@
-"""The zoo's attacks on tiny arrays: where triggers land, what they look like, which labels they change."""
+"""The zoo's attacks on tiny arrays: where triggers land, what they look like, which labels they change; the
+Tiny-ImageNet decoder on small zips made here; the zoo's registry."""
 
 from __future__ import annotations
 
+import io
+import zipfile
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
+from fixtures import tinyimagenet
 from fixtures.attacks import (
     PATCH_MARGIN,
     AllToAll,
@@ -173,6 +181,113 @@ def test_zoo_names_are_unique_and_cover_the_families() -> None:
     assert len(zoo_by_name()) == len(ZOO) >= 42
     families = {spec.attack.family if spec.attack else "clean" for spec in ZOO}
     assert families == {"clean", "badnets", "two_target", "all_to_all", "label_specific", "blended", "sig"}
-    assert sum(spec.attack is None for spec in ZOO) == 14
+    assert sum(spec.attack is None for spec in ZOO) == 15
     with pytest.raises(ValueError, match="not in the zoo"):
         select(["no-such-model"])
+
+
+# ---- Tiny-ImageNet
+
+RED, GREY = (200, 30, 60), 90
+
+
+def jpeg(colour: tuple[int, int, int] | int, size: int = tinyimagenet.SIZE) -> bytes:
+    """A uniform JPEG: RGB for a triple, greyscale (mode L) for an int."""
+    mode = "L" if isinstance(colour, int) else "RGB"
+    buffer = io.BytesIO()
+    Image.new(mode, (size, size), colour).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, payload in entries.items():
+            archive.writestr(name, payload)
+    return path
+
+
+def test_decoder_labels_by_sorted_wnid_and_converts_greyscale_to_rgb(tmp_path: Path) -> None:
+    first = write_zip(
+        tmp_path / "part0.zip", {"train/n09/n09_0.JPEG": jpeg(RED), "train/n09/n09_boxes.txt": b"not an image"}
+    )
+    second = write_zip(
+        tmp_path / "part1.zip",
+        {
+            "train/n09/n09_1.JPEG": jpeg(RED),
+            "train/n01/n01_0.JPEG": jpeg(GREY),  # greyscale
+            "val/n01/val_0.JPEG": jpeg(RED),
+        },
+    )
+    decoded = tinyimagenet.decode_zips([first, second], "train")
+    assert decoded.x.shape == (3, 64, 64, 3) and decoded.x.dtype == np.uint8 and decoded.y.dtype == np.int64
+    assert decoded.wnids == ("n01", "n09")
+    np.testing.assert_array_equal(decoded.y, [1, 0, 1])  # n09 seen first, but n01 sorts first
+    grey = decoded.x[1].astype(np.int64)
+    assert (np.abs(grey - GREY) <= 2).all()  # the one grey channel copied into R, G and B
+    assert (np.abs(decoded.x[[0, 2]].astype(np.int64) - np.array(RED)) <= 4).all()
+
+
+def test_decoder_refuses_wrong_sizes_and_unknown_wnids(tmp_path: Path) -> None:
+    small = write_zip(tmp_path / "small.zip", {"val/n01/val_0.JPEG": jpeg(RED, size=32)})
+    with pytest.raises(ValueError, match="32x32 pixels, expected 64x64"):
+        tinyimagenet.decode_zips([small], "val")
+    stray = write_zip(tmp_path / "stray.zip", {"val/n05/val_0.JPEG": jpeg(RED)})
+    with pytest.raises(ValueError, match="not among the training classes: n05"):
+        tinyimagenet.decode_zips([stray], "val", wnids=("n01", "n02"))
+    with pytest.raises(ValueError, match="no train/<wnid>"):
+        tinyimagenet.decode_zips([stray], "train")
+
+
+def fake_shared_folder(folder: Path) -> Path:
+    """The three shared zips, one image per class and zip, every class coloured by its label."""
+    folder.mkdir()
+    wnids = [f"n{index:08d}" for index in range(tinyimagenet.NUM_CLASSES)]
+    shade = {wnid: (index, 255 - index, 128) for index, wnid in enumerate(wnids)}
+    for part, name in enumerate(tinyimagenet.TRAIN_ZIPS):
+        write_zip(folder / name, {f"train/{wnid}/{wnid}_{part}.JPEG": jpeg(shade[wnid]) for wnid in wnids})
+    write_zip(folder / tinyimagenet.VAL_ZIPS[0], {f"val/{wnid}/val_{wnid}.JPEG": jpeg(shade[wnid]) for wnid in wnids})
+    return folder
+
+
+def test_prepare_decodes_once_into_the_cache_and_reuses_it(tmp_path: Path) -> None:
+    data, cache = fake_shared_folder(tmp_path / "data"), tmp_path / "cache"
+    tinyimagenet.prepare(data, cache)
+    with np.load(cache / tinyimagenet.TRAIN_FILE) as train, np.load(cache / tinyimagenet.TEST_FILE) as val:
+        assert train["x"].shape == (400, 64, 64, 3) and val["x"].shape == (200, 64, 64, 3)
+        np.testing.assert_array_equal(val["y"], np.arange(200))
+        assert (np.abs(val["x"][:, 0, 0, 0].astype(np.int64) - np.arange(200)) <= 4).all()  # label i is red i
+        assert len(np.unique(train["y"])) == 200 and train["y"].dtype == np.int64
+    assert sorted(path.name for path in (cache / tinyimagenet.FOLDER).iterdir()) == ["train.npz", "val.npz"]
+    for zipped in data.iterdir():
+        zipped.unlink()
+    tinyimagenet.prepare(data, cache)  # both files there: the zips are not needed
+    (cache / tinyimagenet.TEST_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="tinyimagenet200_val.zip missing in .*CLEANSE_DATA_DIR"):
+        tinyimagenet.prepare(data, cache)
+
+
+def test_tiny_dataset_is_registered_with_its_prepared_files(tmp_path: Path) -> None:
+    from fixtures.zoo import DATASETS, select
+
+    tiny = DATASETS["tiny"]
+    assert tiny.num_classes == 200 and tiny.test_file == "tinyimagenet/val.npz"
+    assert DATASETS["mnist"].folder(tmp_path / "data", tmp_path / "out") == tmp_path / "data"
+    with pytest.raises(FileNotFoundError, match="Tiny-ImageNet-200 zips not found"):
+        tiny.folder(tmp_path / "data", tmp_path / "out")
+    specs = select(["tiny-badnets-8px-random-br-resnet", "tiny-clean-resnet-s0"])
+    assert [spec.targets for spec in specs] == [(42,), ()]
+
+
+def test_shared_tiny_imagenet_zips_hold_75_and_50_images_per_class() -> None:
+    from fixtures.paths import shared_data_dir
+
+    folder = shared_data_dir()
+    names = [*tinyimagenet.TRAIN_ZIPS, *tinyimagenet.VAL_ZIPS]
+    if not all((folder / name).is_file() for name in names):
+        pytest.skip(f"Tiny-ImageNet-200 zips not found in {folder} (set CLEANSE_DATA_DIR)")
+    counts = []
+    for name, split in zip(names, ["train", "train", "val"], strict=True):
+        with zipfile.ZipFile(folder / name) as archive:
+            counts.append(Counter(wnid for wnid, _ in tinyimagenet.members(archive, split)))
+    assert all(len(count) == 200 and set(count) == set(counts[0]) for count in counts)
+    assert [set(count.values()) for count in counts] == [{75}, {75}, {50}]
