@@ -1,115 +1,168 @@
-"""Full schedule against the screened one on the same models, seeds and thread count: flagged labels, images
-used, wall time and their ratios.
+"""The screened schedule against the full one: the same flagged labels, fewer images, less time.
 
-    python -m benchmarks.schedule_bench [--models digits,gtsrb,gtsrb-clean] [--seeds 0,1,2] [--threads 2]
+    python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2]
+    python -m benchmarks.schedule_bench timed [--models digits,gtsrb,NAME] [--threads 2] [--full-labels N]
 
-Models are built into .cache/fixtures when missing (digits in seconds; GTSRB from ../shared/data).
+`zoo`: a screened CLI scan of each zoo model and seed (reports under .cache/zoo/scans-screened/), compared with
+the full scan that `benchmarks.zoo_scans` keeps (run here where missing), both judged by the evidence rule
+(the full scan's re-measured evidence where `benchmarks.detection_table --remeasure` left it): flagged labels,
+images used and their ratio, seconds (each scan on one thread; runs at different times, so compare the
+images). `timed`: both schedules one after the other in this process, on the same model, data and thread
+count: seconds, images, flagged labels and the ratios (`gtsrb` is the GTSRB replica, built when missing; with
+`--full-labels N` the full schedule runs on N sampled labels and its cost is scaled to every label, marked as
+projected).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from fixtures.paths import DEFAULT_CACHE, shared_data_dir
-from scanner import make_config
-from scanner.data import load_clean_data
-from scanner.mad import mad_outliers
-from scanner.reverse import TriggerReverser
-from scanner.run_scan import choose_scaling, scoring_model
-from scanner.schedule import LabelScheduler, ScheduleConfig
+from benchmarks.detection_table import label_evidence
+from benchmarks.zoo_scans import REPORT, SCANS_DIR, ScanJob, parse_ints, run_all, scan_jobs
+from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
+from scanner import make_config, scan
+from scanner.decision.evidence import LabelEvidence
+from scanner.decision.rules import EvidenceDecision
+from scanner.mitigate.report_folder import read_scan_report
 
-# name -> (model file, data file, C, H, classes); the data paths are relative to the shared data folder
-MODELS = {
-    "digits": ("digits_infected.onnx", None, 1, 8, 10),
-    "digits-clean": ("digits_clean.onnx", None, 1, 8, 10),
-    "gtsrb": ("gtsrb_infected.onnx", "gtsrb_test.npz", 3, 32, 43),
-    "gtsrb-clean": ("gtsrb_clean.onnx", "gtsrb_test.npz", 3, 32, 43),
-}
+SCREENED_DIR = REPO_ROOT / ".cache" / "zoo" / "scans-screened"
 
 
-def model_files(name: str, data_dir: Path) -> tuple[Path, Path]:
-    model_file, data_file, *_ = MODELS[name]
-    if name.startswith("digits"):
+@dataclass(frozen=True)
+class Judged:
+    flagged: list[int]
+    images: int
+    seconds: float
+
+
+def judged(folder: Path) -> Judged:
+    """A saved scan judged by the evidence rule, on the re-measured evidence where it was kept."""
+    report = read_scan_report(folder)
+    cache = folder.with_name(f"{folder.name}.evidence.json")
+    if cache.exists():
+        evidence = {item["label"]: LabelEvidence(**item) for item in json.loads(cache.read_text())}
+    else:
+        evidence = label_evidence(report)
+    return Judged(EvidenceDecision().judge(evidence).flagged, report.schedule["images"], report.seconds_total)
+
+
+class ScreenedJob(ScanJob):
+    def command(self) -> list[str]:
+        return [*super().command(), "--schedule", "screened"]
+
+
+def compare_zoo(args: argparse.Namespace) -> None:
+    only = args.only.split(",") if args.only else None
+    data_dir = args.data or shared_data_dir()
+    seeds = parse_ints(args.seeds)
+    full_jobs, missing = scan_jobs(only, seeds, args.max_images, DEFAULT_CACHE, data_dir, SCANS_DIR)
+    screened_jobs = [
+        ScreenedJob(**{**job.__dict__, "out": SCREENED_DIR / job.name / f"seed{job.seed}"}) for job in full_jobs
+    ]
+    if missing:
+        print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}")
+    run_all([*full_jobs, *screened_jobs], args.jobs)
+    header = f"{'model':42s} {'seed':>4}  {'full':12s} {'screened':12s} same  images full/screened (x)  seconds"
+    print("\n" + header)
+    same = ratios = 0
+    rows = 0
+    for full_job, screened_job in zip(full_jobs, screened_jobs, strict=True):
+        if not ((full_job.out / REPORT).is_file() and (screened_job.out / REPORT).is_file()):
+            continue
+        full, screened = judged(full_job.out), judged(screened_job.out)
+        rows += 1
+        same += full.flagged == screened.flagged
+        ratio = full.images / screened.images
+        ratios += ratio
+        print(
+            f"{full_job.name:42s} {full_job.seed:>4}  {str(full.flagged):12s} {str(screened.flagged):12s} "
+            f"{str(full.flagged == screened.flagged):5s} {full.images:>8d}/{screened.images:<8d} ({ratio:.2f}x)  "
+            f"{full.seconds:.0f}/{screened.seconds:.0f}"
+        )
+    if rows:
+        print(f"\n{same} of {rows} scans flag the same labels; mean images ratio {ratios / rows:.2f}x")
+
+
+def timed_model(name: str, data_dir: Path) -> tuple[Path, Path]:
+    """(model, clean data) for `timed`: `digits` (10 classes), `gtsrb` (the GTSRB replica, 43), or a zoo model's
+    name (its test data)."""
+    if name == "digits":
         from fixtures.digits import build_digits
 
         files = build_digits(DEFAULT_CACHE)
-        return files[model_file], files["digits_test.npz"]
-    from fixtures.gtsrb import build_gtsrb
+        return files["digits_infected.onnx"], files["digits_test.npz"]
+    if name == "gtsrb":
+        from fixtures.gtsrb import build_gtsrb
 
-    files = build_gtsrb(DEFAULT_CACHE, data_dir, infected=name == "gtsrb")
-    return files[model_file], data_dir / data_file
+        return build_gtsrb(DEFAULT_CACHE, data_dir, infected=True)["gtsrb_infected.onnx"], data_dir / "gtsrb_test.npz"
+    from fixtures.zoo import DATASETS, ZooCard, model_paths
 
-
-def scan_once(name: str, data_dir: Path, mode: str, seed: int, threads: int) -> dict:
-    from converters.onnx_to_torch import load_onnx_classifier
-
-    model_path, data_path = model_files(name, data_dir)
-    _, _, channels, size, classes = MODELS[name]
-    torch.set_num_threads(threads)
-    config = make_config({"seed": seed, "threads": threads})
-    device = torch.device("cpu")
-    converted = load_onnx_classifier(model_path)
-    data = load_clean_data(data_path, channels, size, size, classes, None, seed)
-    scaling, _ = choose_scaling(converted, data, config, device)
-    model = scoring_model(converted, scaling, device)
-    started = time.perf_counter()
-    session = TriggerReverser(model, config.reverse, device, seed).session(data.images, classes)
-
-    def decide(norms: dict[int, float]) -> frozenset[int]:
-        return frozenset(mad_outliers(norms, config.mad_threshold).flagged)
-
-    scheduler = LabelScheduler(session, ScheduleConfig(mode=mode), decide, seed)
-    _, summary = scheduler.run(list(range(classes)))
-    seconds = time.perf_counter() - started
-    mad = mad_outliers(summary.estimates(), config.mad_threshold)
-    return {
-        "flagged": mad.flagged,
-        "index": mad.anomaly_index,
-        "median": mad.median,
-        "images": summary.images,
-        "seconds": seconds,
-        "final": sum(item.final for item in summary.labels),
-        "rounds": summary.rounds,
-        "summary": summary,
-    }
+    model, card_path = model_paths(DEFAULT_CACHE, name)
+    card = ZooCard.read(card_path)
+    return model, DATASETS[card.dataset].folder(data_dir, DEFAULT_CACHE) / card.test_file
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits,digits-clean")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", type=Path, default=shared_data_dir())
-    args = parser.parse_args()
+def sampled_labels(classes: int, count: int, seed: int) -> list[int]:
+    return sorted(np.random.default_rng(seed).permutation(classes)[:count].tolist())
+
+
+def timed(args: argparse.Namespace) -> None:
+    data_dir = args.data or shared_data_dir()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, {args.threads} threads")
-    header = f"{'model':<12} {'seed':>4} {'full flags':<12} {'screened':<12} {'same':<5} {'images x':>8} {'time x':>7}"
-    rows = []
+    settings = {"seed": args.seed, "threads": args.threads, "max_images": args.max_images}
     for name in args.models.split(","):
-        for seed in (int(seed) for seed in args.seeds.split(",")):
-            full = scan_once(name, args.data, "full", seed, args.threads)
-            screened = scan_once(name, args.data, "screened", seed, args.threads)
-            rows.append((name, seed, full, screened))
-            print(
-                f"{name} seed {seed}: full flagged {full['flagged']} index {full['index']:.2f} median "
-                f"{full['median']:.1f}, {full['images']} images, {full['seconds']:.1f} s | screened flagged "
-                f"{screened['flagged']} index {screened['index']:.2f} median {screened['median']:.1f}, "
-                f"{screened['images']} images, {screened['seconds']:.1f} s, {screened['final']}/"
-                f"{len(screened['summary'].labels)} labels final, {screened['rounds']} settle rounds",
-                flush=True,
-            )
-    print("\n" + header)
-    for name, seed, full, screened in rows:
-        same = full["flagged"] == screened["flagged"]
+        model, data = timed_model(name, data_dir)
+        started = time.perf_counter()
+        screened = scan(model, data, make_config({**settings, "schedule": {"mode": "screened"}}))
+        screened_s = time.perf_counter() - started
+        classes = screened.contract.num_classes
+        labels = sampled_labels(classes, args.full_labels, args.seed) if args.full_labels else []
+        started = time.perf_counter()
+        full = scan(model, data, make_config({**settings, "labels": labels}))
+        full_s, full_images = time.perf_counter() - started, full.schedule["images"]
+        if labels:  # the full schedule's cost grows with the labels: scale the sample's up to every label
+            scale = classes / len(labels)
+            full_s, full_images = full_s * scale, int(full_images * scale)
+        kind = f"projected from {len(labels)} sampled labels" if labels else "measured"
         print(
-            f"{name:<12} {seed:>4} {str(full['flagged']):<12} {str(screened['flagged']):<12} {str(same):<5} "
-            f"{full['images'] / screened['images']:>7.2f}x {full['seconds'] / screened['seconds']:>6.2f}x"
+            f"{name} ({classes} classes): screened {screened_s:.1f} s, {screened.schedule['images']} images, "
+            f"{screened.schedule['final_labels']} labels final, flagged {screened.flagged}, "
+            f"score {screened.decision.score:.3g} | full ({kind}) {full_s:.1f} s, {full_images} images"
+            + ("" if labels else f", flagged {full.flagged}, score {full.decision.score:.3g}")
+            + f" | full/screened: time {full_s / screened_s:.2f}x, images "
+            f"{full_images / screened.schedule['images']:.2f}x",
+            flush=True,
         )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.schedule_bench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    zoo = commands.add_parser("zoo", help="screened against full on zoo models, through the CLI")
+    zoo.add_argument("--only", default=None, help="comma-separated zoo model names (default: every built one)")
+    zoo.add_argument("--seeds", default="0")
+    zoo.add_argument("--jobs", type=int, default=2)
+    zoo.add_argument("--max-images", type=int, default=1000)
+    zoo.add_argument("--data", type=Path, default=None)
+    zoo.set_defaults(run=compare_zoo)
+    clock = commands.add_parser("timed", help="both schedules timed in one process")
+    clock.add_argument("--models", default="digits,gtsrb", help="digits, gtsrb (the replica) or zoo model names")
+    clock.add_argument("--full-labels", type=int, default=0, help="time `full` on this many sampled labels only")
+    clock.add_argument("--max-images", type=int, default=1000)
+    clock.add_argument("--threads", type=int, default=2)
+    clock.add_argument("--seed", type=int, default=0)
+    clock.add_argument("--data", type=Path, default=None)
+    clock.set_defaults(run=timed)
+    args = parser.parse_args(argv)
+    args.run(args)
 
 
 if __name__ == "__main__":

@@ -106,10 +106,8 @@ class ScheduleConfig:
     `screened` screens every label briefly and spends the rest where the verdict can still change."""
 
     mode: str = "full"
-    screen_steps: int = 10  # steps every label runs before any is ranked
-    calibration_labels: int = 6  # finished labels that shrink ratios are drawn from
-    draws: int = 200  # random projections of the unfinished labels' final norms per settle test
-    median_neighbours: int = 2  # unfinished labels nearest the median advanced per unsettled round
+    screen_steps: int = 10  # steps every label runs before any is stopped
+    calibration_labels: int = 5  # labels nearest the median run to the end: how stopped labels would have moved
 
     def __post_init__(self) -> None:
         self.validate()
@@ -117,11 +115,9 @@ class ScheduleConfig:
     def validate(self) -> ScheduleConfig:
         if self.mode not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, not {printable(self.mode)!r}")
-        for name in ("screen_steps", "calibration_labels", "draws"):
+        for name in ("screen_steps", "calibration_labels"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"schedule.{name} must be positive, not {getattr(self, name)}")
-        if self.median_neighbours < 0:
-            raise ConfigError(f"schedule.median_neighbours must be 0 or more, not {self.median_neighbours}")
         return self
 
 

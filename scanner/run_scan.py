@@ -28,7 +28,10 @@ from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
 
 ACCURACY_SAMPLE = 1000  # labelled images (a seeded random subset) used to measure accuracy per scaling
-CHANCE_MARGIN = 0.2  # refuse a scan when clean accuracy is within this fraction of the way above chance
+# refuse a scan when clean accuracy is within this fraction of the way above chance, and under this multiple of
+# chance (the multiple decides for many classes: a 200-class model trained on 150 images per class measured 18%)
+CHANCE_MARGIN = 0.2
+CHANCE_MULTIPLE = 10
 
 
 def scoring_model(converted: ConvertedModel, scaling: Scaling, device: torch.device) -> ScoringModel:
@@ -46,7 +49,7 @@ def minimum_accuracy(config: ScanConfig, num_classes: int) -> float:
     if config.min_accuracy >= 0:
         return config.min_accuracy
     chance = 1.0 / num_classes
-    return chance + CHANCE_MARGIN * (1 - chance)
+    return min(chance + CHANCE_MARGIN * (1 - chance), CHANCE_MULTIPLE * chance)
 
 
 def choose_scaling(
@@ -142,15 +145,15 @@ def scan(
     decision = make_decision(config.decision, config.mad_threshold, config.alpha)
     reverser = TriggerReverser(model, config.reverse, device, config.seed)
     session = reverser.session(data.images, len(labels))
-    runs, schedule = LabelScheduler(session, config.schedule, decision.candidates, config.seed, on_label).run(labels)
+    meter = EvidenceMeter(model, data.images, device, config.seed)
+    outcome = LabelScheduler(session, config.schedule, decision, meter.measure, on_label).run(labels)
+    runs, evidence = outcome.runs, outcome.evidence
     triggers = [session.result(runs[label]) for label in labels]
     for trigger in triggers:
         if not runs[trigger.label].finished:  # stopped by the scheduler: done all the same
             on_label(trigger)
-    estimates = schedule.estimates()
+    estimates = {label: item.norm for label, item in evidence.items()}
     mad = mad_outliers(estimates, config.mad_threshold)
-    meter = EvidenceMeter(model, data.images, device, config.seed)
-    evidence = meter.measure_all([(t.label, t.mask, t.pattern) for t in triggers], estimates)
     judged = decision.judge(evidence)
     label_results = [
         LabelResult(
@@ -196,7 +199,7 @@ def scan(
         precision="bfloat16" if reverser.bfloat16 else "float32",
         seconds_total=time.perf_counter() - started,
         started_at=started_at,
-        schedule=schedule.to_dict(),
+        schedule=outcome.summary.to_dict(),
         decision=judged,
         triggers=triggers,
     )

@@ -8,6 +8,7 @@ import pytest
 from cleanse_base.errors import ConfigError, DataError
 from scanner import make_config, scan
 from scanner.data import load_clean_data
+from scanner.run_scan import minimum_accuracy
 
 TARGET = 7
 FAST = {"reverse": {"max_steps": 200}}
@@ -40,6 +41,24 @@ def test_clean_model_is_not_flagged(digits):
     assert report.verdict == "clean"
     assert report.flagged == []
     assert report.mad.anomaly_index <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, flagged", [("digits_infected.onnx", [TARGET]), ("digits_clean.onnx", [])])
+def test_screened_schedule_gives_the_full_verdict_with_fewer_images(digits, model, flagged):
+    reports = {
+        mode: scan(digits[model], digits["digits_test.npz"], make_config({"seed": 1, "schedule": {"mode": mode}}))
+        for mode in ("full", "screened")
+    }
+    full, screened = reports["full"], reports["screened"]
+    assert full.flagged == screened.flagged == flagged
+    assert screened.schedule["images"] < full.schedule["images"]
+    stopped = [result for result in screened.labels if not result.final]
+    assert stopped and screened.schedule["stopped_labels"] == len(stopped)
+    # a stopped label's norm is projected below its bound; a flagged label always ran to its end
+    assert all(result.estimated_norm <= result.l1_norm for result in stopped)
+    assert all(result.final for result in screened.labels if result.flagged)
+    assert screened.to_json_dict()["schedule"]["mode"] == "screened"
 
 
 @pytest.mark.slow
@@ -88,6 +107,12 @@ def test_batching_labels_does_not_change_their_triggers(digits):
     batched = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], three)
     np.testing.assert_allclose([r.l1_norm for r in alone.labels], [r.l1_norm for r in batched.labels], rtol=1e-3)
     assert [r.steps for r in alone.labels] == [r.steps for r in batched.labels]
+
+
+def test_the_accuracy_floor_is_near_chance_for_few_and_many_classes():
+    assert minimum_accuracy(make_config({}), 10) == pytest.approx(0.28)
+    assert minimum_accuracy(make_config({}), 200) == pytest.approx(0.05)  # ten times chance
+    assert minimum_accuracy(make_config({"min_accuracy": 0.5}), 200) == 0.5
 
 
 def test_scan_refuses_when_accuracy_is_near_chance(digits, tmp_path):

@@ -10,15 +10,15 @@ import torch
 
 from cleanse_base.errors import ConfigError
 from scanner.config import ReverseConfig
-from scanner.mad import mad_outliers
+from scanner.decision.evidence import EvidenceMeter, LabelEvidence
+from scanner.decision.rules import EvidenceDecision, PaperDecision
 from scanner.reverse import LabelRun, TriggerReverser
 from scanner.schedule import (
     LabelScheduler,
     ScheduleConfig,
-    contested_labels,
-    evenly_ranked,
+    median_moves,
     nearest_median,
-    scenarios,
+    projected,
     shrink_ratios,
 )
 
@@ -35,31 +35,41 @@ def test_shrink_ratio_is_final_over_best_at_that_step():
     assert shrink_ratios(runs, 1).tolist() == [pytest.approx(30.0 / 40.0)]  # run 0 had no trigger yet
 
 
-def test_evenly_ranked_spreads_over_the_ranking():
-    assert evenly_ranked(list(range(10)), 2) == [2, 7]
-    assert evenly_ranked([5, 6], 4) == [5, 6]
+def evidence(label: int, norm: float, compactness: float, mimicry: float | None) -> LabelEvidence:
+    return LabelEvidence(label, norm, 1.0, 0.5, compactness, 0.2, mimicry)
 
 
-def test_scenarios_put_the_point_projection_first_and_keep_final_norms():
-    final = {0: 1.0}
-    bounds = {1: 10.0, 2: 20.0}
-    ratios = {1: np.array([0.5, 0.9]), 2: np.array([0.8])}
-    point, *drawn = scenarios(final, bounds, ratios, draws=5, seed=0)
-    assert point == {0: 1.0, 1: pytest.approx(7.0), 2: pytest.approx(16.0)}
-    assert len(drawn) == 5 and all(norms[0] == 1.0 and norms[2] == pytest.approx(16.0) for norms in drawn)
-    assert len(drawn) == 5 and all(norms[1] in (pytest.approx(5.0), pytest.approx(9.0)) for norms in drawn)
-
-
-def test_contested_labels_are_flagged_in_some_scenarios_only():
-    def decide(norms):
-        return frozenset(label for label, norm in norms.items() if norm < 3)
-
-    contested, everywhere = contested_labels(decide, [{0: 1, 1: 2, 2: 9}, {0: 1, 1: 4, 2: 9}])
-    assert contested == {1} and everywhere == {0}
+def test_a_stopped_label_moves_by_the_finished_labels_median_change():
+    screened = {0: evidence(0, 30, 0.2, 0.5), 1: evidence(1, 40, 0.3, 0.6), 2: evidence(2, 50, 0.1, None)}
+    final = {0: evidence(0, 20, 0.4, 0.7), 1: evidence(1, 30, 0.4, 0.9), 2: evidence(2, 45, 0.5, None)}
+    moves = median_moves(screened, final, [0, 1, 2])
+    assert moves["compactness"] == pytest.approx(0.2) and moves["mimicry"] == pytest.approx(0.25)
+    assert moves["success"] == 0.0
+    stopped = projected(evidence(7, 60, 0.25, None), 48.0, moves)
+    assert stopped.norm == 48.0 and stopped.compactness == pytest.approx(0.45) and stopped.mimicry is None
 
 
 def test_nearest_median():
-    assert nearest_median({0: 1.0, 1: 5.0, 2: 6.0, 3: 20.0}, [0, 3, 2], 1) == [2]
+    assert nearest_median({0: 1.0, 1: 5.0, 2: 6.0, 3: 20.0}, 1) in ([1], [2])
+    assert sorted(nearest_median({0: 1.0, 1: 5.0, 2: 6.0, 3: 20.0, 4: 5.5}, 3)) == [1, 2, 4]
+
+
+def test_near_covers_the_flags_with_a_margin():
+    natural = np.exp(np.random.default_rng(0).normal(np.log(40), 0.25, size=20))
+    norms = {label: float(norm) for label, norm in enumerate(natural)}
+    items = {label: evidence(label, norm, 0.4, 0.6) for label, norm in norms.items()}
+    for rule in (PaperDecision(), EvidenceDecision()):
+        smallest = min(norms, key=norms.get)
+        flagged_at = {**items, smallest: evidence(smallest, 6.0, 0.4, 0.6)}
+        assert set(rule.judge(flagged_at).flagged) <= rule.near(flagged_at) and smallest in rule.near(flagged_at)
+        # a label just short of a flag is near
+        short = min(
+            (norm for norm in np.linspace(1, 40, 400) if smallest not in rule.judge(
+                {**items, smallest: evidence(smallest, float(norm), 0.4, 0.6)}).flagged),
+        )  # fmt: skip
+        assert smallest in rule.near({**items, smallest: evidence(smallest, float(short) * 1.05, 0.4, 0.6)})
+        typical = evidence(smallest, float(np.median(natural)), 0.4, 0.6)
+        assert smallest not in rule.near({**items, smallest: typical})
 
 
 def test_schedule_config_is_validated():
@@ -67,6 +77,8 @@ def test_schedule_config_is_validated():
         ScheduleConfig(mode="fast").validate()
     with pytest.raises(ConfigError):
         ScheduleConfig(screen_steps=0).validate()
+    with pytest.raises(ConfigError):
+        ScheduleConfig(calibration_labels=0).validate()
 
 
 class PlantedLinear(torch.nn.Module):
@@ -83,23 +95,21 @@ class PlantedLinear(torch.nn.Module):
 
 
 @pytest.mark.slow
-def test_screened_flags_what_full_flags_with_fewer_images():
+@pytest.mark.parametrize("rule", [PaperDecision(), EvidenceDecision()], ids=["paper", "evidence"])
+def test_screened_flags_what_full_flags_with_fewer_images(rule):
     images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
     config = ReverseConfig(mini_batch=16, images_per_step=64, max_steps=60, patience=2, early_stop_patience=6)
     model = PlantedLinear()
-
-    def decide(norms):
-        return frozenset(mad_outliers(norms).flagged)
-
+    meter = EvidenceMeter(model, images, torch.device("cpu"))
     outcomes = {}
     for mode in ("full", "screened"):
         session = TriggerReverser(model, config, torch.device("cpu"), seed=0).session(images, 20)
         schedule = ScheduleConfig(mode=mode, screen_steps=8, calibration_labels=4)
-        runs, summary = LabelScheduler(session, schedule, decide).run(list(range(20)))
-        outcomes[mode] = (decide(summary.estimates()), summary)
-    (full_flags, full), (screened_flags, screened) = outcomes["full"], outcomes["screened"]
-    assert 3 in full_flags
-    assert screened_flags == full_flags
-    assert all(item.final for item in screened.labels if item.label in screened_flags)
-    assert screened.images < full.images
-    assert all(item.final for item in full.labels)
+        outcomes[mode] = LabelScheduler(session, schedule, rule, meter.measure).run(list(range(20)))
+    full, screened = outcomes["full"], outcomes["screened"]
+    full_flags = rule.judge(full.evidence).flagged
+    assert full_flags == [3]
+    assert rule.judge(screened.evidence).flagged == full_flags
+    assert screened.runs[3].finished and all(full.summary.final.values())
+    assert not all(screened.summary.final.values())
+    assert screened.summary.images < full.summary.images

@@ -93,10 +93,17 @@ class DecisionResult:
 class Decision(Protocol):
     name: str
 
-    def candidates(self, norms: Mapping[int, float]) -> frozenset[int]:
-        """From norms alone: the labels the verdict may flag (the scheduler finishes these)."""
-
     def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult: ...
+
+    def near(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
+        """Labels flagged or near a flag: the scheduler finishes any label that could end here."""
+
+
+# How near a flag the scheduler finishes a label that it could otherwise stop (scanner/schedule.py): a stopped
+# label's evidence is a projection, so the margin is wide. A p-value of 0.5 is about 1.8 z-units short of a flag at
+# alpha 0.001 on 43 labels; an anomaly index 0.5 short of the threshold.
+NEAR_P_VALUE = 0.5
+NEAR_ANOMALY_INDEX = 0.5
 
 
 @dataclass(frozen=True)
@@ -104,11 +111,16 @@ class PaperDecision:
     threshold: float = 2.0
     name: str = "paper"
 
-    def candidates(self, norms: Mapping[int, float]) -> frozenset[int]:
-        return frozenset(mad_outliers(dict(norms), self.threshold).flagged)
-
     def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
-        return paper_result(mad_outliers({label: item.norm for label, item in evidence.items()}, self.threshold))
+        return paper_result(mad_outliers(norms_of(evidence), self.threshold))
+
+    def near(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
+        threshold = max(self.threshold - NEAR_ANOMALY_INDEX, self.threshold / 2)
+        return frozenset(mad_outliers(norms_of(evidence), threshold).flagged)
+
+
+def norms_of(evidence: Mapping[int, LabelEvidence]) -> dict[int, float]:
+    return {label: item.norm for label, item in evidence.items()}
 
 
 def paper_result(mad: MadResult) -> DecisionResult:
@@ -159,13 +171,17 @@ class EvidenceDecision:
     # measures also judged on their own: an extremely small trigger is a finding even where the other measures
     # are silent (Neural Cleanse's own test); each look is paid for (Bonferroni)
     alone: tuple[str, ...] = ("log_norm",)
-    candidate_z: float = 1.0  # log-norm z-score above which a label may be flagged (and the scheduler finishes it)
+    candidate_z: float = 1.0  # log-norm z-score above which a label may be flagged
     name: str = "evidence"
 
-    def candidates(self, norms: Mapping[int, float]) -> frozenset[int]:
-        logs = {label: log_of_norm(norm) for label, norm in norms.items()}
-        z = robust_z(logs, LOG_NORM.floor, LOG_NORM.larger_is_suspicious)
-        return frozenset(label for label, score in z.items() if score > self.candidate_z)
+    def near(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
+        judgements = self.judge(evidence).judgements
+        return frozenset(
+            label
+            for label, judgement in judgements.items()
+            if judgement.p_value < max(NEAR_P_VALUE, self.alpha)
+            and judgement.z_scores.get(LOG_NORM.name, 0.0) > self.candidate_z
+        )
 
     def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
         z_scores = measure_z_scores(evidence, self.measures)
