@@ -108,6 +108,7 @@ class ScheduleConfig:
     mode: str = "full"
     screen_steps: int = 10  # steps every label runs before any is stopped
     calibration_labels: int = 5  # labels nearest the median run to the end: how stopped labels would have moved
+    resamples: int = 20  # bootstrap resamples of the calibration labels that must all give the same verdict
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,7 +116,7 @@ class ScheduleConfig:
     def validate(self) -> ScheduleConfig:
         if self.mode not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, not {printable(self.mode)!r}")
-        for name in ("screen_steps", "calibration_labels"):
+        for name in ("screen_steps", "calibration_labels", "resamples"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"schedule.{name} must be positive, not {getattr(self, name)}")
         return self

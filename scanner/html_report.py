@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cleanse_base.files import write_bytes_atomic
 from cleanse_base.text import format_number as fmt
-from scanner.report import ScanReport, rule_text, trigger_paths
+from scanner.report import ScanReport, decision_norm, rule_text, schedule_text, trigger_paths
 
 REPORT_HTML = "report.html"
 TRIGGER_KINDS = ("mask", "pattern", "fusion")
@@ -157,11 +157,12 @@ def render_report(report: ScanReport, folder: Path) -> str:
     mad = report.mad
     cutoff = threshold_norm(mad.median, mad.mad, mad.threshold)
     flagged = ", ".join(map(str, report.flagged)) or "none"
-    norms = {result.label: result.l1_norm for result in report.labels}
+    norms = {result.label: decision_norm(result) for result in report.labels}
     label_rows = [
         [
             str(result.label),
             f"{result.l1_norm:.2f}",
+            "" if result.final else f"{decision_norm(result):.2f}",
             f"{result.attack_success:.3f}",
             fmt(result.anomaly_index),
             str(result.steps),
@@ -188,14 +189,20 @@ MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 <h2>Reversed triggers</h2>
 {trigger_grid(report, folder)}
 <h2>Labels</h2>
-{table(["label", "L1 norm", "attack success", "anomaly index", "steps", "seconds", ""], label_rows, {1, 2, 3, 4, 5})}
+{
+        table(
+            ["label", "L1 norm", "stopped early: projected", "attack success", "anomaly index", "steps", "seconds", ""],
+            label_rows,
+            {1, 2, 3, 4, 5, 6},
+        )
+    }
 <h2>Model contract</h2>
 {table(["field", "value"], contract)}
 <p>scaling {escape(scaling.name)} ({escape(scaling.chosen_by)}{accuracy});
 data: {report.data["images"]} images from {escape(str(report.data["source"]))}</p>
 <h2>Timings</h2>
 <p>{report.seconds_total:.1f} s in all on {escape(report.device)} ({report.precision}) with {report.threads} thread(s),
-started {escape(report.started_at)}; cleanse {escape(report.tool_version)}</p>
+started {escape(report.started_at)}; cleanse {escape(report.tool_version)}{escape(schedule_text(report))}</p>
 <h2>Config</h2>
 <pre>{escape(json.dumps(report.config.to_dict(), indent=2))}</pre>
 <h2>Conversion</h2>

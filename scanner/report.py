@@ -345,24 +345,39 @@ def write_report(report: ScanReport, folder: str | Path, inputs: Iterable[str | 
 # ---------------------------------------------------------------- text for people
 
 
+def decision_norm(result: LabelResult) -> float:
+    """The norm the decision used: the label's own, or its projection when the scheduler stopped it early."""
+    return result.l1_norm if result.estimated_norm is None else result.estimated_norm
+
+
 def format_label_table(report: ScanReport) -> str:
     judgements = report.judged.judgements
     evidence_column = f"  {'p-value':>8}" if judgements else ""
     rows = [
         f"{'label':>5}  {'L1 norm':>9}  {'success':>7}  {'anomaly':>7}{evidence_column}  {'steps':>5}  {'seconds':>7}"
     ]
-    for result in sorted(report.labels, key=lambda r: r.l1_norm):
+    for result in sorted(report.labels, key=decision_norm):
         index = "inf" if math.isinf(result.anomaly_index) else f"{result.anomaly_index:.2f}"
         if judgements:
             index += f"  {judgements[result.label].p_value:>8.2g}"
         mark = "  <- flagged" if result.flagged else ""
         if not result.found:
             mark += "  (no trigger reached the success threshold)"
+        if not result.final:
+            mark += f"  stopped early, projected {decision_norm(result):.2f}"
         rows.append(
             f"{result.label:>5}  {result.l1_norm:>9.2f}  {result.attack_success:>7.3f}  {index:>7}  "
             f"{result.steps:>5}  {result.seconds:>7.1f}{mark}"
         )
     return "\n".join(rows)
+
+
+def schedule_text(report: ScanReport) -> str:
+    schedule = report.schedule
+    if not schedule:
+        return ""
+    stopped = f", {schedule['stopped_labels']} stopped early" if schedule.get("stopped_labels") else ""
+    return f", {schedule['mode']} schedule: {schedule['images']:,} images{stopped}"
 
 
 def format_summary(report: ScanReport) -> str:
@@ -384,6 +399,6 @@ def format_summary(report: ScanReport) -> str:
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
         + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else ""),
-        f"time       {report.seconds_total:.1f} s on {report.device} ({report.precision})",
+        f"time       {report.seconds_total:.1f} s on {report.device} ({report.precision})" + schedule_text(report),
     ]
     return "\n".join(lines)

@@ -146,7 +146,7 @@ def scan(
     reverser = TriggerReverser(model, config.reverse, device, config.seed)
     session = reverser.session(data.images, len(labels))
     meter = EvidenceMeter(model, data.images, device, config.seed)
-    outcome = LabelScheduler(session, config.schedule, decision, meter.measure, on_label).run(labels)
+    outcome = LabelScheduler(session, config.schedule, decision, meter.measure, config.seed, on_label).run(labels)
     runs, evidence = outcome.runs, outcome.evidence
     triggers = [session.result(runs[label]) for label in labels]
     for trigger in triggers:

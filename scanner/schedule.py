@@ -13,7 +13,11 @@ evidence. `screened`:
    its other measurements shifted by their median move), and the decision judges the finished and projected
    labels together. Each unfinished label is then tried alone at the fastest shrink a calibration label showed:
    if the decision would flag it, or come near (`Decision.near`), it runs to its early stop. Repeat until no
-   unfinished label can come near a flag. Flagged labels are always final; in the worst case every label
+   unfinished label can come near a flag.
+4. Settled? The projection is only as good as the calibration labels: the decision judges `resamples`
+   projections drawn from bootstrap resamples of them, and the verdict is settled when every one flags the same
+   labels. Otherwise `calibration_labels` more labels nearest the median run to their end, join the
+   calibration, and the settle test repeats. Flagged labels are always final; in the worst case every label
    finishes, as in `full`.
 
 The decision is a parameter, so the settle test asks the same question as the verdict.
@@ -53,6 +57,7 @@ class ScheduleSummary:
     final: dict[int, bool]  # per label: ran to its own early stop (or the step limit)
     rounds: int  # settle tests run
     calibration_ratios: list[float]  # shrink ratios the last projection drew from (empty for `full`)
+    calibration_labels: list[int]  # the labels run to their end to calibrate the projection
     steps: int  # optimization steps over all labels
     images: int  # clean images pushed forward and backward over all labels
 
@@ -71,6 +76,7 @@ class ScheduleSummary:
                 "finished labels' median change)"
             ),
             "calibration_ratios": [round(ratio, 4) for ratio in self.calibration_ratios],
+            "calibration_labels": self.calibration_labels,
             "steps": self.steps,
             "images": self.images,
         }
@@ -135,53 +141,94 @@ class LabelScheduler:
     """`LabelScheduler(session, config, decision, measure).run(labels) -> ScheduleOutcome`."""
 
     def __init__(
-        self, session: ReverseSession, config: ScheduleConfig, decision: Judge, measure: Measure,
+        self, session: ReverseSession, config: ScheduleConfig, decision: Judge, measure: Measure, seed: int = 0,
         progress: ProgressCallback | None = None,
     ):  # fmt: skip
         self.session = session
         self.config = config.validate()
         self.decision = decision
         self.measure = measure
+        self.seed = seed
         self.progress = progress
 
     def run(self, labels: Sequence[int]) -> ScheduleOutcome:
         runs = {label: self.session.start(label) for label in labels}
         if self.config.mode == "full" or len(labels) <= self.config.calibration_labels + 1:
             self._finish(list(runs.values()))
-            return self._outcome(runs, self._measured(runs.values()), 0, [])
+            return self._outcome(runs, self._measured(runs.values()), 0, [], [])
         self._screen(list(runs.values()))
         screened = self._measured(runs.values())
         bounds = {label: run.norm for label, run in runs.items()}
         calibration = nearest_median(bounds, self.config.calibration_labels)
         self._finish([runs[label] for label in calibration])
         final: dict[int, LabelEvidence] = {}
+        rng = np.random.default_rng(self.seed)
         rounds = 0
         while True:
             rounds += 1
             final.update(self._measured(run for run in runs.values() if run.finished and run.label not in final))
-            typical = [runs[label] for label in calibration]
-            finished = [run for run in runs.values() if run.finished]
-            moves = median_moves(screened, final, calibration)
-            evidence, fastest = dict(final), {}
-            for label, run in runs.items():
-                if label not in final:
-                    # calibration labels that had no trigger yet at this step say nothing: any finished label
-                    ratios = shrink_ratios(typical, run.steps)
-                    ratios = ratios if len(ratios) else shrink_ratios(finished, run.steps)
-                    ratios = ratios if len(ratios) else np.ones(1)
-                    evidence[label] = projected(screened[label], run.norm * float(np.median(ratios)), moves)
-                    fastest[label] = float(ratios.min())
+            evidence, fastest = self._projection(runs, screened, final, calibration)
             near = {
                 label
                 for label, ratio in fastest.items()
                 if label in self.decision.near({**evidence, label: dataclasses.replace(
                     evidence[label], norm=runs[label].norm * ratio)})
             }  # fmt: skip
-            if not near:
+            if near:
+                self._finish([runs[label] for label in sorted(near)])
+                continue
+            if self._settled(evidence, runs, screened, final, calibration, rng):
                 steps = {run.steps for run in runs.values() if not run.finished}
+                typical = [runs[label] for label in calibration]
                 pooled = sorted({ratio for step in steps for ratio in shrink_ratios(typical, step).tolist()})
-                return self._outcome(runs, evidence, rounds, pooled)
-            self._finish([runs[label] for label in sorted(near)])
+                return self._outcome(runs, evidence, rounds, pooled, calibration)
+            stopped = {label: run.norm for label, run in runs.items() if not run.finished}
+            more = nearest_median(stopped, self.config.calibration_labels)
+            calibration = [*calibration, *more]
+            self._finish([runs[label] for label in more])
+
+    def _projection(
+        self,
+        runs: dict[int, LabelRun],
+        screened: dict[int, LabelEvidence],
+        final: dict[int, LabelEvidence],
+        calibration: Sequence[int],
+    ) -> tuple[dict[int, LabelEvidence], dict[int, float]]:
+        """(every label's evidence: final, or projected from `calibration`'s median shrink ratio and median moves;
+        each stopped label's fastest shrink ratio among `calibration`)."""
+        typical = [runs[label] for label in calibration]
+        finished = [run for run in runs.values() if run.finished]
+        moves = median_moves(screened, final, calibration)
+        evidence, fastest = dict(final), {}
+        for label, run in runs.items():
+            if label not in final:
+                # calibration labels that had no trigger yet at this step say nothing: any finished label does
+                ratios = shrink_ratios(typical, run.steps)
+                ratios = ratios if len(ratios) else shrink_ratios(finished, run.steps)
+                ratios = ratios if len(ratios) else np.ones(1)
+                evidence[label] = projected(screened[label], run.norm * float(np.median(ratios)), moves)
+                fastest[label] = float(ratios.min())
+        return evidence, fastest
+
+    def _settled(
+        self,
+        evidence: dict[int, LabelEvidence],
+        runs: dict[int, LabelRun],
+        screened: dict[int, LabelEvidence],
+        final: dict[int, LabelEvidence],
+        calibration: list[int],
+        rng: np.random.Generator,
+    ) -> bool:
+        """Whether the flagged labels stay the same when the projection is drawn from bootstrap resamples of the
+        calibration labels (the projection's own uncertainty)."""
+        if len(final) == len(runs):
+            return True
+        flagged = self.decision.judge(evidence).flagged
+        for _ in range(self.config.resamples):
+            sample = rng.choice(calibration, len(calibration)).tolist()
+            if self.decision.judge(self._projection(runs, screened, final, sample)[0]).flagged != flagged:
+                return False
+        return True
 
     def _screen(self, runs: list[LabelRun]) -> None:
         self.session.advance(runs, self.config.screen_steps, self.progress)
@@ -200,13 +247,19 @@ class LabelScheduler:
         self.session.advance(runs, None, self.progress)
 
     def _outcome(
-        self, runs: dict[int, LabelRun], evidence: dict[int, LabelEvidence], rounds: int, ratios: list[float]
+        self,
+        runs: dict[int, LabelRun],
+        evidence: dict[int, LabelEvidence],
+        rounds: int,
+        ratios: list[float],
+        calibration: list[int],
     ) -> ScheduleOutcome:
         summary = ScheduleSummary(
             mode=self.config.mode,
             final={label: run.finished for label, run in runs.items()},
             rounds=rounds,
             calibration_ratios=ratios,
+            calibration_labels=sorted(calibration),
             steps=sum(run.steps for run in runs.values()),
             images=sum(run.images for run in runs.values()),
         )
