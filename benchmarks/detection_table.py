@@ -91,6 +91,19 @@ def mean_success(card: ZooCard) -> float:
     return sum(card.attack_success.values()) / max(1, len(card.attack_success))
 
 
+def evidence_cache(folder: Path) -> Path:
+    """Where `--remeasure` keeps a scan's re-measured evidence: beside (not inside) its report folder."""
+    return folder.with_name(f"{folder.name}.evidence.json")
+
+
+def saved_evidence(report: ScanReport, folder: Path) -> dict[int, LabelEvidence]:
+    """A saved scan's evidence: re-measured where `--remeasure` left it, else the report's own."""
+    cache = evidence_cache(folder)
+    if cache.exists():
+        return {item["label"]: LabelEvidence(**item) for item in json.loads(cache.read_text())}
+    return label_evidence(report)
+
+
 def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool) -> list[ZooScan]:
     scans = []
     for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
@@ -101,14 +114,11 @@ def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool) -> list[ZooSc
             continue
         card = ZooCard.read(card_path)
         report = read_scan_report(folder)
-        cache = folder.with_name(f"{folder.name}.evidence.json")
         if remeasure:
             evidence = remeasured(report, folder, model_path)
-            cache.write_text(json.dumps([dataclasses.asdict(item) for item in evidence.values()]))
-        elif cache.exists():
-            evidence = {item["label"]: LabelEvidence(**item) for item in json.loads(cache.read_text())}
+            evidence_cache(folder).write_text(json.dumps([dataclasses.asdict(item) for item in evidence.values()]))
         else:
-            evidence = label_evidence(report)
+            evidence = saved_evidence(report, folder)
         family = card.attack["family"] if card.attack else "clean"
         if card.attack and mean_success(card) < MIN_ATTACK_SUCCESS:
             family = "failed_attack"  # the attack did not take: neither a backdoored nor a clean model

@@ -16,7 +16,6 @@ projected).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.detection_table import label_evidence
+from benchmarks.detection_table import saved_evidence
 from benchmarks.zoo_scans import REPORT, SCANS_DIR, ScanJob, parse_ints, run_all, scan_jobs
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
 from scanner import make_config, scan
-from scanner.decision.evidence import LabelEvidence
 from scanner.decision.rules import EvidenceDecision
 from scanner.mitigate.report_folder import read_scan_report
 
@@ -45,11 +43,7 @@ class Judged:
 def judged(folder: Path) -> Judged:
     """A saved scan judged by the evidence rule, on the re-measured evidence where it was kept."""
     report = read_scan_report(folder)
-    cache = folder.with_name(f"{folder.name}.evidence.json")
-    if cache.exists():
-        evidence = {item["label"]: LabelEvidence(**item) for item in json.loads(cache.read_text())}
-    else:
-        evidence = label_evidence(report)
+    evidence = saved_evidence(report, folder)
     return Judged(EvidenceDecision().judge(evidence).flagged, report.schedule["images"], report.seconds_total)
 
 

@@ -18,7 +18,7 @@ from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softm
 from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
 from scanner.decision.evidence import EvidenceMeter
-from scanner.decision.rules import make_decision
+from scanner.decision.rules import make_decision, norms_of
 from scanner.mad import MIN_LABELS, mad_outliers
 from scanner.model import ScoringModel, accuracy
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
@@ -152,7 +152,7 @@ def scan(
     for trigger in triggers:
         if not runs[trigger.label].finished:  # stopped by the scheduler: done all the same
             on_label(trigger)
-    estimates = {label: item.norm for label, item in evidence.items()}
+    estimates = norms_of(evidence)
     mad = mad_outliers(estimates, config.mad_threshold)
     judged = decision.judge(evidence)
     label_results = [

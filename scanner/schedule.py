@@ -29,23 +29,16 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from scanner.config import ScheduleConfig
 from scanner.decision.evidence import LabelEvidence
-from scanner.decision.rules import DecisionResult
+from scanner.decision.rules import Decision
 from scanner.reverse import LabelRun, ProgressCallback, ReverseSession
 
 # the evidence fields a stopped label's projection moves by the finished labels' median change
 MOVING_MEASURES = tuple(item.name for item in dataclasses.fields(LabelEvidence) if item.name not in ("label", "norm"))
-
-
-class Judge(Protocol):
-    def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult: ...
-
-    def near(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]: ...
 
 
 Measure = Callable[[int, np.ndarray, np.ndarray], LabelEvidence]  # (label, mask, pattern) -> evidence
@@ -141,7 +134,7 @@ class LabelScheduler:
     """`LabelScheduler(session, config, decision, measure).run(labels) -> ScheduleOutcome`."""
 
     def __init__(
-        self, session: ReverseSession, config: ScheduleConfig, decision: Judge, measure: Measure, seed: int = 0,
+        self, session: ReverseSession, config: ScheduleConfig, decision: Decision, measure: Measure, seed: int = 0,
         progress: ProgressCallback | None = None,
     ):  # fmt: skip
         self.session = session
