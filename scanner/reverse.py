@@ -246,7 +246,7 @@ class TriggerReverser:
             raise ValueError("no clean images to reverse triggers with")
         return ReverseSession(self, torch.from_numpy(images).to(self.device), label_count)
 
-    def _run_step(self, clean: torch.Tensor, slots: list[LabelRun], params: _SlotTensors) -> None:
+    def _run_step(self, clean: torch.Tensor, slots: list[LabelRun], params: _SlotTensors, mini_batch: int) -> None:
         config = self.config
         targets = torch.tensor([slot.label for slot in slots], device=self.device)
         costs = torch.tensor([slot.schedule.cost for slot in slots], device=self.device, dtype=clean.dtype)
@@ -254,7 +254,7 @@ class TriggerReverser:
             slot.success_sum = slot.norm_sum = 0.0
         for _ in range(config.batches_per_step):
             started = time.perf_counter()
-            index = np.stack([slot.next_indices(config.mini_batch, len(clean)) for slot in slots])
+            index = np.stack([slot.next_indices(mini_batch, len(clean)) for slot in slots])
             batch = clean[torch.from_numpy(index).to(self.device)]  # (K, B, C, H, W)
             params.mask_tanh.requires_grad_(True)
             params.pattern_tanh.requires_grad_(True)
@@ -262,8 +262,8 @@ class TriggerReverser:
             pattern = pattern_from_tanh(params.pattern_tanh)  # (K, C, H, W)
             stamped = stamp(batch, mask.unsqueeze(1), pattern.unsqueeze(1))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
-                log_probs = self.model(stamped.flatten(0, 1)).float().view(len(slots), config.mini_batch, -1)
-            target_log_probs = log_probs.gather(2, targets.view(-1, 1, 1).expand(-1, config.mini_batch, 1))
+                log_probs = self.model(stamped.flatten(0, 1)).float().view(len(slots), mini_batch, -1)
+            target_log_probs = log_probs.gather(2, targets.view(-1, 1, 1).expand(-1, mini_batch, 1))
             cross_entropy = -target_log_probs.squeeze(2).mean(dim=1)  # (K,)
             norms = mask.sum(dim=(1, 2, 3))  # (K,)
             loss = (cross_entropy + costs * norms).sum()
@@ -276,7 +276,7 @@ class TriggerReverser:
                 slot.success_sum += slot_success
                 slot.norm_sum += slot_norm
                 slot.seconds += elapsed
-                slot.images += config.mini_batch
+                slot.images += mini_batch
 
     def _after_step(self, slot: LabelRun, params: _SlotTensors, index: int) -> bool:
         """Advance one slot's schedule after a step; True when the label is finished."""
@@ -323,10 +323,19 @@ class ReverseSession:
     def start(self, label: int) -> LabelRun:
         return LabelRun(label, label_rng(self.reverser.seed, label))
 
-    def advance(self, runs: Sequence[LabelRun], steps: int | None, progress: ProgressCallback | None = None) -> None:
+    def advance(
+        self,
+        runs: Sequence[LabelRun],
+        steps: int | None,
+        progress: ProgressCallback | None = None,
+        mini_batch: int | None = None,
+    ) -> None:
         """Run each unfinished run for up to `steps` more steps (None: until it finishes). A run that finishes
         or has spent its steps leaves its slot to the next, so the batch stays full. `progress` gets the
-        result of each run that finishes."""
+        result of each run that finishes. `mini_batch` (at most the config's) runs each step's Adam updates on
+        fewer images: as many updates per step, at a fraction of the cost, and a success test over fewer images
+        (benchmarks/schedule_replay.py records screens made this way)."""
+        mini_batch = min(mini_batch or self.reverser.config.mini_batch, self.reverser.config.mini_batch)
         channels, height, width = self.clean.shape[1:]
         pending = [run for run in runs if not run.finished]
         stop_at = {run.label: math.inf if steps is None else run.steps + steps for run in pending}
@@ -344,7 +353,7 @@ class ReverseSession:
 
         fill()
         while active:
-            self.reverser._run_step(self.clean, active, params)
+            self.reverser._run_step(self.clean, active, params, mini_batch)
             leaving = []
             for i, run in enumerate(active):
                 run.finished = self.reverser._after_step(run, params, i)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from cleanse_base.errors import ConfigError, DataError
 from cleanse_base.version import __version__
-from converters.intake import intake_model
+from converters.intake import IntakeResult, intake_model
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
 from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
@@ -97,22 +98,24 @@ def scan_labels(config: ScanConfig, num_classes: int, require_verdict: bool = Fa
     return labels
 
 
-def scan(
-    model_path: str | Path,
-    data: str | Path | CleanData,
-    config: ScanConfig = ScanConfig(),
-    progress: Callable[[LabelTrigger, int, int], None] | None = None,
-    require_verdict: bool = False,
-) -> ScanReport:
-    """Scan an ONNX image classifier for backdoors with Neural Cleanse.
+@dataclass(frozen=True)
+class ScanInputs:
+    """What a scan reverses against, read and checked: the model (converted, scaled) and the clean data."""
 
-    `data` is a path (.npz, .npy, .h5 or a folder of class subfolders) or a CleanData. `progress`, when
-    given, is called as each label finishes with (result, labels done, labels total). With fewer than 3 labels
-    scanned the report's verdict is "inconclusive"; `require_verdict` refuses such a scan before it runs.
-    """
-    started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
+    device: torch.device
+    intake: IntakeResult
+    converted: ConvertedModel
+    labels: list[int]
+    data: CleanData
+    scaling_choice: ScalingChoice
+    model: ScoringModel
+
+
+def scan_inputs(
+    model_path: str | Path, data: str | Path | CleanData, config: ScanConfig, require_verdict: bool = False
+) -> ScanInputs:
+    """Read the model and the clean data as `config` says, choose the scaling, and build the scoring model."""
     device = prepare_runtime(config.device, config.threads, config.seed)
-
     overrides = config.contract
     intake = intake_model(model_path, (overrides.channels, overrides.height, overrides.width))
     converted = load_onnx_classifier(
@@ -133,6 +136,26 @@ def scan(
     converted.module.to(device)
     scaling, scaling_choice = choose_scaling(converted, data, config, device)
     model = scoring_model(converted, scaling, device)
+    return ScanInputs(device, intake, converted, labels, data, scaling_choice, model)
+
+
+def scan(
+    model_path: str | Path,
+    data: str | Path | CleanData,
+    config: ScanConfig = ScanConfig(),
+    progress: Callable[[LabelTrigger, int, int], None] | None = None,
+    require_verdict: bool = False,
+) -> ScanReport:
+    """Scan an ONNX image classifier for backdoors with Neural Cleanse.
+
+    `data` is a path (.npz, .npy, .h5 or a folder of class subfolders) or a CleanData. `progress`, when
+    given, is called as each label finishes with (result, labels done, labels total). With fewer than 3 labels
+    scanned the report's verdict is "inconclusive"; `require_verdict` refuses such a scan before it runs.
+    """
+    started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
+    inputs = scan_inputs(model_path, data, config, require_verdict)
+    device, converted, labels, data, model = inputs.device, inputs.converted, inputs.labels, inputs.data, inputs.model
+    contract = converted.contract
 
     done = 0
 
@@ -174,7 +197,7 @@ def scan(
     return ScanReport(
         tool_version=__version__,
         model_path=str(model_path),
-        model_sha256=intake.record.source_sha256,
+        model_sha256=inputs.intake.record.source_sha256,
         contract=contract,
         conversion={
             "converter": "onnx2torch",
@@ -182,7 +205,7 @@ def scan(
             "converted_opset": converted.converted_opset,
             "max_abs_diff_vs_onnxruntime": converted.max_abs_diff,
             "notes": converted.notes,
-            "intake": intake.record.to_dict(),
+            "intake": inputs.intake.record.to_dict(),
         },
         data={
             "source": data.source,
@@ -190,7 +213,7 @@ def scan(
             "labelled": data.labels is not None,
             "notes": data.notes,
         },
-        scaling=scaling_choice,
+        scaling=inputs.scaling_choice,
         config=config,
         labels=label_results,
         mad=mad,

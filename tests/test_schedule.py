@@ -113,3 +113,56 @@ def test_screened_flags_what_full_flags_with_fewer_images(rule):
     assert screened.runs[3].finished and all(full.summary.final.values())
     assert not all(screened.summary.final.values())
     assert screened.summary.images < full.summary.images
+
+
+def test_steps_on_smaller_mini_batches_make_as_many_updates_on_fewer_images():
+    images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(mini_batch=16, images_per_step=64, max_steps=60, patience=2, early_stop_patience=6)
+    session = TriggerReverser(PlantedLinear(), config, torch.device("cpu"), seed=0).session(images, 2)
+    small, usual = session.start(3), session.start(5)
+    session.advance([small], 3, mini_batch=4)
+    session.advance([usual], 3)
+    assert (small.steps, small.images) == (3, 3 * 4 * 4)  # 4 updates a step, 4 images each
+    assert (usual.steps, usual.images) == (3, 3 * 4 * 16)
+    session.advance([small], 2, mini_batch=64)  # never more than the config's mini-batch
+    assert small.images == 3 * 4 * 4 + 2 * 4 * 16
+
+
+def recorded_label(label: int, screen_norm: float, final_norm: float, compactness: float) -> dict:
+    """One label of a schedule_replay recording: 10 screen steps to `screen_norm`, then on to `final_norm`."""
+    best_norms = [*np.geomspace(4 * screen_norm, screen_norm, 10), *np.geomspace(screen_norm, final_norm, 30)]
+
+    def evidence(norm: float, compact: float) -> dict:
+        measured = {"success": 0.99, "core_success": 0.5, "compactness": compact, "drive": 0.4}
+        return {"label": label, "norm": norm, **measured}
+
+    return {
+        "label": label,
+        "screen_steps": 10,
+        "screen_images": 2560,
+        "screen_evidence": evidence(screen_norm, compactness * 0.8),
+        "final_steps": 40,
+        "final_images": 10240,
+        "final_evidence": evidence(final_norm, compactness),
+        "best_norms": best_norms,
+    }
+
+
+def test_the_replay_benchmark_drives_the_real_scheduler_on_a_recording():
+    from benchmarks.schedule_replay import RecordedSession
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in range(30):  # typical labels end at about half their screened bound
+        bound = 100 * rng.uniform(0.8, 1.25)
+        rows.append(recorded_label(label, bound, bound * rng.uniform(0.45, 0.55), 0.4 + rng.uniform(-0.05, 0.05)))
+    rows[3] = recorded_label(3, 40, 4, 0.95)  # a planted trigger: small in the screen, tiny and compact at its end
+    session = RecordedSession(rows)
+    decision = EvidenceDecision()
+    scheduler = LabelScheduler(session, ScheduleConfig(mode="screened"), decision, session.recorded_evidence)
+    outcome = scheduler.run(range(30))
+    truth = decision.judge({row["label"]: LabelEvidence(**row["final_evidence"]) for row in rows})
+    assert truth.flagged == [3]
+    assert decision.judge(outcome.evidence).flagged == [3] and outcome.summary.final[3]
+    assert 0 < sum(outcome.summary.final.values()) < 30  # typical labels stopped after the screen
+    assert outcome.summary.images < sum(row["final_images"] for row in rows)
