@@ -1,11 +1,12 @@
 """The screened schedule against the full one: the same flagged labels, fewer images, less time.
 
-    python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2]
+    python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--replica]
     python -m benchmarks.schedule_bench timed [--models digits,gtsrb,NAME] [--threads 2] [--full-labels N]
 
 `zoo`: a screened CLI scan of each zoo model and seed (reports under .cache/zoo/scans-screened/), compared with
 the full scan that `benchmarks.zoo_scans` keeps (run here where missing), both judged by the evidence rule
-(the full scan's re-measured evidence where `benchmarks.detection_table --remeasure` left it): flagged labels,
+(the full scan's re-measured evidence where `benchmarks.detection_table --remeasure` left it; `--replica` adds
+the GTSRB replica, as `gtsrb-replica`): flagged labels,
 images used and their ratio, seconds (each scan on one thread; runs at different times, so compare the
 images). `timed`: both schedules one after the other in this process, on the same model, data and thread
 count: seconds, images, flagged labels and the ratios (`gtsrb` is the GTSRB replica, built when missing; with
@@ -16,6 +17,7 @@ projected).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from scanner.decision.rules import EvidenceDecision
 from scanner.mitigate.report_folder import read_scan_report
 
 SCREENED_DIR = REPO_ROOT / ".cache" / "zoo" / "scans-screened"
+REPLICA = "gtsrb-replica"
 
 
 @dataclass(frozen=True)
@@ -47,18 +50,16 @@ def judged(folder: Path) -> Judged:
     return Judged(EvidenceDecision().judge(evidence).flagged, report.schedule["images"], report.seconds_total)
 
 
-class ScreenedJob(ScanJob):
-    def command(self) -> list[str]:
-        return [*super().command(), "--schedule", "screened"]
-
-
 def compare_zoo(args: argparse.Namespace) -> None:
     only = args.only.split(",") if args.only else None
     data_dir = args.data or shared_data_dir()
     seeds = parse_ints(args.seeds)
     full_jobs, missing = scan_jobs(only, seeds, args.max_images, DEFAULT_CACHE, data_dir, SCANS_DIR)
+    if args.replica:
+        full_jobs += replica_jobs(seeds, args.max_images, data_dir)
     screened_jobs = [
-        ScreenedJob(**{**job.__dict__, "out": SCREENED_DIR / job.name / f"seed{job.seed}"}) for job in full_jobs
+        dataclasses.replace(job, out=SCREENED_DIR / job.name / f"seed{job.seed}", schedule="screened")
+        for job in full_jobs
     ]
     if missing:
         print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}")
@@ -82,6 +83,17 @@ def compare_zoo(args: argparse.Namespace) -> None:
         )
     if rows:
         print(f"\n{same} of {rows} scans flag the same labels; mean images ratio {ratios / rows:.2f}x")
+
+
+def replica_jobs(seeds: list[int], max_images: int, data_dir: Path) -> list[ScanJob]:
+    """Full scans of the GTSRB replica (the seed's paper model, BadNets target 33), built when missing."""
+    from fixtures.gtsrb import TARGET
+
+    model, data = timed_model("gtsrb", data_dir)
+    return [
+        ScanJob(REPLICA, seed, model, data, SCANS_DIR / REPLICA / f"seed{seed}", (TARGET,), max_images)
+        for seed in seeds
+    ]
 
 
 def timed_model(name: str, data_dir: Path) -> tuple[Path, Path]:
@@ -119,7 +131,7 @@ def timed(args: argparse.Namespace) -> None:
         classes = screened.contract.num_classes
         labels = sampled_labels(classes, args.full_labels, args.seed) if args.full_labels else []
         started = time.perf_counter()
-        full = scan(model, data, make_config({**settings, "labels": labels}))
+        full = scan(model, data, make_config({**settings, "labels": labels, "schedule": {"mode": "full"}}))
         full_s, full_images = time.perf_counter() - started, full.schedule["images"]
         if labels:  # the full schedule's cost grows with the labels: scale the sample's up to every label
             scale = classes / len(labels)
@@ -146,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     zoo.add_argument("--jobs", type=int, default=2)
     zoo.add_argument("--max-images", type=int, default=1000)
     zoo.add_argument("--data", type=Path, default=None)
+    zoo.add_argument("--replica", action="store_true", help="the GTSRB replica too (not a zoo model)")
     zoo.set_defaults(run=compare_zoo)
     clock = commands.add_parser("timed", help="both schedules timed in one process")
     clock.add_argument("--models", default="digits,gtsrb", help="digits, gtsrb (the replica) or zoo model names")

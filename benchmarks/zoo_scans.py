@@ -44,6 +44,7 @@ class ScanJob:
     out: Path  # the CLI's report folder
     targets: tuple[int, ...]
     max_images: int
+    schedule: str = "full"  # the detection table's scans reverse every label to its end
 
     @property
     def record(self) -> Path:
@@ -65,6 +66,8 @@ class ScanJob:
             str(self.seed),
             "--threads",
             "1",
+            "--schedule",
+            self.schedule,
             "--out",
             str(self.out),
             "--quiet",
