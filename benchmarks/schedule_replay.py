@@ -36,7 +36,7 @@ from scanner.decision.evidence import EvidenceMeter, LabelEvidence
 from scanner.decision.rules import EvidenceDecision
 from scanner.reverse import LabelRun, TriggerReverser
 from scanner.run_scan import scan_inputs
-from scanner.schedule import LabelScheduler
+from scanner.schedule import LabelScheduler, screen
 
 REPLAY_DIR = REPO_ROOT / ".cache" / "zoo" / "replay"
 PREDICTED = ("norm", "compactness", "mimicry", "success")  # measurements whose screen-to-final rank is printed
@@ -57,9 +57,7 @@ def record(name: str, screen_steps: int, screen_mini_batch: int, data_dir: Path)
         trigger = session.result(run)
         return dataclasses.asdict(meter.measure(run.label, trigger.mask, trigger.pattern))
 
-    session.advance(runs, screen_steps, mini_batch=screen_mini_batch)
-    while unfound := [run for run in runs if not run.finished and not math.isfinite(run.norm)]:
-        session.advance(unfound, screen_steps, mini_batch=screen_mini_batch)
+    screen(session, runs, screen_steps, mini_batch=screen_mini_batch)
     screened = {run.label: (run.steps, run.images, measured(run)) for run in runs}
     session.advance(runs, None)
     rows = [
@@ -144,14 +142,15 @@ def predictiveness(rows: list[dict]) -> str:
 def replay(paths: list[Path], seeds: list[int]) -> None:
     decision = EvidenceDecision()
     for path in paths:
-        rows = json.loads(path.read_text())["labels"]
+        recording = json.loads(path.read_text())
+        rows = recording["labels"]
         truth = decision.judge({row["label"]: LabelEvidence(**row["final_evidence"]) for row in rows})
         full_images = sum(row["final_images"] for row in rows)
         print(f"{path.name}: every label final: flagged {truth.flagged}, p {truth.score:.2g}")
         print(f"  screen predicts the end (Spearman): {predictiveness(rows)}")
         for seed in seeds:
             session = RecordedSession(rows)
-            config = make_config({"schedule": {"mode": "screened"}}).schedule
+            config = make_config({"schedule": {"mode": "screened", "screen_steps": recording["screen_steps"]}}).schedule
             scheduler = LabelScheduler(session, config, decision, session.recorded_evidence, seed)  # type: ignore[arg-type]
             outcome = scheduler.run(sorted(session.rows))
             got = decision.judge(outcome.evidence)

@@ -127,6 +127,20 @@ def projected(screened: LabelEvidence, norm: float, moves: Mapping[str, float]) 
     return dataclasses.replace(screened, norm=norm, **moved)
 
 
+def screen(
+    session: ReverseSession,
+    runs: Sequence[LabelRun],
+    steps: int,
+    progress: ProgressCallback | None = None,
+    mini_batch: int | None = None,
+) -> None:
+    """Every run on by `steps` steps; a run that has not yet reached the success threshold runs on, `steps` at a
+    time, until it does (or finishes)."""
+    session.advance(runs, steps, progress, mini_batch)
+    while unfound := [run for run in runs if not run.finished and not math.isfinite(run.norm)]:
+        session.advance(unfound, steps, progress, mini_batch)
+
+
 # ---------------------------------------------------------------- the scheduler
 
 
@@ -149,7 +163,7 @@ class LabelScheduler:
         if self.config.mode == "full" or len(labels) <= self.config.calibration_labels + 1:
             self._finish(list(runs.values()))
             return self._outcome(runs, self._measured(runs.values()), 0, [], [])
-        self._screen(list(runs.values()))
+        screen(self.session, list(runs.values()), self.config.screen_steps, self.progress)
         screened = self._measured(runs.values())
         bounds = {label: run.norm for label, run in runs.items()}
         calibration = nearest_median(bounds, self.config.calibration_labels)
@@ -222,11 +236,6 @@ class LabelScheduler:
             if self.decision.judge(self._projection(runs, screened, final, sample)[0]).flagged != flagged:
                 return False
         return True
-
-    def _screen(self, runs: list[LabelRun]) -> None:
-        self.session.advance(runs, self.config.screen_steps, self.progress)
-        while unfound := [run for run in runs if not run.finished and not math.isfinite(run.norm)]:
-            self.session.advance(unfound, self.config.screen_steps, self.progress)
 
     def _measured(self, runs) -> dict[int, LabelEvidence]:
         """Each run's evidence on its trigger as it stands (final once the run finished)."""
