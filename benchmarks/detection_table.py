@@ -9,6 +9,10 @@ evidence with each decision rule (so both rules see the same reversed triggers),
 - stability: models whose verdict differs between seeds, with the score's margin from the threshold;
 - with --labels: each infected model's target labels and its most suspicious other label, measure by measure.
 
+`--compare DIR` prints the same blocks for the scans of another folder (e.g. scans with `--starts 2` from
+`python -m benchmarks.zoo_scans --starts 2 --scans DIR`), both restricted to the (model, seed) pairs the two
+folders share, so the two reversals are judged on the same models and seeds.
+
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
 measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
 later runs read it.
@@ -243,21 +247,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--remeasure", action="store_true", help="measure the evidence again from the triggers")
     parser.add_argument("--alpha", type=float, default=EvidenceDecision().alpha)
     parser.add_argument("--labels", action="store_true", help="print the targets' evidence per scan")
+    parser.add_argument("--compare", type=Path, help="another scans folder, judged beside --scans on shared scans")
     args = parser.parse_args(argv)
-    scans = load_scans(args.scans, args.models, args.remeasure)
-    if not scans:
-        raise SystemExit(f"no scans under {args.scans}: run python -m benchmarks.zoo_scans first")
+    folders = [args.scans, *([args.compare] if args.compare else [])]
+    loaded = [load_scans(folder, args.models, args.remeasure) for folder in folders]
+    for folder, scans in zip(folders, loaded, strict=True):
+        if not scans:
+            raise SystemExit(f"no scans under {folder}: run python -m benchmarks.zoo_scans first")
+    shared = set.intersection(*({(scan.model, scan.seed) for scan in scans} for scans in loaded))
     rules = {"evidence": EvidenceDecision(args.alpha), "paper": PaperDecision()}
-    judged = judge_all(scans, rules)
-    models = {scan.model for scan in scans}
-    clean = {scan.model for scan in scans if scan.family == "clean"}
-    print(f"{len(scans)} scans of {len(models)} models ({len(clean)} clean), seeds {sorted({s.seed for s in scans})}")
-    for block in (family_table, auc_lines, stability_lines):
+    for folder, scans in zip(folders, loaded, strict=True):
+        scans = [scan for scan in scans if (scan.model, scan.seed) in shared]
+        judged = judge_all(scans, rules)
+        models = {scan.model for scan in scans}
+        clean = {scan.model for scan in scans if scan.family == "clean"}
+        seeds = sorted({s.seed for s in scans})
+        print(f"{folder}: {len(scans)} scans of {len(models)} models ({len(clean)} clean), seeds {seeds}")
+        for block in (family_table, auc_lines, stability_lines):
+            print()
+            print("\n".join(block(scans, judged, list(rules))))
+        if args.labels:
+            print()
+            print("\n".join(label_lines(scans, judged)))
         print()
-        print("\n".join(block(scans, judged, list(rules))))
-    if args.labels:
-        print()
-        print("\n".join(label_lines(scans, judged)))
 
 
 if __name__ == "__main__":

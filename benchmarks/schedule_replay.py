@@ -34,7 +34,7 @@ from fixtures.paths import REPO_ROOT, shared_data_dir
 from scanner import make_config
 from scanner.decision.evidence import EvidenceMeter, LabelEvidence
 from scanner.decision.rules import EvidenceDecision
-from scanner.reverse import LabelRun, TriggerReverser
+from scanner.reverse import LabelRun, StartRun, TriggerReverser
 from scanner.run_scan import scan_inputs
 from scanner.schedule import LabelScheduler, screen
 
@@ -95,11 +95,11 @@ class RecordedSession:
         self.rows = {row["label"]: row for row in rows}
 
     def start(self, label: int) -> LabelRun:
-        return LabelRun(label, np.random.default_rng(0))
+        return LabelRun(label, [StartRun(label, np.random.default_rng(0))])
 
     def advance(self, runs, steps, progress=None, mini_batch=None) -> None:
-        for run in runs:
-            row = self.rows[run.label]
+        for label_run in runs:
+            row, run = self.rows[label_run.label], label_run.starts[0]  # recordings hold one start per label
             screening = run.steps == 0 and steps is not None
             run.steps = row["screen_steps"] if screening else row["final_steps"]
             run.images = row["screen_images"] if screening else row["final_images"]

@@ -45,6 +45,7 @@ class ScanJob:
     targets: tuple[int, ...]
     max_images: int
     schedule: str = "full"  # the detection table's scans reverse every label to its end
+    starts: int = 1  # reversals per label (scanner.reverse: the label keeps the smallest trigger)
 
     @property
     def record(self) -> Path:
@@ -68,6 +69,8 @@ class ScanJob:
             "1",
             "--schedule",
             self.schedule,
+            "--starts",
+            str(self.starts),
             "--out",
             str(self.out),
             "--quiet",
@@ -97,7 +100,13 @@ def parse_ints(text: str) -> list[int]:
 
 
 def scan_jobs(
-    only: list[str] | None, seeds: list[int], max_images: int, models_dir: Path, data_dir: Path, scans_dir: Path
+    only: list[str] | None,
+    seeds: list[int],
+    max_images: int,
+    models_dir: Path,
+    data_dir: Path,
+    scans_dir: Path,
+    starts: int = 1,
 ) -> tuple[list[ScanJob], list[str]]:
     """(jobs ordered seed by seed, so every model gets its first seed before any gets a second; zoo models
     not built yet)."""
@@ -111,7 +120,7 @@ def scan_jobs(
         data = DATASETS[spec.dataset].folder(data_dir, models_dir) / card.test_file
         for seed in seeds:
             out = scans_dir / spec.name / f"seed{seed}"
-            jobs.append(ScanJob(spec.name, seed, model, data, out, tuple(card.targets), max_images))
+            jobs.append(ScanJob(spec.name, seed, model, data, out, tuple(card.targets), max_images, starts=starts))
     return sorted(jobs, key=lambda job: job.seed), missing
 
 
@@ -201,9 +210,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, default=DEFAULT_CACHE, help="the zoo build's --out (%(default)s)")
     parser.add_argument("--data", type=Path, default=None, help="shared data folder")
     parser.add_argument("--scans", type=Path, default=SCANS_DIR, help="report folders (%(default)s)")
+    parser.add_argument("--starts", type=int, default=1, help="reversals per label (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.max_images < 1:
-        parser.error("--jobs and --max-images must be at least 1")
+    if args.jobs < 1 or args.max_images < 1 or args.starts < 1:
+        parser.error("--jobs, --max-images and --starts must be at least 1")
     args.data = args.data or shared_data_dir()
     return args
 
@@ -212,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = args.only.split(",") if args.only else None
     try:
-        jobs, missing = scan_jobs(only, parse_ints(args.seeds), args.max_images, args.models, args.data, args.scans)
+        jobs, missing = scan_jobs(
+            only, parse_ints(args.seeds), args.max_images, args.models, args.data, args.scans, args.starts
+        )
     except FileNotFoundError as error:  # a prepared data set's test file missing and not preparable
         raise SystemExit(f"error: {error}") from None
     if missing:

@@ -237,6 +237,11 @@ shared_scan_options = options(
     click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Reverse-engineering budget (default: default)."),
     count_option("--images-per-step", help="Images per optimization step."),
     count_option("--max-steps", help="Step limit per label."),
+    count_option(
+        "--starts",
+        help="Independent reversals per label from different random starts; each label keeps its smallest trigger "
+        "(cost grows with the count).",
+    ),
     click.option(
         "--schedule",
         "schedule_mode",

@@ -50,6 +50,8 @@ class ReverseConfig:
     early_stop_threshold: float = 1.0  # the best norm must fall below threshold x the previous best to count
     early_stop_patience: int = 25
     labels_per_batch: int = 0  # labels reversed together in one forward pass; 0 = choose for the device
+    # independent reversals per label from different random starts; the label keeps the smallest trigger found
+    starts: int = 1
     # the model's forward/backward in float32, or bfloat16 (autocast); "auto" = bfloat16 where the device has
     # native bfloat16 arithmetic (AVX512-BF16/AMX CPUs, CUDA GPUs that support it), else float32
     precision: str = "float32"
@@ -62,7 +64,9 @@ class ReverseConfig:
         return max(1, self.images_per_step // self.mini_batch)
 
     def validate(self) -> ReverseConfig:
-        positive = ("mini_batch", "images_per_step", "max_steps", "learning_rate", "patience", "early_stop_patience")
+        positive = (
+            "mini_batch", "images_per_step", "max_steps", "learning_rate", "patience", "early_stop_patience", "starts"
+        )  # fmt: skip
         for name in positive:
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"reverse.{name} must be positive, not {getattr(self, name)}")

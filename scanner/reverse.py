@@ -11,6 +11,11 @@ result does not depend on which labels run beside it. A finished label leaves it
 A label's run can also pause after some steps and resume later with all of its state (the label scheduler in
 scanner/schedule.py screens every label briefly and spends the rest where the verdict can change):
 `ReverseSession.advance(runs, steps)` moves each run on by up to `steps` steps.
+
+A label may be reversed from several starts (`ReverseConfig.starts`): independent runs from different random
+initial masks and patterns, over different orders of the clean images; the label keeps the smallest trigger
+any start found. One start misses a planted trigger that another finds (the reversal is not convex), and
+every label gets the same number of starts, so no label's norm is favoured over another's.
 """
 
 from __future__ import annotations
@@ -138,8 +143,9 @@ def adam_update(
     param.sub_(learning_rate * (first_moment / bias1) / ((second_moment / bias2).sqrt() + ADAM_EPSILON))
 
 
-def label_rng(seed: int, label: int) -> np.random.Generator:
-    return np.random.default_rng([seed, label])
+def start_rng(seed: int, label: int, start: int) -> np.random.Generator:
+    """A start's initial mask and pattern and its order of images (start 0: as with a single start)."""
+    return np.random.default_rng([seed, label] if start == 0 else [seed, label, start])
 
 
 # ---------------------------------------------------------------- results
@@ -159,9 +165,9 @@ class LabelTrigger:
 
 
 @dataclass
-class LabelRun:
-    """One label being reversed, resumable: its schedule, data stream, best-so-far and (while it is paused) its
-    parameters and Adam state."""
+class StartRun:
+    """One start of a label's reversal, resumable: its schedule, data stream, best-so-far and (while it is
+    paused) its parameters and Adam state."""
 
     label: int
     rng: np.random.Generator
@@ -194,6 +200,46 @@ class LabelRun:
             self.cursor += take
             count -= take
         return np.concatenate(picked)
+
+
+@dataclass
+class LabelRun:
+    """One label being reversed from one or more starts; it stands where its best start stands."""
+
+    label: int
+    starts: list[StartRun]
+
+    @property
+    def norm(self) -> float:
+        """The smallest best norm of any start so far: an upper bound on the final one."""
+        return min(start.norm for start in self.starts)
+
+    @property
+    def finished(self) -> bool:
+        return all(start.finished for start in self.starts)
+
+    @property
+    def steps(self) -> int:
+        """Steps so far: the starts step side by side, so the furthest start's count."""
+        return max(start.steps for start in self.starts)
+
+    @property
+    def images(self) -> int:
+        """Clean images pushed forward and backward over all starts."""
+        return sum(start.images for start in self.starts)
+
+    @property
+    def best_norms(self) -> list[float]:
+        """The label's best norm after each step: the smallest over starts (a finished start keeps its last)."""
+        each = [start.best_norms for start in self.starts]
+        length = max(len(norms) for norms in each)
+        padded = [norms + (norms[-1:] or [math.inf]) * (length - len(norms)) for norms in each]
+        return [min(norms) for norms in zip(*padded, strict=True)] if length else []
+
+    def best_start(self) -> StartRun:
+        """The start whose trigger the label keeps: the smallest mask found, else the first start's."""
+        found = [start for start in self.starts if start.best is not None]
+        return min(found, key=lambda start: float(np.abs(start.best[0]).sum())) if found else self.starts[0]
 
 
 ProgressCallback = Callable[[LabelTrigger], None]
@@ -246,7 +292,7 @@ class TriggerReverser:
             raise ValueError("no clean images to reverse triggers with")
         return ReverseSession(self, torch.from_numpy(images).to(self.device), label_count)
 
-    def _run_step(self, clean: torch.Tensor, slots: list[LabelRun], params: _SlotTensors, mini_batch: int) -> None:
+    def _run_step(self, clean: torch.Tensor, slots: list[StartRun], params: _SlotTensors, mini_batch: int) -> None:
         config = self.config
         targets = torch.tensor([slot.label for slot in slots], device=self.device)
         costs = torch.tensor([slot.schedule.cost for slot in slots], device=self.device, dtype=clean.dtype)
@@ -278,7 +324,7 @@ class TriggerReverser:
                 slot.seconds += elapsed
                 slot.images += mini_batch
 
-    def _after_step(self, slot: LabelRun, params: _SlotTensors, index: int) -> bool:
+    def _after_step(self, slot: StartRun, params: _SlotTensors, index: int) -> bool:
         """Advance one slot's schedule after a step; True when the label is finished."""
         batches = self.config.batches_per_step
         success, norm = slot.success_sum / batches, slot.norm_sum / batches
@@ -290,7 +336,9 @@ class TriggerReverser:
             slot.best = (mask, pattern, success)
         return outcome.stop or slot.steps >= self.config.max_steps
 
-    def _result(self, slot: LabelRun) -> LabelTrigger:
+    def _result(self, run: LabelRun) -> LabelTrigger:
+        """The label's trigger: its best start's; steps and seconds spent over all starts."""
+        slot = run.best_start()
         found = slot.best is not None
         if found:
             mask, pattern, success = slot.best
@@ -304,8 +352,8 @@ class TriggerReverser:
             norm=float(np.abs(mask).sum()),
             attack_success=float(success),
             found=found,
-            steps=slot.steps,
-            seconds=slot.seconds,
+            steps=sum(start.steps for start in run.starts),
+            seconds=sum(start.seconds for start in run.starts),
             final_cost=slot.schedule.cost,
         )
 
@@ -321,7 +369,8 @@ class ReverseSession:
         self.width = config.labels_per_batch or auto_labels_per_batch(reverser.device, config.mini_batch, label_count)
 
     def start(self, label: int) -> LabelRun:
-        return LabelRun(label, label_rng(self.reverser.seed, label))
+        seed = self.reverser.seed
+        return LabelRun(label, [StartRun(label, start_rng(seed, label, k)) for k in range(self.reverser.config.starts)])
 
     def advance(
         self,
@@ -337,9 +386,10 @@ class ReverseSession:
         (benchmarks/schedule_replay.py records screens made this way)."""
         mini_batch = min(mini_batch or self.reverser.config.mini_batch, self.reverser.config.mini_batch)
         channels, height, width = self.clean.shape[1:]
-        pending = [run for run in runs if not run.finished]
-        stop_at = {run.label: math.inf if steps is None else run.steps + steps for run in pending}
-        active: list[LabelRun] = []
+        owner = {id(start): run for run in runs for start in run.starts}
+        pending = [start for run in runs for start in run.starts if not start.finished]
+        stop_at = {id(start): math.inf if steps is None else start.steps + steps for start in pending}
+        active: list[StartRun] = []
         params = _SlotTensors(self.reverser.device, channels, height, width)
 
         def fill() -> None:
@@ -357,17 +407,18 @@ class ReverseSession:
             leaving = []
             for i, run in enumerate(active):
                 run.finished = self.reverser._after_step(run, params, i)
-                if run.finished or run.steps >= stop_at[run.label]:
+                if run.finished or run.steps >= stop_at[id(run)]:
                     leaving.append(i)
             for i in reversed(leaving):
                 run = active.pop(i)
                 run.saved = params.pause(i)
-                if run.finished and progress:
-                    progress(self.result(run))
+                if run.finished and progress and owner[id(run)].finished:
+                    progress(self.result(owner[id(run)]))
             fill()
 
     def result(self, run: LabelRun) -> LabelTrigger:
-        """The run's trigger so far: its best mask, or its current one when none reached the threshold."""
+        """The run's trigger so far: its best start's best mask, or its first start's current one when no start
+        reached the threshold."""
         return self.reverser._result(run)
 
 

@@ -12,7 +12,7 @@ from cleanse_base.errors import ConfigError
 from scanner.config import ReverseConfig
 from scanner.decision.evidence import EvidenceMeter, LabelEvidence
 from scanner.decision.rules import EvidenceDecision, PaperDecision
-from scanner.reverse import LabelRun, TriggerReverser
+from scanner.reverse import LabelRun, StartRun, TriggerReverser
 from scanner.schedule import (
     LabelScheduler,
     ScheduleConfig,
@@ -24,9 +24,9 @@ from scanner.schedule import (
 
 
 def finished_run(label: int, best_norms: list[float]) -> LabelRun:
-    run = LabelRun(label, np.random.default_rng(0), finished=True, best_norms=best_norms)
+    run = StartRun(label, np.random.default_rng(0), finished=True, best_norms=best_norms)
     run.schedule.best_norm = best_norms[-1]
-    return run
+    return LabelRun(label, [run])
 
 
 def test_shrink_ratio_is_final_over_best_at_that_step():

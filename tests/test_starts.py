@@ -1,0 +1,97 @@
+"""Several starts per label: the label stands where its best start stands, and keeps the smallest trigger found."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cleanse_base.errors import ConfigError
+from scanner.config import ReverseConfig, make_config
+from scanner.report import format_summary
+from scanner.reverse import LabelRun, StartRun, TriggerReverser
+from scanner.run_scan import scan
+from tests.test_schedule import PlantedLinear
+
+
+def start(best_norms: list[float], finished: bool = False, best: bool = True) -> StartRun:
+    run = StartRun(0, np.random.default_rng(0), finished=finished, best_norms=best_norms, steps=len(best_norms))
+    run.schedule.best_norm = best_norms[-1] if best_norms else math.inf
+    if best and math.isfinite(run.schedule.best_norm):
+        mask = np.full((4, 4), run.schedule.best_norm / 16)  # a mask of the best norm's L1
+        run.best = (mask, np.zeros((1, 4, 4)), 1.0)
+    return run
+
+
+def test_a_label_stands_where_its_best_start_stands():
+    early = start([math.inf, 30.0, 20.0], finished=True)
+    late = start([50.0, 40.0, 25.0, 12.0, 11.0])
+    run = LabelRun(0, [early, late])
+    assert run.norm == 11.0 and run.steps == 5 and not run.finished
+    # step by step the smaller of the two; a finished start keeps its last best norm
+    assert run.best_norms == [50.0, 30.0, 20.0, 12.0, 11.0]
+    assert run.best_start() is late
+    late.finished = True
+    assert run.finished
+
+
+def test_a_start_that_found_no_trigger_is_never_chosen():
+    nothing = start([math.inf, math.inf], best=False)
+    found = start([80.0, 60.0])
+    assert LabelRun(0, [nothing, found]).best_start() is found
+    assert LabelRun(0, [nothing, start([math.inf], best=False)]).best_start() is nothing  # none found: the first
+
+
+def test_starts_must_be_positive():
+    with pytest.raises(ConfigError, match="starts"):
+        ReverseConfig(starts=0)
+    assert make_config({"reverse": {"starts": 3}}).reverse.starts == 3
+
+
+def reversed_labels(starts: int, labels: list[int]):
+    images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(
+        mini_batch=16, images_per_step=64, max_steps=40, patience=2, early_stop_patience=6, starts=starts
+    )
+    session = TriggerReverser(PlantedLinear(), config, torch.device("cpu"), seed=0).session(images, len(labels))
+    runs = [session.start(label) for label in labels]
+    session.advance(runs, None)
+    return session, runs
+
+
+def test_a_label_keeps_the_smallest_trigger_of_its_starts_and_the_first_start_is_the_single_run():
+    labels = [3, 5, 7]
+    single_session, single = reversed_labels(1, labels)
+    session, runs = reversed_labels(2, labels)
+    for alone, run in zip(single, runs, strict=True):
+        per_start = [session.result(LabelRun(run.label, [one])).norm for one in run.starts]
+        assert per_start[0] == single_session.result(alone).norm  # start 0 is the one-start run, exactly
+        assert per_start[1] != per_start[0]  # another initial mask and image order: another run
+        trigger = session.result(run)
+        assert trigger.norm == min(per_start)
+        assert run.images == sum(one.images for one in run.starts) > alone.images
+        assert trigger.steps == sum(one.steps for one in run.starts)
+
+
+@pytest.mark.slow
+def test_a_two_start_scan_flags_the_digits_backdoor_and_reports_each_label_once(digits):
+    seen: list[int] = []
+    config = make_config({"seed": 1, "reverse": {"starts": 2}})
+    model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
+    report = scan(model, data, config, lambda trigger, *_: seen.append(trigger.label))
+    assert report.flagged == [7]
+    assert sorted(seen) == list(range(10))  # a label is done when its last start is
+    assert report.config.reverse.starts == 2 and "2 starts per label" in format_summary(report)
+    assert report.schedule["images"] == sum(result.steps for result in report.labels) * 256
+
+
+@pytest.mark.slow
+def test_starts_of_one_label_batched_together_give_the_triggers_they_give_alone(digits):
+    def norms(labels_per_batch: int) -> list[float]:
+        settings = {"reverse": {"max_steps": 15, "labels_per_batch": labels_per_batch, "starts": 2}}
+        config = make_config({"seed": 5, "labels": [1, 7, 9], **settings})
+        return [r.l1_norm for r in scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config).labels]
+
+    np.testing.assert_allclose(norms(1), norms(4), rtol=1e-3)
