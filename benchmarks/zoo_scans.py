@@ -1,11 +1,12 @@
 """Scan the model zoo with the real CLI: one subprocess per (model, seed), reports kept for the detection table.
 
     python -m benchmarks.zoo_scans [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--max-images 1000]
+        [--starts N] [--schedule full|screened] [--scans DIR]
 
 For each built zoo model (`python -m fixtures.build zoo`) and seed, runs
 
     python -m scanner.cli scan <model>.onnx --data <the data set's test file> --max-images N
-        --seed K --threads 1 --out .cache/zoo/scans/<name>/seed<K>
+        --seed K --threads 1 --schedule full --starts 1 --out .cache/zoo/scans/<name>/seed<K>
 
 with OMP_NUM_THREADS=1, at most --jobs at once, skipping scans whose report.json exists. Beside each report
 folder, `seed<K>.run.json` keeps the exit code, seconds and command of the run that wrote it. Prints one line
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
 from fixtures.zoo import DATASETS, ZooCard, model_paths, select
+from scanner.config import SCHEDULES
 
 SCANS_DIR = REPO_ROOT / ".cache" / "zoo" / "scans"
 REPORT = "report.json"
@@ -107,6 +109,7 @@ def scan_jobs(
     data_dir: Path,
     scans_dir: Path,
     starts: int = 1,
+    schedule: str = "full",
 ) -> tuple[list[ScanJob], list[str]]:
     """(jobs ordered seed by seed, so every model gets its first seed before any gets a second; zoo models
     not built yet)."""
@@ -120,7 +123,8 @@ def scan_jobs(
         data = DATASETS[spec.dataset].folder(data_dir, models_dir) / card.test_file
         for seed in seeds:
             out = scans_dir / spec.name / f"seed{seed}"
-            jobs.append(ScanJob(spec.name, seed, model, data, out, tuple(card.targets), max_images, starts=starts))
+            job = ScanJob(spec.name, seed, model, data, out, tuple(card.targets), max_images, schedule, starts)
+            jobs.append(job)
     return sorted(jobs, key=lambda job: job.seed), missing
 
 
@@ -211,6 +215,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None, help="shared data folder")
     parser.add_argument("--scans", type=Path, default=SCANS_DIR, help="report folders (%(default)s)")
     parser.add_argument("--starts", type=int, default=1, help="reversals per label (default: %(default)s)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="full", help="label schedule (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.max_images < 1 or args.starts < 1:
         parser.error("--jobs, --max-images and --starts must be at least 1")
@@ -222,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = args.only.split(",") if args.only else None
     try:
+        seeds = parse_ints(args.seeds)
         jobs, missing = scan_jobs(
-            only, parse_ints(args.seeds), args.max_images, args.models, args.data, args.scans, args.starts
+            only, seeds, args.max_images, args.models, args.data, args.scans, args.starts, args.schedule
         )
     except FileNotFoundError as error:  # a prepared data set's test file missing and not preparable
         raise SystemExit(f"error: {error}") from None
