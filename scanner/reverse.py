@@ -220,8 +220,13 @@ class LabelRun:
 
     @property
     def steps(self) -> int:
-        """Steps so far: the starts step side by side, so the furthest start's count."""
+        """Where the label stands: the starts step side by side, so the furthest start's count."""
         return max(start.steps for start in self.starts)
+
+    @property
+    def steps_spent(self) -> int:
+        """The work done: steps over all starts."""
+        return sum(start.steps for start in self.starts)
 
     @property
     def images(self) -> int:
@@ -352,7 +357,7 @@ class TriggerReverser:
             norm=float(np.abs(mask).sum()),
             attack_success=float(success),
             found=found,
-            steps=sum(start.steps for start in run.starts),
+            steps=run.steps_spent,
             seconds=sum(start.seconds for start in run.starts),
             final_cost=slot.schedule.cost,
         )

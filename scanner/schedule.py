@@ -262,7 +262,7 @@ class LabelScheduler:
             rounds=rounds,
             calibration_ratios=ratios,
             calibration_labels=sorted(calibration),
-            steps=sum(run.steps for run in runs.values()),
+            steps=sum(run.steps_spent for run in runs.values()),
             images=sum(run.images for run in runs.values()),
         )
         return ScheduleOutcome(runs, evidence, summary)

@@ -29,7 +29,7 @@ def test_a_label_stands_where_its_best_start_stands():
     early = start([math.inf, 30.0, 20.0], finished=True)
     late = start([50.0, 40.0, 25.0, 12.0, 11.0])
     run = LabelRun(0, [early, late])
-    assert run.norm == 11.0 and run.steps == 5 and not run.finished
+    assert run.norm == 11.0 and run.steps == 5 and run.steps_spent == 8 and not run.finished
     # step by step the smaller of the two; a finished start keeps its last best norm
     assert run.best_norms == [50.0, 30.0, 20.0, 12.0, 11.0]
     assert run.best_start() is late
@@ -85,6 +85,7 @@ def test_a_two_start_scan_flags_the_digits_backdoor_and_reports_each_label_once(
     assert sorted(seen) == list(range(10))  # a label is done when its last start is
     assert report.config.reverse.starts == 2 and "2 starts per label" in format_summary(report)
     assert report.schedule["images"] == sum(result.steps for result in report.labels) * 256
+    assert report.schedule["steps"] == sum(result.steps for result in report.labels)  # every start's steps
 
 
 @pytest.mark.slow
