@@ -1,12 +1,12 @@
 """Scan the model zoo with the real CLI: one subprocess per (model, seed), reports kept for the detection table.
 
     python -m benchmarks.zoo_scans [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--max-images 1000]
-        [--starts N] [--schedule full|screened] [--scans DIR]
+        [--starts N] [--start-trial-steps T] [--schedule full|screened] [--scans DIR]
 
 For each built zoo model (`python -m fixtures.build zoo`) and seed, runs
 
     python -m scanner.cli scan <model>.onnx --data <the data set's test file> --max-images N
-        --seed K --threads 1 --schedule full --starts 1 --out .cache/zoo/scans/<name>/seed<K>
+        --seed K --threads 1 --schedule full --starts 1 --start-trial-steps 0 --out .cache/zoo/scans/<name>/seed<K>
 
 with OMP_NUM_THREADS=1, at most --jobs at once, skipping scans whose report.json exists. Beside each report
 folder, `seed<K>.run.json` keeps the exit code, seconds and command of the run that wrote it. Prints one line
@@ -48,6 +48,7 @@ class ScanJob:
     max_images: int
     schedule: str = "full"  # the detection table's scans reverse every label to its end
     starts: int = 1  # reversals per label (scanner.reverse: the label keeps the smallest trigger)
+    start_trial_steps: int = 0  # with several starts: the steps after which only the best start goes on
 
     @property
     def record(self) -> Path:
@@ -73,6 +74,8 @@ class ScanJob:
             self.schedule,
             "--starts",
             str(self.starts),
+            "--start-trial-steps",
+            str(self.start_trial_steps),
             "--out",
             str(self.out),
             "--quiet",
@@ -110,6 +113,7 @@ def scan_jobs(
     scans_dir: Path,
     starts: int = 1,
     schedule: str = "full",
+    start_trial_steps: int = 0,
 ) -> tuple[list[ScanJob], list[str]]:
     """(jobs ordered seed by seed, so every model gets its first seed before any gets a second; zoo models
     not built yet)."""
@@ -123,8 +127,10 @@ def scan_jobs(
         data = DATASETS[spec.dataset].folder(data_dir, models_dir) / card.test_file
         for seed in seeds:
             out = scans_dir / spec.name / f"seed{seed}"
-            job = ScanJob(spec.name, seed, model, data, out, tuple(card.targets), max_images, schedule, starts)
-            jobs.append(job)
+            targets = tuple(card.targets)
+            jobs.append(
+                ScanJob(spec.name, seed, model, data, out, targets, max_images, schedule, starts, start_trial_steps)
+            )
     return sorted(jobs, key=lambda job: job.seed), missing
 
 
@@ -215,10 +221,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None, help="shared data folder")
     parser.add_argument("--scans", type=Path, default=SCANS_DIR, help="report folders (%(default)s)")
     parser.add_argument("--starts", type=int, default=1, help="reversals per label (default: %(default)s)")
+    parser.add_argument(
+        "--start-trial-steps", type=int, default=0, help="steps before only the best start goes on (default: 0, all)"
+    )
     parser.add_argument("--schedule", choices=SCHEDULES, default="full", help="label schedule (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.max_images < 1 or args.starts < 1:
-        parser.error("--jobs, --max-images and --starts must be at least 1")
+    if args.jobs < 1 or args.max_images < 1 or args.starts < 1 or args.start_trial_steps < 0:
+        parser.error("--jobs, --max-images and --starts must be at least 1, --start-trial-steps at least 0")
     args.data = args.data or shared_data_dir()
     return args
 
@@ -229,7 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seeds = parse_ints(args.seeds)
         jobs, missing = scan_jobs(
-            only, seeds, args.max_images, args.models, args.data, args.scans, args.starts, args.schedule
+            only,
+            seeds,
+            args.max_images,
+            args.models,
+            args.data,
+            args.scans,
+            args.starts,
+            args.schedule,
+            args.start_trial_steps,
         )
     except FileNotFoundError as error:  # a prepared data set's test file missing and not preparable
         raise SystemExit(f"error: {error}") from None

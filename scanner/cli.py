@@ -242,6 +242,12 @@ shared_scan_options = options(
         help="Independent reversals per label from different random starts; each label keeps its smallest trigger "
         "(cost grows with the count).",
     ),
+    count_option(
+        "--start-trial-steps",
+        minimum=0,
+        help="With several starts: every start runs this many steps, then only the one with the smallest trigger "
+        "so far goes on (default 0: every start to its end).",
+    ),
     click.option(
         "--schedule",
         "schedule_mode",

@@ -52,6 +52,9 @@ class ReverseConfig:
     labels_per_batch: int = 0  # labels reversed together in one forward pass; 0 = choose for the device
     # independent reversals per label from different random starts; the label keeps the smallest trigger found
     starts: int = 1
+    # with several starts, every start first runs this many steps; then only the start with the smallest trigger
+    # so far goes on (0: every start runs to its own end)
+    start_trial_steps: int = 0
     # the model's forward/backward in float32, or bfloat16 (autocast); "auto" = bfloat16 where the device has
     # native bfloat16 arithmetic (AVX512-BF16/AMX CPUs, CUDA GPUs that support it), else float32
     precision: str = "float32"
@@ -80,6 +83,8 @@ class ReverseConfig:
             raise ConfigError(f"reverse.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.labels_per_batch < 0:
             raise ConfigError("reverse.labels_per_batch must be 0 (auto) or positive")
+        if self.start_trial_steps < 0:
+            raise ConfigError("reverse.start_trial_steps must be 0 (every start to its end) or positive")
         return self
 
 

@@ -21,10 +21,11 @@ from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.5"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.6"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
+# 1.6: config reverse.start_trial_steps
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -377,8 +378,9 @@ def schedule_text(report: ScanReport) -> str:
     if not schedule:
         return ""
     stopped = f", {schedule['stopped_labels']} stopped early" if schedule.get("stopped_labels") else ""
-    starts = report.config.reverse.starts
-    per_label = f", {starts} starts per label" if starts > 1 else ""
+    reverse = report.config.reverse
+    trial = f" (the best after {reverse.start_trial_steps} steps goes on)" if reverse.start_trial_steps else ""
+    per_label = f", {reverse.starts} starts per label{trial}" if reverse.starts > 1 else ""
     return f", {schedule['mode']} schedule{per_label}: {schedule['images']:,} images{stopped}"
 
 

@@ -180,7 +180,8 @@ class StartRun:
     success_sum: float = 0.0
     norm_sum: float = 0.0
     best: tuple[np.ndarray, np.ndarray, float] | None = None  # mask, pattern, success
-    finished: bool = False  # early stop or the step limit
+    finished: bool = False  # early stop, the step limit, or dropped
+    dropped: bool = False  # lost its label's start trial: another start went on
     best_norms: list[float] = field(default_factory=list)  # best norm after each step (inf until one is found)
     saved: tuple[torch.Tensor, ...] | None = None  # while paused: mask_tanh, pattern_tanh, 4 Adam moments, steps
 
@@ -188,6 +189,11 @@ class StartRun:
     def norm(self) -> float:
         """The best norm so far: an upper bound on the final one (inf until the success threshold is reached)."""
         return self.schedule.best_norm
+
+    @property
+    def trigger_norm(self) -> float:
+        """The L1 norm of the best mask itself (inf until one is found): what starts are compared by."""
+        return math.inf if self.best is None else float(np.abs(self.best[0]).sum())
 
     def next_indices(self, count: int, population: int) -> np.ndarray:
         """Shuffled passes over the clean images, as the reference's data generator."""
@@ -241,10 +247,32 @@ class LabelRun:
         padded = [norms + (norms[-1:] or [math.inf]) * (length - len(norms)) for norms in each]
         return [min(norms) for norms in zip(*padded, strict=True)] if length else []
 
+    @property
+    def live(self) -> list[StartRun]:
+        """The starts not dropped by the start trial."""
+        return [start for start in self.starts if not start.dropped]
+
+    def in_trial(self, trial_steps: int) -> bool:
+        """Whether the label's starts are still on trial: more than one is live and `trial_steps` is set."""
+        return trial_steps > 0 and len(self.live) > 1
+
+    def end_trial(self, trial_steps: int) -> StartRun | None:
+        """Once every live start has run `trial_steps` steps (or finished), keep the one with the smallest
+        trigger so far (the first on ties) and drop the others; the kept start, or None while the trial runs."""
+        live = self.live
+        if not self.in_trial(trial_steps) or any(s.steps < trial_steps and not s.finished for s in live):
+            return None
+        kept = min(live, key=lambda start: start.trigger_norm)
+        for start in live:
+            if start is not kept:
+                start.dropped = start.finished = True
+                start.saved = None
+        return kept
+
     def best_start(self) -> StartRun:
-        """The start whose trigger the label keeps: the smallest mask found, else the first start's."""
-        found = [start for start in self.starts if start.best is not None]
-        return min(found, key=lambda start: float(np.abs(start.best[0]).sum())) if found else self.starts[0]
+        """The start whose trigger the label keeps: the smallest mask a live start found, else the first live
+        start's."""
+        return min(self.live, key=lambda start: start.trigger_norm)
 
 
 ProgressCallback = Callable[[LabelTrigger], None]
@@ -391,9 +419,15 @@ class ReverseSession:
         (benchmarks/schedule_replay.py records screens made this way)."""
         mini_batch = min(mini_batch or self.reverser.config.mini_batch, self.reverser.config.mini_batch)
         channels, height, width = self.clean.shape[1:]
+        trial = self.reverser.config.start_trial_steps
         owner = {id(start): run for run in runs for start in run.starts}
         pending = [start for run in runs for start in run.starts if not start.finished]
         stop_at = {id(start): math.inf if steps is None else start.steps + steps for start in pending}
+
+        def limit(start: StartRun) -> float:
+            """The step the start leaves its slot at: the caller's, or the end of its label's start trial."""
+            return min(stop_at[id(start)], trial) if owner[id(start)].in_trial(trial) else stop_at[id(start)]
+
         active: list[StartRun] = []
         params = _SlotTensors(self.reverser.device, channels, height, width)
 
@@ -410,15 +444,19 @@ class ReverseSession:
         while active:
             self.reverser._run_step(self.clean, active, params, mini_batch)
             leaving = []
-            for i, run in enumerate(active):
-                run.finished = self.reverser._after_step(run, params, i)
-                if run.finished or run.steps >= stop_at[id(run)]:
+            for i, start in enumerate(active):
+                start.finished = self.reverser._after_step(start, params, i)
+                if start.finished or start.steps >= limit(start):
                     leaving.append(i)
             for i in reversed(leaving):
-                run = active.pop(i)
-                run.saved = params.pause(i)
-                if run.finished and progress and owner[id(run)].finished:
-                    progress(self.result(owner[id(run)]))
+                start = active.pop(i)
+                start.saved = params.pause(i)
+                label_run = owner[id(start)]
+                kept = label_run.end_trial(trial)
+                if kept is not None and not kept.finished and kept.steps < stop_at[id(kept)]:
+                    pending.insert(0, kept)  # the trial's winner goes on before the next label starts
+                if start.finished and progress and label_run.finished:
+                    progress(self.result(label_run))
             fill()
 
     def result(self, run: LabelRun) -> LabelTrigger:
