@@ -50,15 +50,72 @@ def test_starts_must_be_positive():
     assert make_config({"reverse": {"starts": 3}}).reverse.starts == 3
 
 
-def reversed_labels(starts: int, labels: list[int]):
+def test_a_start_trial_keeps_the_smallest_trigger_once_every_start_has_run_its_steps():
+    first, second, third = start([90.0, 60.0]), start([80.0, 40.0, 38.0]), start([70.0, 50.0, 45.0])
+    run = LabelRun(0, [first, second, third])
+    assert run.end_trial(3) is None  # the first start has run 2 of its 3 trial steps
+    assert run.end_trial(0) is None  # no trial: every start runs to its end
+    first.finished = True  # a start that stopped early is judged where it stopped
+    assert run.end_trial(3) is second and run.live == [second]
+    assert first.dropped and third.dropped and third.finished and third.saved is None
+    assert not run.finished and not run.in_trial(3) and run.end_trial(3) is None
+    assert run.best_start() is second
+    second.finished = True
+    assert run.finished
+
+
+def test_a_start_trial_drops_a_start_with_a_smaller_bound_but_no_smaller_trigger():
+    kept, dropped = start([30.0]), start([20.0], best=False)  # a bound of 20 yet no mask at success
+    assert LabelRun(0, [dropped, kept]).end_trial(1) is kept
+
+
+def test_start_trial_steps_must_not_be_negative():
+    with pytest.raises(ConfigError, match="start_trial_steps"):
+        ReverseConfig(start_trial_steps=-1)
+    assert make_config({"reverse": {"start_trial_steps": 10}}).reverse.start_trial_steps == 10
+
+
+def reversed_labels(
+    starts: int, labels: list[int], trial: int = 0, labels_per_batch: int = 0, steps: int | None = None, progress=None
+):
     images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
     config = ReverseConfig(
-        mini_batch=16, images_per_step=64, max_steps=40, patience=2, early_stop_patience=6, starts=starts
+        mini_batch=16,
+        images_per_step=64,
+        max_steps=40,
+        patience=2,
+        early_stop_patience=6,
+        starts=starts,
+        start_trial_steps=trial,
+        labels_per_batch=labels_per_batch,
     )
     session = TriggerReverser(PlantedLinear(), config, torch.device("cpu"), seed=0).session(images, len(labels))
     runs = [session.start(label) for label in labels]
-    session.advance(runs, None)
+    session.advance(runs, steps, progress)
     return session, runs
+
+
+def test_after_the_start_trial_only_the_best_start_goes_on_whatever_the_batching():
+    labels = [3, 5, 7]
+    _, untried = reversed_labels(3, labels)
+    _, at_trial = reversed_labels(3, labels, steps=5)
+    trigger_norms = {}
+    for labels_per_batch in (1, 4):
+        seen: list[int] = []
+        session, runs = reversed_labels(
+            3, labels, 5, labels_per_batch, progress=lambda t, seen=seen: seen.append(t.label)
+        )
+        assert sorted(seen) == labels  # each label reported once, when its kept start finishes
+        for run, full, trial in zip(runs, untried, at_trial, strict=True):
+            assert run.finished and len(run.live) == 1
+            assert all(one.steps == 5 for one in run.starts if one.dropped)
+            k = run.starts.index(run.live[0])
+            # the kept start had the smallest trigger after 5 steps, and went on exactly as without a trial
+            assert trial.starts[k].trigger_norm == min(one.trigger_norm for one in trial.starts)
+            assert run.live[0].best_norms == full.starts[k].best_norms
+            assert session.result(run).steps == run.live[0].steps + 5 * 2
+        trigger_norms[labels_per_batch] = [session.result(run).norm for run in runs]
+    assert trigger_norms[1] == trigger_norms[4]
 
 
 def test_a_label_keeps_the_smallest_trigger_of_its_starts_and_the_first_start_is_the_single_run():
@@ -76,14 +133,18 @@ def test_a_label_keeps_the_smallest_trigger_of_its_starts_and_the_first_start_is
 
 
 @pytest.mark.slow
-def test_a_two_start_scan_flags_the_digits_backdoor_and_reports_each_label_once(digits):
+@pytest.mark.parametrize(
+    ("starts", "trial", "said"),
+    [(2, 0, "2 starts per label:"), (3, 8, "3 starts per label (the best after 8 steps goes on):")],
+)
+def test_a_several_start_scan_flags_the_digits_backdoor_and_reports_each_label_once(digits, starts, trial, said):
     seen: list[int] = []
-    config = make_config({"seed": 1, "reverse": {"starts": 2}})
+    config = make_config({"seed": 1, "reverse": {"starts": starts, "start_trial_steps": trial}})
     model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
     report = scan(model, data, config, lambda trigger, *_: seen.append(trigger.label))
     assert report.flagged == [7]
     assert sorted(seen) == list(range(10))  # a label is done when its last start is
-    assert report.config.reverse.starts == 2 and "2 starts per label" in format_summary(report)
+    assert report.config.reverse.starts == starts and said in format_summary(report)
     assert report.schedule["images"] == sum(result.steps for result in report.labels) * 256
     assert report.schedule["steps"] == sum(result.steps for result in report.labels)  # every start's steps
 
