@@ -429,6 +429,7 @@ class ReverseSession:
             return min(stop_at[id(start)], trial) if owner[id(start)].in_trial(trial) else stop_at[id(start)]
 
         active: list[StartRun] = []
+        reported: set[int] = set()  # labels passed to `progress` (a trial can end two starts of one at once)
         params = _SlotTensors(self.reverser.device, channels, height, width)
 
         def fill() -> None:
@@ -455,7 +456,8 @@ class ReverseSession:
                 kept = label_run.end_trial(trial)
                 if kept is not None and not kept.finished and kept.steps < stop_at[id(kept)]:
                     pending.insert(0, kept)  # the trial's winner goes on before the next label starts
-                if start.finished and progress and label_run.finished:
+                if label_run.finished and progress and id(label_run) not in reported:
+                    reported.add(id(label_run))
                     progress(self.result(label_run))
             fill()
 

@@ -118,6 +118,18 @@ def test_after_the_start_trial_only_the_best_start_goes_on_whatever_the_batching
     assert trigger_norms[1] == trigger_norms[4]
 
 
+def test_a_label_whose_starts_all_end_at_the_trial_in_one_batch_is_reported_once():
+    images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(
+        mini_batch=16, images_per_step=64, max_steps=5, starts=3, start_trial_steps=5, labels_per_batch=6
+    )
+    session = TriggerReverser(PlantedLinear(), config, torch.device("cpu"), seed=0).session(images, 2)
+    runs = [session.start(label) for label in (3, 5)]
+    seen: list[int] = []
+    session.advance(runs, None, lambda trigger: seen.append(trigger.label))  # 6 slots: every start at once
+    assert sorted(seen) == [3, 5] and all(len(run.live) == 1 and run.finished for run in runs)
+
+
 def test_a_label_keeps_the_smallest_trigger_of_its_starts_and_the_first_start_is_the_single_run():
     labels = [3, 5, 7]
     single_session, single = reversed_labels(1, labels)
