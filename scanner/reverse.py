@@ -451,7 +451,8 @@ class ReverseSession:
                     leaving.append(i)
             for i in reversed(leaving):
                 start = active.pop(i)
-                start.saved = params.pause(i)
+                saved = params.pause(i)
+                start.saved = None if start.dropped else saved  # dropped while in the batch: nothing to resume
                 label_run = owner[id(start)]
                 kept = label_run.end_trial(trial)
                 if kept is not None and not kept.finished and kept.steps < stop_at[id(kept)]:

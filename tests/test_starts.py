@@ -76,13 +76,19 @@ def test_start_trial_steps_must_not_be_negative():
 
 
 def reversed_labels(
-    starts: int, labels: list[int], trial: int = 0, labels_per_batch: int = 0, steps: int | None = None, progress=None
+    starts: int,
+    labels: list[int],
+    trial: int = 0,
+    labels_per_batch: int = 0,
+    steps: int | None = None,
+    progress=None,
+    max_steps: int = 40,
 ):
     images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
     config = ReverseConfig(
         mini_batch=16,
         images_per_step=64,
-        max_steps=40,
+        max_steps=max_steps,
         patience=2,
         early_stop_patience=6,
         starts=starts,
@@ -108,7 +114,7 @@ def test_after_the_start_trial_only_the_best_start_goes_on_whatever_the_batching
         assert sorted(seen) == labels  # each label reported once, when its kept start finishes
         for run, full, trial in zip(runs, untried, at_trial, strict=True):
             assert run.finished and len(run.live) == 1
-            assert all(one.steps == 5 for one in run.starts if one.dropped)
+            assert all(one.steps == 5 and one.saved is None for one in run.starts if one.dropped)
             k = run.starts.index(run.live[0])
             # the kept start had the smallest trigger after 5 steps, and went on exactly as without a trial
             assert trial.starts[k].trigger_norm == min(one.trigger_norm for one in trial.starts)
@@ -119,14 +125,9 @@ def test_after_the_start_trial_only_the_best_start_goes_on_whatever_the_batching
 
 
 def test_a_label_whose_starts_all_end_at_the_trial_in_one_batch_is_reported_once():
-    images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
-    config = ReverseConfig(
-        mini_batch=16, images_per_step=64, max_steps=5, starts=3, start_trial_steps=5, labels_per_batch=6
-    )
-    session = TriggerReverser(PlantedLinear(), config, torch.device("cpu"), seed=0).session(images, 2)
-    runs = [session.start(label) for label in (3, 5)]
     seen: list[int] = []
-    session.advance(runs, None, lambda trigger: seen.append(trigger.label))  # 6 slots: every start at once
+    # 6 slots: every start at once, and every start's last step (max_steps) is the trial's
+    _, runs = reversed_labels(3, [3, 5], 5, 6, progress=lambda trigger: seen.append(trigger.label), max_steps=5)
     assert sorted(seen) == [3, 5] and all(len(run.live) == 1 and run.finished for run in runs)
 
 
