@@ -1,13 +1,13 @@
 """The label scheduler replayed on recorded models: how well a screen predicts where each label ends.
 
-    python -m benchmarks.schedule_replay record NAME [NAME ...] [--screen-mini-batch 4] [--screen-steps 10]
+    python -m benchmarks.schedule_replay record NAME [NAME ...] [--screen-mini-batch 4] [--screen-steps 10] [--seed S]
     python -m benchmarks.schedule_replay replay [RECORDING ...] [--seeds 0,1,2]
 
 `record` reverses every label of a model (`digits`, `gtsrb` for the replica, or a zoo model's name) through a
 screen of `--screen-steps` steps (Adam updates on mini-batches of `--screen-mini-batch` images) and then on to
 its early stop, as the screened schedule would if it finished every label, and keeps per label the screen's
 bound, evidence and images, the final norm, evidence and images, and the best norm after every step
-(.cache/zoo/replay/<name>-mb<B>.json, one thread, seed 0, 1,000 clean images).
+(.cache/zoo/replay/<name>[-s<seed>]-mb<B>.json, one thread, `--seed` 0 by default, 1,000 clean images).
 
 `replay` runs the real LabelScheduler on each recording, its labels jumping to their recorded screened or final
 state, and prints: the evidence rule over every label's final trigger (the truth for that trajectory) against
@@ -43,9 +43,10 @@ PREDICTED = ("norm", "compactness", "mimicry", "success")  # measurements whose 
 BOUND_STEPS = (10, 15, 20, 25, 30)
 
 
-def record(name: str, screen_steps: int, screen_mini_batch: int, data_dir: Path) -> Path:
+def record(name: str, screen_steps: int, screen_mini_batch: int, data_dir: Path, seed: int = 0) -> Path:
     model_path, data_path = timed_model(name, data_dir)
-    config = make_config({"seed": 0, "threads": 1, "max_images": 1000, "device": "cpu"})
+    settings = {"seed": seed, "threads": 1, "max_images": 1000, "device": "cpu", "reverse": {"starts": 1}}
+    config = make_config(settings)  # one start per label: a replay moves each label along one trajectory
     inputs = scan_inputs(model_path, data_path, config)
     session = TriggerReverser(inputs.model, config.reverse, inputs.device, config.seed).session(
         inputs.data.images, len(inputs.labels)
@@ -73,9 +74,9 @@ def record(name: str, screen_steps: int, screen_mini_batch: int, data_dir: Path)
         }
         for run in runs
     ]
-    out = REPLAY_DIR / f"{name}-mb{screen_mini_batch}.json"
+    out = REPLAY_DIR / f"{name}{f'-s{seed}' if seed else ''}-mb{screen_mini_batch}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": name, "screen_steps": screen_steps, "labels": rows}))
+    out.write_text(json.dumps({"model": name, "seed": seed, "screen_steps": screen_steps, "labels": rows}))
     return out
 
 
@@ -140,6 +141,8 @@ def predictiveness(rows: list[dict]) -> str:
 
 
 def replay(paths: list[Path], seeds: list[int]) -> None:
+    """Each recording replayed with scheduler seeds `seeds`, or with its own scan seed (what a real screened scan
+    with that seed does) where none are given."""
     decision = EvidenceDecision()
     for path in paths:
         recording = json.loads(path.read_text())
@@ -148,7 +151,7 @@ def replay(paths: list[Path], seeds: list[int]) -> None:
         full_images = sum(row["final_images"] for row in rows)
         print(f"{path.name}: every label final: flagged {truth.flagged}, p {truth.score:.2g}")
         print(f"  screen predicts the end (Spearman): {predictiveness(rows)}")
-        for seed in seeds:
+        for seed in seeds or [recording.get("seed", 0)]:
             session = RecordedSession(rows)
             config = make_config({"schedule": {"mode": "screened", "screen_steps": recording["screen_steps"]}}).schedule
             scheduler = LabelScheduler(session, config, decision, session.recorded_evidence, seed)  # type: ignore[arg-type]
@@ -169,13 +172,15 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--screen-steps", type=int, default=10)
     rec.add_argument("--screen-mini-batch", type=int, default=16)
     rec.add_argument("--data", type=Path, default=None)
+    rec.add_argument("--seed", type=int, default=0, help="the scan seed (recordings of seed S end in -sS)")
     play = commands.add_parser("replay", help="the scheduler on recordings")
     play.add_argument("recordings", nargs="*", type=Path)
-    play.add_argument("--seeds", default="0")
+    play.add_argument("--seeds", default="", help="scheduler seeds (default: each recording's own scan seed)")
     args = parser.parse_args(argv)
     if args.command == "record":
         for name in args.names:
-            print(record(name, args.screen_steps, args.screen_mini_batch, args.data or shared_data_dir()), flush=True)
+            data_dir = args.data or shared_data_dir()
+            print(record(name, args.screen_steps, args.screen_mini_batch, data_dir, args.seed), flush=True)
     else:
         replay(args.recordings or sorted(REPLAY_DIR.glob("*.json")), parse_ints(args.seeds))
 

@@ -14,9 +14,12 @@ evidence. `screened`:
    labels together. Each unfinished label is then tried alone at the fastest shrink a calibration label showed:
    if the decision would flag it, or come near (`Decision.near`), it runs to its early stop. Repeat until no
    unfinished label can come near a flag.
-4. Settled? The projection is only as good as the calibration labels: the decision judges `resamples`
-   projections drawn from bootstrap resamples of them, and the verdict is settled when every one flags the same
-   labels. Otherwise `calibration_labels` more labels nearest the median run to their end, join the
+4. Settled? The projection is only as good as the calibration labels, and no stopped label moves exactly as
+   their median did: the decision judges `resamples` projections in which every stopped label moves as one
+   calibration label drawn at random did (its shrink ratio, its measurements' moves), and the verdict is settled
+   when every one flags the same labels. (Moving every stopped label by the same median keeps the screen's
+   spread between them, which can be narrower or wider than the final spread and so inflate or deflate every
+   z-score.) Otherwise `calibration_labels` more labels nearest the median run to their end, join the
    calibration, and the settle test repeats. Flagged labels are always final; in the worst case every label
    finishes, as in `full`.
 
@@ -200,8 +203,10 @@ class LabelScheduler:
         screened: dict[int, LabelEvidence],
         final: dict[int, LabelEvidence],
         calibration: Sequence[int],
+        drawn: Mapping[int, int] | None = None,
     ) -> tuple[dict[int, LabelEvidence], dict[int, float]]:
-        """(every label's evidence: final, or projected from `calibration`'s median shrink ratio and median moves;
+        """(every label's evidence: final, or projected from `calibration`'s median shrink ratio and median moves,
+        or, for a stopped label given a calibration label in `drawn`, from that label's own ratio and moves;
         each stopped label's fastest shrink ratio among `calibration`)."""
         typical = [runs[label] for label in calibration]
         finished = [run for run in runs.values() if run.finished]
@@ -213,7 +218,12 @@ class LabelScheduler:
                 ratios = shrink_ratios(typical, run.steps)
                 ratios = ratios if len(ratios) else shrink_ratios(finished, run.steps)
                 ratios = ratios if len(ratios) else np.ones(1)
-                evidence[label] = projected(screened[label], run.norm * float(np.median(ratios)), moves)
+                ratio, label_move = float(np.median(ratios)), moves
+                if drawn is not None:
+                    own = shrink_ratios([runs[drawn[label]]], run.steps)
+                    ratio = float(own[0]) if len(own) else ratio
+                    label_move = median_moves(screened, final, [drawn[label]])  # that label's own moves
+                evidence[label] = projected(screened[label], run.norm * ratio, label_move)
                 fastest[label] = float(ratios.min())
         return evidence, fastest
 
@@ -226,14 +236,15 @@ class LabelScheduler:
         calibration: list[int],
         rng: np.random.Generator,
     ) -> bool:
-        """Whether the flagged labels stay the same when the projection is drawn from bootstrap resamples of the
-        calibration labels (the projection's own uncertainty)."""
+        """Whether the flagged labels stay the same when every stopped label moves as a calibration label drawn at
+        random did (the projection's own uncertainty, label by label)."""
         if len(final) == len(runs):
             return True
         flagged = self.decision.judge(evidence).flagged
+        stopped = [label for label in runs if label not in final]
         for _ in range(self.config.resamples):
-            sample = rng.choice(calibration, len(calibration)).tolist()
-            if self.decision.judge(self._projection(runs, screened, final, sample)[0]).flagged != flagged:
+            drawn = dict(zip(stopped, rng.choice(calibration, len(stopped)).tolist(), strict=True))
+            if self.decision.judge(self._projection(runs, screened, final, calibration, drawn)[0]).flagged != flagged:
                 return False
         return True
 
