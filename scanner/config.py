@@ -117,7 +117,7 @@ class ScheduleConfig:
     mode: str = "full"
     screen_steps: int = 10  # steps every label runs before any is stopped
     calibration_labels: int = 5  # labels nearest the median run to the end: how stopped labels would have moved
-    resamples: int = 20  # bootstrap resamples of the calibration labels that must all give the same verdict
+    resamples: int = 20  # projections, each stopped label moved as a random calibration label did, that must all agree
 
     def __post_init__(self) -> None:
         self.validate()
