@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     play.add_argument("--seeds", default="", help="scheduler seeds (default: each recording's own scan seed)")
     args = parser.parse_args(argv)
     if args.command == "record":
+        data_dir = args.data or shared_data_dir()
         for name in args.names:
-            data_dir = args.data or shared_data_dir()
             print(record(name, args.screen_steps, args.screen_mini_batch, data_dir, args.seed), flush=True)
     else:
         replay(args.recordings or sorted(REPLAY_DIR.glob("*.json")), parse_ints(args.seeds))

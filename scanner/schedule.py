@@ -211,6 +211,10 @@ class LabelScheduler:
         typical = [runs[label] for label in calibration]
         finished = [run for run in runs.values() if run.finished]
         moves = median_moves(screened, final, calibration)
+        # each drawn label's own moves, once however many stopped labels drew it
+        own_moves = {
+            drawn_label: median_moves(screened, final, [drawn_label]) for drawn_label in set((drawn or {}).values())
+        }
         evidence, fastest = dict(final), {}
         for label, run in runs.items():
             if label not in final:
@@ -222,7 +226,7 @@ class LabelScheduler:
                 if drawn is not None:
                     own = shrink_ratios([runs[drawn[label]]], run.steps)
                     ratio = float(own[0]) if len(own) else ratio
-                    label_move = median_moves(screened, final, [drawn[label]])  # that label's own moves
+                    label_move = own_moves[drawn[label]]
                 evidence[label] = projected(screened[label], run.norm * ratio, label_move)
                 fastest[label] = float(ratios.min())
         return evidence, fastest

@@ -143,7 +143,9 @@ def recorded_label(
         "label": label,
         "screen_steps": 10,
         "screen_images": 2560,
-        "screen_evidence": evidence(screen_norm, screen_compactness or compactness * 0.8),
+        "screen_evidence": evidence(
+            screen_norm, compactness * 0.8 if screen_compactness is None else screen_compactness
+        ),
         "final_steps": 40,
         "final_images": 10240,
         "final_evidence": evidence(final_norm, compactness),
