@@ -1,7 +1,7 @@
 """The label scheduler replayed on recorded models: how well a screen predicts where each label ends.
 
     python -m benchmarks.schedule_replay record NAME [NAME ...] [--screen-mini-batch 4] [--screen-steps 10] [--seed S]
-    python -m benchmarks.schedule_replay replay [RECORDING ...] [--seeds 0,1,2]
+    python -m benchmarks.schedule_replay replay [RECORDING ...] [--seeds 0,1,2] [--set calibration_labels=3]
 
 `record` reverses every label of a model (`digits`, `gtsrb` for the replica, or a zoo model's name) through a
 screen of `--screen-steps` steps (Adam updates on mini-batches of `--screen-mini-batch` images) and then on to
@@ -13,8 +13,8 @@ bound, evidence and images, the final norm, evidence and images, and the best no
 state, and prints: the evidence rule over every label's final trigger (the truth for that trajectory) against
 the scheduler's verdict, with the labels it ran to their end and the images saved; and how well the screen
 predicts the end (Spearman rank correlation of screened and final values per measurement, and of the best norm
-after 10 to 30 steps with the final norm). A projection design can be tried here in seconds before the zoo
-runs it for real (benchmarks/schedule_bench.py).
+after 10 to 30 steps with the final norm). A projection design, or a schedule setting (`--set NAME=N`), can be
+tried here in seconds before the zoo runs it for real (benchmarks/schedule_bench.py).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def predictiveness(rows: list[dict]) -> str:
     return ", ".join(parts)
 
 
-def replay(paths: list[Path], seeds: list[int]) -> None:
+def replay(paths: list[Path], seeds: list[int], overrides: dict | None = None) -> None:
     """Each recording replayed with scheduler seeds `seeds`, or with its own scan seed (what a real screened scan
     with that seed does) where none are given."""
     decision = EvidenceDecision()
@@ -153,7 +153,9 @@ def replay(paths: list[Path], seeds: list[int]) -> None:
         print(f"  screen predicts the end (Spearman): {predictiveness(rows)}")
         for seed in seeds or [recording.get("seed", 0)]:
             session = RecordedSession(rows)
-            config = make_config({"schedule": {"mode": "screened", "screen_steps": recording["screen_steps"]}}).schedule
+            config = make_config(
+                {"schedule": {"mode": "screened", "screen_steps": recording["screen_steps"], **(overrides or {})}}
+            ).schedule
             scheduler = LabelScheduler(session, config, decision, session.recorded_evidence, seed)  # type: ignore[arg-type]
             outcome = scheduler.run(sorted(session.rows))
             got = decision.judge(outcome.evidence)
@@ -176,13 +178,15 @@ def main(argv: list[str] | None = None) -> None:
     play = commands.add_parser("replay", help="the scheduler on recordings")
     play.add_argument("recordings", nargs="*", type=Path)
     play.add_argument("--seeds", default="", help="scheduler seeds (default: each recording's own scan seed)")
+    play.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="a schedule setting to try")
     args = parser.parse_args(argv)
     if args.command == "record":
         data_dir = args.data or shared_data_dir()
         for name in args.names:
             print(record(name, args.screen_steps, args.screen_mini_batch, data_dir, args.seed), flush=True)
     else:
-        replay(args.recordings or sorted(REPLAY_DIR.glob("*.json")), parse_ints(args.seeds))
+        overrides = {name: int(number) for name, number in (item.split("=", 1) for item in args.set)}
+        replay(args.recordings or sorted(REPLAY_DIR.glob("*.json")), parse_ints(args.seeds), overrides)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ evidence. `screened`:
    (final - screened) say where a stopped label would have ended.
 3. Settle: every unfinished label is projected (its bound times the calibration labels' median shrink ratio,
    its other measurements shifted by their median move), and the decision judges the finished and projected
-   labels together. Each unfinished label is then tried alone at the fastest shrink a calibration label showed:
-   if the decision would flag it, or come near (`Decision.near`), it runs to its early stop. Repeat until no
+   labels together. Each unfinished label is then tried alone at the fastest shrink a calibration label showed,
+   its other measurements moved as each calibration label's moved in turn: if the decision would flag it, or come
+   near (`Decision.near`), under any of them, it runs to its early stop. Repeat until no
    unfinished label can come near a flag.
 4. Settled? The projection is only as good as the calibration labels, and no stopped label moves exactly as
    their median did: the decision judges `resamples` projections in which every stopped label moves as one
@@ -130,6 +131,18 @@ def projected(screened: LabelEvidence, norm: float, moves: Mapping[str, float]) 
     return dataclasses.replace(screened, norm=norm, **moved)
 
 
+def near_labels(
+    decision: Decision, evidence: Mapping[int, LabelEvidence], trials: Mapping[int, Sequence[LabelEvidence]]
+) -> set[int]:
+    """The labels that `decision` would flag, or come near flagging (`Decision.near`), with any one of their
+    trial evidences in place of theirs, every other label as in `evidence`."""
+    return {
+        label
+        for label, tried in trials.items()
+        if any(label in decision.near({**evidence, label: trial}) for trial in tried)
+    }
+
+
 def screen(
     session: ReverseSession,
     runs: Sequence[LabelRun],
@@ -178,12 +191,7 @@ class LabelScheduler:
             rounds += 1
             final.update(self._measured(run for run in runs.values() if run.finished and run.label not in final))
             evidence, fastest = self._projection(runs, screened, final, calibration)
-            near = {
-                label
-                for label, ratio in fastest.items()
-                if label in self.decision.near({**evidence, label: dataclasses.replace(
-                    evidence[label], norm=runs[label].norm * ratio)})
-            }  # fmt: skip
+            near = self._near(runs, screened, final, calibration, evidence, fastest)
             if near:
                 self._finish([runs[label] for label in sorted(near)])
                 continue
@@ -230,6 +238,25 @@ class LabelScheduler:
                 evidence[label] = projected(screened[label], run.norm * ratio, label_move)
                 fastest[label] = float(ratios.min())
         return evidence, fastest
+
+    def _near(
+        self,
+        runs: dict[int, LabelRun],
+        screened: dict[int, LabelEvidence],
+        final: dict[int, LabelEvidence],
+        calibration: Sequence[int],
+        evidence: dict[int, LabelEvidence],
+        fastest: Mapping[int, float],
+    ) -> set[int]:
+        """The stopped labels near a flag at the fastest shrink a calibration label showed, their other
+        measurements moved as each calibration label's moved in turn (a mask can sharpen far more than the median
+        one did)."""
+        each_moves = [median_moves(screened, final, [label]) for label in calibration]
+        trials = {
+            label: [projected(screened[label], runs[label].norm * ratio, moves) for moves in each_moves]
+            for label, ratio in fastest.items()
+        }
+        return near_labels(self.decision, evidence, trials)
 
     def _settled(
         self,

@@ -17,6 +17,7 @@ from scanner.schedule import (
     LabelScheduler,
     ScheduleConfig,
     median_moves,
+    near_labels,
     nearest_median,
     projected,
     shrink_ratios,
@@ -70,6 +71,25 @@ def test_near_covers_the_flags_with_a_margin():
         assert smallest in rule.near({**items, smallest: evidence(smallest, float(short) * 1.05, 0.4, 0.6)})
         typical = evidence(smallest, float(np.median(natural)), 0.4, 0.6)
         assert smallest not in rule.near({**items, smallest: typical})
+
+
+def test_a_label_whose_mask_sharpens_as_one_calibration_label_did_is_near():
+    """The median calibration label's mask barely sharpened after the screen, one sharpened by 0.5: a stopped label
+    of somewhat small norm whose mask sharpens that much would be flagged, so it must run to its end."""
+    rng = np.random.default_rng(0)
+    items = {
+        label: evidence(label, float(np.exp(rng.normal(np.log(40), 0.25))), 0.4 + rng.uniform(-0.03, 0.03), 0.6)
+        for label in range(20)
+    }
+    screened = {label: evidence(label, 80.0, 0.4, 0.6) for label in range(3)}
+    final = {0: evidence(0, 40.0, 0.4, 0.6), 1: evidence(1, 40.0, 0.41, 0.6), 2: evidence(2, 40.0, 0.9, 0.6)}
+    stopped = evidence(5, 25.0, 0.45, 0.6)  # at the fastest shrink, with its screen's compactness
+    median_trial = projected(stopped, 25.0, median_moves(screened, final, [0, 1, 2]))
+    each_trial = [projected(stopped, 25.0, median_moves(screened, final, [label])) for label in range(3)]
+    decision = EvidenceDecision()
+    assert near_labels(decision, items, {5: [median_trial]}) == set()
+    assert near_labels(decision, items, {5: each_trial}) == {5}
+    assert 5 in decision.judge({**items, 5: each_trial[2]}).flagged
 
 
 def test_schedule_config_is_validated():
