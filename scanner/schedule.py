@@ -139,7 +139,7 @@ def near_labels(
     return {
         label
         for label, tried in trials.items()
-        if any(label in decision.near({**evidence, label: trial}) for trial in tried)
+        if any(decision.near({**evidence, label: trial}, [label]) for trial in dict.fromkeys(tried))
     }
 
 

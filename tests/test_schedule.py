@@ -63,6 +63,9 @@ def test_near_covers_the_flags_with_a_margin():
         smallest = min(norms, key=norms.get)
         flagged_at = {**items, smallest: evidence(smallest, 6.0, 0.4, 0.6)}
         assert set(rule.judge(flagged_at).flagged) <= rule.near(flagged_at) and smallest in rule.near(flagged_at)
+        others = [label for label in norms if label != smallest]
+        assert rule.near(flagged_at, [smallest]) == {smallest}  # asked about some labels, it answers for those
+        assert rule.near(flagged_at, others) == rule.near(flagged_at) - {smallest}
         # a label just short of a flag is near
         short = min(
             (norm for norm in np.linspace(1, 40, 400) if smallest not in rule.judge(

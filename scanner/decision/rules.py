@@ -9,8 +9,9 @@ suspicious label looks at least this suspicious, corrected for the number of lab
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,8 +96,9 @@ class Decision(Protocol):
 
     def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult: ...
 
-    def near(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
-        """Labels flagged or near a flag: the scheduler finishes any label that could end here."""
+    def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
+        """The labels among `labels` (default: all) flagged or near a flag: the scheduler finishes any label that
+        could end here."""
 
 
 # How near a flag the scheduler finishes a label that it could otherwise stop (scanner/schedule.py): a stopped
@@ -114,9 +116,10 @@ class PaperDecision:
     def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
         return paper_result(mad_outliers(norms_of(evidence), self.threshold))
 
-    def near(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
+    def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
         threshold = max(self.threshold - NEAR_ANOMALY_INDEX, self.threshold / 2)
-        return frozenset(mad_outliers(norms_of(evidence), threshold).flagged)
+        near = frozenset(mad_outliers(norms_of(evidence), threshold).flagged)
+        return near if labels is None else near & frozenset(labels)
 
 
 def norms_of(evidence: Mapping[int, LabelEvidence]) -> dict[int, float]:
@@ -174,52 +177,61 @@ class EvidenceDecision:
     candidate_z: float = 1.0  # log-norm z-score above which a label may be flagged
     name: str = "evidence"
 
-    def near(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
-        judgements = self.judge(evidence).judgements
+    def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
+        judgements, _ = self._judgements(evidence, evidence if labels is None else labels)
         return frozenset(
             label
             for label, judgement in judgements.items()
-            if judgement.p_value < max(NEAR_P_VALUE, self.alpha)
-            and judgement.z_scores.get(LOG_NORM.name, 0.0) > self.candidate_z
+            if judgement.p_value < max(NEAR_P_VALUE, self.alpha) and self._small(judgement.z_scores)
         )
 
     def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
-        z_scores = measure_z_scores(evidence, self.measures)
-        log_norm_z = z_scores.get(LOG_NORM.name, {})
-        # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures weigh a
-        # label's case, they cannot make an ordinary-sized trigger a finding; with too few labels for a z-score,
-        # no label is small
-        small = {label: log_norm_z.get(label, 0.0) > self.candidate_z for label in evidence}
-        weights = {measure.name: measure.weight for measure in self.measures}
-        tests = len(evidence)
-        one_test_z = upper_tail_quantile(1 - (1 - self.alpha) ** (1 / max(tests, 1)))
-        judgements = {}
-        for label in evidence:
-            names = list(z_scores)
-            combined = (
-                stouffer([z_scores[name][label] for name in names], [weights[name] for name in names]) if names else 0.0
-            )
-            looks = [combined, *(z_scores[name][label] for name in self.alone if name in z_scores)]
-            p_value = sidak(min(1.0, len(looks) * normal_upper_tail(max(looks))), tests)
-            flagged = p_value < self.alpha and small[label]
-            judgements[label] = LabelJudgement(
-                label,
-                {name: z_scores[name][label] for name in names},
-                combined,
-                p_value,
-                flagged,
-                [name for name in names if z_scores[name][label] > one_test_z] if flagged else [],
-            )
+        judgements, measures = self._judgements(evidence, evidence)
         flagged = [
             label
             for label in sorted(judgements, key=lambda label: judgements[label].p_value)
             if judgements[label].flagged
         ]
         # the model's score: its most suspicious label that could be flagged
-        score = min((j.p_value for label, j in judgements.items() if small[label]), default=1.0)
-        return DecisionResult("evidence", flagged, score, "p_value", self.alpha, judgements, list(z_scores))
+        score = min((j.p_value for j in judgements.values() if self._small(j.z_scores)), default=1.0)
+        return DecisionResult("evidence", flagged, score, "p_value", self.alpha, judgements, measures)
+
+    def _small(self, z_scores: Mapping[str, float]) -> bool:
+        # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures weigh a
+        # label's case, they cannot make an ordinary-sized trigger a finding; with too few labels for a z-score,
+        # no label is small
+        return z_scores.get(LOG_NORM.name, 0.0) > self.candidate_z
+
+    def _judgements(
+        self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int]
+    ) -> tuple[dict[int, LabelJudgement], list[str]]:
+        """The judgements of `labels`, each against every label in `evidence`; the measures judged."""
+        z_scores = measure_z_scores(evidence, self.measures)
+        weights = {measure.name: measure.weight for measure in self.measures}
+        tests = len(evidence)
+        one_test_z = upper_tail_quantile(1 - (1 - self.alpha) ** (1 / max(tests, 1)))
+        names = list(z_scores)
+        judgements = {}
+        for label in labels:
+            combined = (
+                stouffer([z_scores[name][label] for name in names], [weights[name] for name in names]) if names else 0.0
+            )
+            looks = [combined, *(z_scores[name][label] for name in self.alone if name in z_scores)]
+            p_value = sidak(min(1.0, len(looks) * normal_upper_tail(max(looks))), tests)
+            label_z = {name: z_scores[name][label] for name in names}
+            flagged = p_value < self.alpha and self._small(label_z)
+            judgements[label] = LabelJudgement(
+                label,
+                label_z,
+                combined,
+                p_value,
+                flagged,
+                [name for name in names if z_scores[name][label] > one_test_z] if flagged else [],
+            )
+        return judgements, names
 
 
+@functools.cache  # every judgement of a scan asks for the same few
 def upper_tail_quantile(p_value: float) -> float:
     """z with P(Z > z) = p_value, by bisection on the normal tail (no scipy)."""
     low, high = -40.0, 40.0
