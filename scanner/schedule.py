@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +120,13 @@ def median_moves(
         ]
         moves[name] = float(np.median(changes)) if changes else 0.0
     return moves
+
+
+def own_moves(
+    screened: Mapping[int, LabelEvidence], final: Mapping[int, LabelEvidence], labels: Iterable[int]
+) -> dict[int, dict[str, float]]:
+    """Each of `labels`' own measurement moves (final - screened)."""
+    return {label: median_moves(screened, final, [label]) for label in labels}
 
 
 def projected(screened: LabelEvidence, norm: float, moves: Mapping[str, float]) -> LabelEvidence:
@@ -219,10 +226,7 @@ class LabelScheduler:
         typical = [runs[label] for label in calibration]
         finished = [run for run in runs.values() if run.finished]
         moves = median_moves(screened, final, calibration)
-        # each drawn label's own moves, once however many stopped labels drew it
-        own_moves = {
-            drawn_label: median_moves(screened, final, [drawn_label]) for drawn_label in set((drawn or {}).values())
-        }
+        drawn_moves = own_moves(screened, final, set((drawn or {}).values()))  # once, however many drew a label
         evidence, fastest = dict(final), {}
         for label, run in runs.items():
             if label not in final:
@@ -234,7 +238,7 @@ class LabelScheduler:
                 if drawn is not None:
                     own = shrink_ratios([runs[drawn[label]]], run.steps)
                     ratio = float(own[0]) if len(own) else ratio
-                    label_move = own_moves[drawn[label]]
+                    label_move = drawn_moves[drawn[label]]
                 evidence[label] = projected(screened[label], run.norm * ratio, label_move)
                 fastest[label] = float(ratios.min())
         return evidence, fastest
@@ -251,7 +255,7 @@ class LabelScheduler:
         """The stopped labels near a flag at the fastest shrink a calibration label showed, their other
         measurements moved as each calibration label's moved in turn (a mask can sharpen far more than the median
         one did)."""
-        each_moves = [median_moves(screened, final, [label]) for label in calibration]
+        each_moves = own_moves(screened, final, calibration).values()
         trials = {
             label: [projected(screened[label], runs[label].norm * ratio, moves) for moves in each_moves]
             for label, ratio in fastest.items()
