@@ -167,6 +167,17 @@ def screen(
 # ---------------------------------------------------------------- the scheduler
 
 
+@dataclass
+class Standing:
+    """Where a screened schedule stands: every label's run, its evidence as the screen left it, the finished
+    labels' final evidence, and the calibration labels."""
+
+    runs: dict[int, LabelRun]
+    screened: dict[int, LabelEvidence]
+    final: dict[int, LabelEvidence]
+    calibration: list[int]
+
+
 class LabelScheduler:
     """`LabelScheduler(session, config, decision, measure).run(labels) -> ScheduleOutcome`."""
 
@@ -187,45 +198,43 @@ class LabelScheduler:
             self._finish(list(runs.values()))
             return self._outcome(runs, self._measured(runs.values()), 0, [], [])
         screen(self.session, list(runs.values()), self.config.screen_steps, self.progress)
-        screened = self._measured(runs.values())
         bounds = {label: run.norm for label, run in runs.items()}
-        calibration = nearest_median(bounds, self.config.calibration_labels)
-        self._finish([runs[label] for label in calibration])
-        final: dict[int, LabelEvidence] = {}
+        standing = Standing(
+            runs, self._measured(runs.values()), {}, nearest_median(bounds, self.config.calibration_labels)
+        )
+        self._finish([runs[label] for label in standing.calibration])
         rng = np.random.default_rng(self.seed)
         rounds = 0
         while True:
             rounds += 1
-            final.update(self._measured(run for run in runs.values() if run.finished and run.label not in final))
-            evidence, fastest = self._projection(runs, screened, final, calibration)
-            near = self._near(runs, screened, final, calibration, evidence, fastest)
+            standing.final.update(
+                self._measured(run for run in runs.values() if run.finished and run.label not in standing.final)
+            )
+            evidence, fastest = self._projection(standing)
+            near = self._near(standing, evidence, fastest)
             if near:
                 self._finish([runs[label] for label in sorted(near)])
                 continue
-            if self._settled(evidence, runs, screened, final, calibration, rng):
+            if self._settled(standing, evidence, rng):
                 steps = {run.steps for run in runs.values() if not run.finished}
-                typical = [runs[label] for label in calibration]
+                typical = [runs[label] for label in standing.calibration]
                 pooled = sorted({ratio for step in steps for ratio in shrink_ratios(typical, step).tolist()})
-                return self._outcome(runs, evidence, rounds, pooled, calibration)
+                return self._outcome(runs, evidence, rounds, pooled, standing.calibration)
             stopped = {label: run.norm for label, run in runs.items() if not run.finished}
             more = nearest_median(stopped, self.config.calibration_labels)
-            calibration = [*calibration, *more]
+            standing.calibration = [*standing.calibration, *more]
             self._finish([runs[label] for label in more])
 
     def _projection(
-        self,
-        runs: dict[int, LabelRun],
-        screened: dict[int, LabelEvidence],
-        final: dict[int, LabelEvidence],
-        calibration: Sequence[int],
-        drawn: Mapping[int, int] | None = None,
+        self, standing: Standing, drawn: Mapping[int, int] | None = None
     ) -> tuple[dict[int, LabelEvidence], dict[int, float]]:
-        """(every label's evidence: final, or projected from `calibration`'s median shrink ratio and median moves,
-        or, for a stopped label given a calibration label in `drawn`, from that label's own ratio and moves;
-        each stopped label's fastest shrink ratio among `calibration`)."""
-        typical = [runs[label] for label in calibration]
+        """(every label's evidence: final, or projected from the calibration labels' median shrink ratio and median
+        moves, or, for a stopped label given a calibration label in `drawn`, from that label's own ratio and moves;
+        each stopped label's fastest shrink ratio among the calibration labels)."""
+        runs, screened, final = standing.runs, standing.screened, standing.final
+        typical = [runs[label] for label in standing.calibration]
         finished = [run for run in runs.values() if run.finished]
-        moves = median_moves(screened, final, calibration)
+        moves = median_moves(screened, final, standing.calibration)
         drawn_moves = own_moves(screened, final, set((drawn or {}).values()))  # once, however many drew a label
         evidence, fastest = dict(final), {}
         for label, run in runs.items():
@@ -243,43 +252,29 @@ class LabelScheduler:
                 fastest[label] = float(ratios.min())
         return evidence, fastest
 
-    def _near(
-        self,
-        runs: dict[int, LabelRun],
-        screened: dict[int, LabelEvidence],
-        final: dict[int, LabelEvidence],
-        calibration: Sequence[int],
-        evidence: dict[int, LabelEvidence],
-        fastest: Mapping[int, float],
-    ) -> set[int]:
+    def _near(self, standing: Standing, evidence: dict[int, LabelEvidence], fastest: Mapping[int, float]) -> set[int]:
         """The stopped labels near a flag at the fastest shrink a calibration label showed, their other
         measurements moved as each calibration label's moved in turn (a mask can sharpen far more than the median
         one did)."""
-        each_moves = own_moves(screened, final, calibration).values()
+        each_moves = own_moves(standing.screened, standing.final, standing.calibration).values()
         trials = {
-            label: [projected(screened[label], runs[label].norm * ratio, moves) for moves in each_moves]
+            label: [
+                projected(standing.screened[label], standing.runs[label].norm * ratio, moves) for moves in each_moves
+            ]
             for label, ratio in fastest.items()
         }
         return near_labels(self.decision, evidence, trials)
 
-    def _settled(
-        self,
-        evidence: dict[int, LabelEvidence],
-        runs: dict[int, LabelRun],
-        screened: dict[int, LabelEvidence],
-        final: dict[int, LabelEvidence],
-        calibration: list[int],
-        rng: np.random.Generator,
-    ) -> bool:
+    def _settled(self, standing: Standing, evidence: dict[int, LabelEvidence], rng: np.random.Generator) -> bool:
         """Whether the flagged labels stay the same when every stopped label moves as a calibration label drawn at
         random did (the projection's own uncertainty, label by label)."""
-        if len(final) == len(runs):
+        if len(standing.final) == len(standing.runs):
             return True
         flagged = self.decision.judge(evidence).flagged
-        stopped = [label for label in runs if label not in final]
+        stopped = [label for label in standing.runs if label not in standing.final]
         for _ in range(self.config.resamples):
-            drawn = dict(zip(stopped, rng.choice(calibration, len(stopped)).tolist(), strict=True))
-            if self.decision.judge(self._projection(runs, screened, final, calibration, drawn)[0]).flagged != flagged:
+            drawn = dict(zip(stopped, rng.choice(standing.calibration, len(stopped)).tolist(), strict=True))
+            if self.decision.judge(self._projection(standing, drawn)[0]).flagged != flagged:
                 return False
         return True
 
