@@ -146,7 +146,7 @@ def near_labels(
     return {
         label
         for label, tried in trials.items()
-        if any(decision.near({**evidence, label: trial}, [label]) for trial in dict.fromkeys(tried))
+        if any(decision.near({**evidence, label: trial}, [label]) for trial in tried)
     }
 
 
