@@ -22,7 +22,6 @@ tf2onnx keeps the Keras NHWC input (it adds Transposes around convolutions).
 from __future__ import annotations
 
 import logging
-import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from cleanse_base.errors import ModelError
 from cleanse_base.limits import check_limit
 from cleanse_base.text import one_line
-from converters.saved_model_check import EXTRA_HINT, check_saved_model
+from converters.saved_model_check import EXTRA_HINT, check_saved_model, quiet_tensorflow
 from converters.source_model import SourceModel
 from converters.zip_archive import open_checked_zip
 
@@ -45,7 +44,7 @@ SERVING_SIGNATURE = "serving_default"
 
 def import_tensorflow() -> tuple[Any, Any]:
     """(tensorflow, tf2onnx), quiet, or ModelError naming the extra."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow()
     try:
         import tensorflow as tf
         import tf2onnx

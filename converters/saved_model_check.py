@@ -112,7 +112,17 @@ def check_layout(path: Path) -> None:
     check_limit(f"{path}: SavedModel size", total, "model_bytes", ModelError)
 
 
+def quiet_tensorflow() -> None:
+    """Call before TensorFlow's first import: its C++ start-up notices go straight to stderr, where a refusal
+    must be one line. TF 2.21 prints its oneDNN notice whatever TF_CPP_MIN_LOG_LEVEL says (seen on a CPU with
+    AMX, not on one without) unless oneDNN's custom ops are off; they change only the round-off of
+    TensorFlow's own runs (the one run that checks a conversion). A user's own setting of either wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
 def parse_saved_model(path: Path) -> Any:
+    quiet_tensorflow()
     try:
         from tensorflow.core.protobuf import saved_model_pb2
     except ImportError:

@@ -8,6 +8,8 @@ are the checks themselves, on small real files and protos, with limits lowered w
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -335,3 +337,19 @@ def test_a_keras_h5_whose_weights_use_external_storage_is_refused(tf, tmp_path):
         file.create_dataset(kernel, shape=shape, dtype="float32", external=[(str(secret), 0, secret.stat().st_size)])
     with pytest.raises(ModelError, match="external Dataset"):
         load_keras(tmp_path / "m.h5")
+
+
+@pytest.mark.slow  # a TensorFlow import in a fresh process: ~10 s
+def test_tensorflow_imports_without_a_line_on_stderr():
+    """A refusal is one line on stderr, and TensorFlow's C++ start-up notices would add theirs."""
+    pytest.importorskip("tensorflow", reason="needs the keras extra: pip install .[keras]")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    code = (
+        "from converters.saved_model_check import quiet_tensorflow\n"
+        "quiet_tensorflow()\n"
+        "import tensorflow, tf2onnx\n"
+        "from tensorflow.core.protobuf import saved_model_pb2\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
