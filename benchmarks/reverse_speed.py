@@ -1,11 +1,13 @@
-"""Time one reverse-engineering mini-batch (forward + backward to the trigger) under variants, as ratios.
+"""Time reverse-engineering mini-batches (forward + backward to the trigger) under variants, as ratios.
 
-    python -m benchmarks.reverse_speed [--model M.onnx] [--batches 40]
+    python -m benchmarks.reverse_speed [--model M.onnx] [--archs paper,cnn,bn,resnet] [--batches 40]
 
-Without --model it exports the paper's GTSRB CNN with random weights (speed does not depend on the weights).
-Prints milliseconds per mini-batch per label for: memory format (contiguous vs channels_last), torch threads
-(1 vs 2) and labels stacked per forward pass (1, 4, 8). Run it on an otherwise idle machine: the load average
-is printed with the figures because a second busy process changes them several-fold.
+Without --model it exports random-weight models (speed does not depend on the weights): the paper's GTSRB CNN
+(32x32, 43 classes) and the zoo's plain CNN, BatchNorm CNN (32x32, 43 classes) and ResNet (64x64, 200
+classes, as on Tiny-ImageNet). Prints milliseconds per image for each variant: precision (float32 or bfloat16
+autocast), labels stacked per forward pass, memory format and threads, each against the first variant. The
+variants run in turn, twice, and each keeps its faster round. Run it on an otherwise idle machine: the load
+average is printed with the figures because a second busy process changes them several-fold.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +25,16 @@ import torch
 from torch import nn
 
 from converters.onnx_to_torch import load_onnx_classifier
+from fixtures.zoo import ARCHITECTURES
 from scanner.config import ReverseConfig
 from scanner.model import ScoringModel
 from scanner.preprocess import make_scaling
-from scanner.reverse import TriggerReverser
+from scanner.reverse import TriggerReverser, use_bfloat16
+
+MINI_BATCH = 16  # the default preset's
 
 
-def paper_gtsrb_cnn() -> nn.Module:
+def paper_gtsrb_cnn(channels: int = 3, size: int = 32, classes: int = 43) -> nn.Module:
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [
             nn.Conv2d(cin, cout, 3, padding=1),
@@ -38,21 +45,52 @@ def paper_gtsrb_cnn() -> nn.Module:
         ]
 
     return nn.Sequential(
-        *block(3, 32),
+        *block(channels, 32),
         *block(32, 64),
         *block(64, 128),
         nn.Flatten(),
-        nn.Linear(128 * 16, 512),
+        nn.Linear(128 * (size // 8) ** 2, 512),
         nn.ReLU(),
-        nn.Linear(512, 43),
-    ).eval()
+        nn.Linear(512, classes),
+    )
 
 
-def export_random_cnn(folder: Path) -> Path:
-    path = folder / "paper_cnn_random.onnx"
+MODELS: dict[str, tuple[Callable[[int, int, int], nn.Module], int, int]] = {
+    "paper": (paper_gtsrb_cnn, 32, 43),
+    "cnn": (ARCHITECTURES["cnn"], 32, 43),
+    "bn": (ARCHITECTURES["bn"], 32, 43),
+    "resnet": (ARCHITECTURES["resnet"], 64, 200),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    precision: str = "float32"
+    labels: int = 1
+    channels_last: bool = True
+    threads: int = 2
+
+
+VARIANTS = [
+    Variant("float32, 1 label"),
+    Variant("float32, 4 labels stacked", labels=4),
+    Variant("float32, contiguous", channels_last=False),
+    Variant("float32, 1 thread", threads=1),
+    Variant("bfloat16, 1 label", precision="bfloat16"),
+    Variant("bfloat16, 2 labels stacked", precision="bfloat16", labels=2),
+    Variant("bfloat16, 4 labels stacked", precision="bfloat16", labels=4),
+    Variant("bfloat16, 8 labels stacked", precision="bfloat16", labels=8),
+]
+
+
+def export_random(arch: str, folder: Path) -> Path:
+    make, size, classes = MODELS[arch]
+    torch.manual_seed(0)
+    path = folder / f"{arch}_random.onnx"
     torch.onnx.export(
-        paper_gtsrb_cnn(),
-        torch.zeros(1, 3, 32, 32),
+        make(3, size, classes).eval(),
+        torch.zeros(1, 3, size, size),
         path,
         dynamo=False,
         opset_version=17,
@@ -63,44 +101,47 @@ def export_random_cnn(folder: Path) -> Path:
     return path
 
 
-def ms_per_batch_per_label(
-    model_path: Path, threads: int, channels_last: bool, labels_per_batch: int, batches: int
-) -> float:
-    torch.set_num_threads(threads)
+def ms_per_image(model_path: Path, variant: Variant, batches: int) -> float:
+    torch.set_num_threads(variant.threads)
     converted = load_onnx_classifier(model_path)
     contract = converted.contract
-    model = ScoringModel(converted.module, contract, make_scaling("unit", contract.channels), channels_last)
+    scaling = make_scaling("unit", contract.channels)
+    model = ScoringModel(converted.module, contract, scaling, variant.channels_last)
     config = ReverseConfig(
-        images_per_step=32 * batches, max_steps=1, early_stop=False, labels_per_batch=labels_per_batch
+        images_per_step=MINI_BATCH * batches,
+        mini_batch=MINI_BATCH,
+        max_steps=1,
+        early_stop=False,
+        labels_per_batch=variant.labels,
+        precision=variant.precision,
     )
     images = np.random.default_rng(0).uniform(0, 255, (512, *contract.image_shape)).astype(np.float32)
     reverser = TriggerReverser(model, config, torch.device("cpu"))
-    reverser.reverse(images, [0])  # warm-up
+    reverser.reverse(images, list(range(variant.labels)))  # warm-up
     started = time.perf_counter()
-    reverser.reverse(images, list(range(labels_per_batch)))
-    return (time.perf_counter() - started) * 1000 / batches / labels_per_batch
+    reverser.reverse(images, list(range(variant.labels)))
+    return (time.perf_counter() - started) * 1000 / (MINI_BATCH * batches * variant.labels)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path)
-    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--model", type=Path, help="an ONNX classifier (instead of the random-weight ones)")
+    parser.add_argument("--archs", default="paper,cnn,bn,resnet", help=f"of {', '.join(MODELS)}")
+    parser.add_argument("--batches", type=int, default=40, help="mini-batches of 16 timed per variant")
     args = parser.parse_args()
+    cpu = torch.device("cpu")
+    print(
+        f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores, "
+        f"native bfloat16: {use_bfloat16('auto', cpu)}, torch {torch.__version__}"
+    )
     with tempfile.TemporaryDirectory() as folder:
-        model_path = args.model or export_random_cnn(Path(folder))
-        print(f"model {model_path.name}, load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
-        variants = [
-            ("2 threads, contiguous, 1 label", 2, False, 1),
-            ("2 threads, channels_last, 1 label", 2, True, 1),
-            ("1 thread, channels_last, 1 label", 1, True, 1),
-            ("2 threads, channels_last, 4 labels", 2, True, 4),
-            ("2 threads, channels_last, 8 labels", 2, True, 8),
-        ]
-        baseline = None
-        for name, threads, channels_last, stacked in variants:
-            ms = ms_per_batch_per_label(model_path, threads, channels_last, stacked, args.batches)
-            baseline = baseline or ms
-            print(f"{name:<38} {ms:7.1f} ms per mini-batch of 32 per label   speed {baseline / ms:4.2f}x")
+        paths = [args.model] if args.model else [export_random(a, Path(folder)) for a in args.archs.split(",")]
+        for path in paths:
+            print(f"\n{path.stem}: ms per image, mini-batch {MINI_BATCH}")
+            rounds = [[ms_per_image(path, v, args.batches) for v in VARIANTS] for _ in range(2)]
+            best = [min(times) for times in zip(*rounds, strict=True)]
+            for variant, ms in zip(VARIANTS, best, strict=True):
+                print(f"  {variant.name:<30} {ms:7.3f}   speed {best[0] / ms:4.2f}x")
 
 
 if __name__ == "__main__":

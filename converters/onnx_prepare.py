@@ -288,6 +288,42 @@ def clear_reshape_allowzero(model: onnx.ModelProto) -> int:
     return changed
 
 
+def inline_weight_identities(model: onnx.ModelProto) -> int:
+    """Point the users of an Identity of an initializer at the initializer itself and drop the Identity.
+    torch's TorchScript exporter stores a repeated weight (two equal zero biases) once and writes its second
+    use as an Identity of the first, which onnx2torch cannot convert (it looks a Conv's weights up among the
+    initializers). Returns how many nodes were dropped."""
+    graph = model.graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    graph_outputs = {value.name for value in graph.output}
+    aliases: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        source = aliases.get(node.input[0], node.input[0]) if node.op_type == "Identity" and node.input else ""
+        if not node.domain and source in initializers and node.output[0] not in graph_outputs:
+            aliases[node.output[0]] = source
+        else:
+            kept.append(node)
+    if not aliases:
+        return 0
+    for each in all_graphs(graph):
+        for node in each.node:
+            node.input[:] = [aliases.get(name, name) for name in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    value_info = [value for value in graph.value_info if value.name not in aliases]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+    return len(aliases)
+
+
+def converted_weight_bytes(model: onnx.ModelProto) -> int:
+    """The initializers' bytes once per node input that names one: onnx2torch copies a weight into the module
+    of every node that uses it, so a weight shared by many nodes costs its size many times over."""
+    sizes = {tensor.name: math.prod(tensor.dims) * element_size(tensor.data_type) for tensor in model.graph.initializer}
+    return sum(sizes.get(name, 0) for graph in all_graphs(model.graph) for node in graph.node for name in node.input)
+
+
 def unsupported_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Nodes for which onnx2torch has no converter at the model's opset."""
     from converters.onnx2torch_compat import import_onnx2torch
@@ -351,6 +387,10 @@ def prepare_onnx(path: str | Path, input_name: str | None = None, output_name: s
         notes.append(f"opset {opset} converted to {ONNX2TORCH_MAX_OPSET}")
     if cleared := clear_reshape_allowzero(convertible):
         notes.append(f"Reshape allowzero cleared on {cleared} node(s)")
+    if inlined := inline_weight_identities(convertible):
+        notes.append(f"{inlined} Identity node(s) of a weight replaced by the weight")
+    weights = converted_weight_bytes(convertible)
+    check_limit(f"{path}: weights as converted (once per node using each), bytes", weights, "model_bytes", ModelError)
 
     missing = unsupported_nodes(convertible)
     if missing:

@@ -9,8 +9,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from cleanse_base.errors import ModelError
+from cleanse_base.limits import ENV_VAR
 from converters.contract import ContractOverrides
+from converters.onnx_prepare import converted_weight_bytes
 from converters.onnx_to_torch import load_onnx_classifier, ort_session, softmax_bypassed, verify_against_ort
+from fixtures.export import export_legacy
 
 RNG = np.random.default_rng(0)
 
@@ -112,6 +115,48 @@ def test_opset_20_reshape_allowzero_is_rewritten(tmp_path):
     assert converted.source_opset == 20 and converted.converted_opset == 17
     assert any("allowzero" in note for note in converted.notes)
     assert converted.max_abs_diff < 1e-3
+
+
+def test_a_weight_the_exporter_wrote_as_an_identity_converts(tmp_path):
+    """torch's TorchScript exporter stores two equal folded BatchNorm biases once and the second as an Identity
+    of the first; onnx2torch looks weights up among the initializers and could not convert that."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        torch.nn.BatchNorm2d(4),  # untrained: folds into a zero bias, as does the next one
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3, padding=1, bias=False),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 64, 10),
+    )
+    path = export_legacy(module, tmp_path / "m.onnx", (1, 1, 8, 8))
+    graph = onnx.load(path).graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    assert any(node.op_type == "Identity" and node.input[0] in initializers for node in graph.node)
+    converted = load_onnx_classifier(path)
+    assert any("Identity" in note for note in converted.notes)
+    assert converted.max_abs_diff < 1e-4
+
+
+def test_a_weight_shared_by_many_nodes_counts_once_per_node(tmp_path, monkeypatch):
+    """onnx2torch copies a weight into every node that uses it: 12 uses of a 36 KiB weight are 432 KiB."""
+    weight = numpy_helper.from_array(np.zeros((32, 32, 3, 3), np.float32), "w")
+    first = numpy_helper.from_array(np.zeros((32, 1, 1, 1), np.float32), "w_in")
+    nodes = [helper.make_node("Conv", ["image", "w_in"], ["h0"])]
+    nodes += [helper.make_node("Conv", [f"h{i}", "w"], [f"h{i + 1}"], pads=[1, 1, 1, 1]) for i in range(12)]
+    nodes.append(helper.make_node("ReduceMean", ["h12"], ["scores"], axes=[2, 3], keepdims=0))
+    path = save_graph(
+        tmp_path / "m.onnx",
+        nodes,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 32])],
+        [first, weight],
+    )
+    assert converted_weight_bytes(onnx.load(path)) == 12 * 36864 + 128
+    monkeypatch.setenv(ENV_VAR, "model_bytes=256K")  # the file is 37 KiB
+    with pytest.raises(ModelError, match=r"weights as converted .*: 442496 is over the limit model_bytes"):
+        load_onnx_classifier(path)
 
 
 def test_several_inputs_need_a_name(tmp_path):
