@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from converters.onnx_to_torch import load_onnx_classifier
+from fixtures.export import export_legacy
 from fixtures.zoo import ARCHITECTURES
 from scanner.config import ReverseConfig
 from scanner.model import ScoringModel
@@ -87,18 +88,7 @@ VARIANTS = [
 def export_random(arch: str, folder: Path) -> Path:
     make, size, classes = MODELS[arch]
     torch.manual_seed(0)
-    path = folder / f"{arch}_random.onnx"
-    torch.onnx.export(
-        make(3, size, classes).eval(),
-        torch.zeros(1, 3, size, size),
-        path,
-        dynamo=False,
-        opset_version=17,
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-    )
-    return path
+    return export_legacy(make(3, size, classes), folder / f"{arch}_random.onnx", (1, 3, size, size))
 
 
 def ms_per_image(model_path: Path, variant: Variant, batches: int) -> float:

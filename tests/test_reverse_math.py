@@ -2,12 +2,14 @@ import numpy as np
 import pytest
 import torch
 
+import scanner.reverse
 from cleanse_base.errors import ConfigError
 from scanner.config import ReverseConfig
 from scanner.reverse import (
     CostSchedule,
     adam_update,
     advance_schedule,
+    auto_labels_per_batch,
     mask_from_tanh,
     pattern_from_tanh,
     stamp,
@@ -106,3 +108,19 @@ def test_precision_is_resolved_per_device():
     assert use_bfloat16("auto", cpu) == torch.cpu._is_avx512_bf16_supported()
     with pytest.raises(ConfigError, match="precision"):
         ReverseConfig(precision="half").validate()
+
+
+@pytest.mark.parametrize(
+    ("device", "native_bfloat16", "mini_batch", "labels", "width"),
+    [
+        ("cpu", False, 16, 43, 1),  # stacking measured slower on such CPUs
+        ("cpu", True, 16, 43, 4),  # about 64 images a pass
+        ("cpu", True, 32, 43, 2),
+        ("cpu", True, 128, 43, 1),
+        ("cpu", True, 16, 3, 3),  # never more than the labels
+        ("cuda", False, 16, 200, 32),  # about 512 images a pass
+    ],
+)
+def test_labels_stacked_per_pass_suit_the_device(monkeypatch, device, native_bfloat16, mini_batch, labels, width):
+    monkeypatch.setattr(scanner.reverse, "cpu_has_native_bfloat16", lambda: native_bfloat16)
+    assert auto_labels_per_batch(torch.device(device), mini_batch, labels) == width
