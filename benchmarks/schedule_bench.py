@@ -2,6 +2,7 @@
 
     python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--replica]
     python -m benchmarks.schedule_bench timed [--models digits,gtsrb,NAME] [--threads 2] [--full-labels N]
+        [--labels-per-batch K]
 
 `zoo`: a screened CLI scan of each zoo model and seed (reports under .cache/zoo/scans-screened/), compared with
 the full scan that `benchmarks.zoo_scans` keeps (run here where missing), both judged by the evidence rule
@@ -121,8 +122,13 @@ def sampled_labels(classes: int, count: int, seed: int) -> list[int]:
 
 def timed(args: argparse.Namespace) -> None:
     data_dir = args.data or shared_data_dir()
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, {args.threads} threads")
-    settings = {"seed": args.seed, "threads": args.threads, "max_images": args.max_images}
+    stacked = args.labels_per_batch or "auto"
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, {args.threads} threads, "
+        f"labels per forward pass: {stacked}"
+    )
+    reverse = {"labels_per_batch": args.labels_per_batch}
+    settings = {"seed": args.seed, "threads": args.threads, "max_images": args.max_images, "reverse": reverse}
     for name in args.models.split(","):
         model, data = timed_model(name, data_dir)
         started = time.perf_counter()
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     clock.add_argument("--max-images", type=int, default=1000)
     clock.add_argument("--threads", type=int, default=2)
     clock.add_argument("--seed", type=int, default=0)
+    clock.add_argument("--labels-per-batch", type=int, default=0, help="labels stacked per forward pass (0: auto)")
     clock.add_argument("--data", type=Path, default=None)
     clock.set_defaults(run=timed)
     args = parser.parse_args(argv)
