@@ -288,7 +288,9 @@ def auto_labels_per_batch(device: torch.device, mini_batch: int, label_count: in
     """Enough labels to fill about 512 images per forward pass on a GPU, and about 64 on a CPU with native
     bfloat16 (a recent Xeon: stacking 4 labels of 16 images measured 1.1x to 1.9x faster per label than one at
     a time, in float32 too; benchmarks/reverse_speed.py). One label at a time on other CPUs, where stacking
-    measured slower. A label's trigger does not depend on the labels stacked with it."""
+    measured slower. The labels' optimizations stay separate, but a convolution's round-off depends on the
+    batch size, and the reversal amplifies round-off: a label's trigger can differ with the width, as it does
+    between float32 and bfloat16 (never with the run: the same width is chosen on the same machine)."""
     if device.type == "cuda":
         images_per_pass = 512
     else:
