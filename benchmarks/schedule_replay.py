@@ -45,8 +45,11 @@ BOUND_STEPS = (10, 15, 20, 25, 30)
 
 def record(name: str, screen_steps: int, screen_mini_batch: int, data_dir: Path, seed: int = 0) -> Path:
     model_path, data_path = timed_model(name, data_dir)
-    settings = {"seed": seed, "threads": 1, "max_images": 1000, "device": "cpu", "reverse": {"starts": 1}}
-    config = make_config(settings)  # one start per label: a replay moves each label along one trajectory
+    # one start per label, one label a pass: a replay moves each label along one trajectory, the one that a real
+    # scan's label follows whichever labels share its passes (convolution round-off depends on the batch)
+    reverse = {"starts": 1, "labels_per_batch": 1}
+    settings = {"seed": seed, "threads": 1, "max_images": 1000, "device": "cpu", "reverse": reverse}
+    config = make_config(settings)
     inputs = scan_inputs(model_path, data_path, config)
     session = TriggerReverser(inputs.model, config.reverse, inputs.device, config.seed).session(
         inputs.data.images, len(inputs.labels)

@@ -6,11 +6,14 @@
 For each built zoo model (`python -m fixtures.build zoo`) and seed, runs
 
     python -m scanner.cli scan <model>.onnx --data <the data set's test file> --max-images N
-        --seed K --threads 1 --schedule full --starts 1 --start-trial-steps 0 --out .cache/zoo/scans/<name>/seed<K>
+        --seed K --threads 1 --labels-per-batch 1 --schedule full --starts 1 --start-trial-steps 0
+        --out .cache/zoo/scans/<name>/seed<K>
 
-with OMP_NUM_THREADS=1, at most --jobs at once, skipping scans whose report.json exists. Beside each report
-folder, `seed<K>.run.json` keeps the exit code, seconds and command of the run that wrote it. Prints one line
-per scan (name, seed, exit code, flagged labels, true targets, seconds) and a final count; no statistics.
+with OMP_NUM_THREADS=1, at most --jobs at once (one label a pass: a convolution's round-off depends on the
+batch, so this way a label's trajectory is the same under both schedules, on any CPU), skipping scans whose
+report.json exists. Beside each report folder, `seed<K>.run.json` keeps the exit code, seconds and command of
+the run that wrote it. Prints one line per scan (name, seed, exit code, flagged labels, true targets, seconds)
+and a final count; no statistics.
 
 The test file is in the shared data folder, or for a data set prepared from it (Tiny-ImageNet's decoded
 `tinyimagenet/val.npz`) in the models folder, decoded there first if missing (fixtures.zoo.DatasetSpec.folder).
@@ -69,6 +72,8 @@ class ScanJob:
             "--seed",
             str(self.seed),
             "--threads",
+            "1",
+            "--labels-per-batch",
             "1",
             "--schedule",
             self.schedule,
