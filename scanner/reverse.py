@@ -284,17 +284,25 @@ def cpu_has_native_bfloat16() -> bool:
     return native is not None and bool(native())
 
 
-def auto_labels_per_batch(device: torch.device, mini_batch: int, label_count: int) -> int:
+# CPU stacking was measured on 32x32 and 64x64 inputs; larger images fill the cores at one label a pass, and
+# activations grow with the pass
+CPU_STACKING_MAX_PIXELS = 64 * 64
+
+
+def auto_labels_per_batch(device: torch.device, mini_batch: int, label_count: int, image_pixels: int) -> int:
     """Enough labels to fill about 512 images per forward pass on a GPU, and about 64 on a CPU with native
-    bfloat16 (a recent Xeon: stacking 4 labels of 16 images measured 1.1x to 1.9x faster per label than one at
-    a time, in float32 too; benchmarks/reverse_speed.py). One label at a time on other CPUs, where stacking
-    measured slower. The labels' optimizations stay separate, but a convolution's round-off depends on the
-    batch size, and the reversal amplifies round-off: a label's trigger can differ with the width, as it does
-    between float32 and bfloat16 (never with the run: the same width is chosen on the same machine)."""
+    bfloat16 for images up to 64x64 (a recent Xeon: stacking 4 labels of 16 images measured 1.1x to 1.9x faster
+    per label than one at a time, in float32 too; benchmarks/reverse_speed.py). One label at a time elsewhere:
+    on other CPUs stacking measured slower. The labels' optimizations stay separate, but a convolution's
+    round-off depends on the batch size, and the reversal amplifies round-off: a label's trigger can differ with
+    the width, as it does between float32 and bfloat16 (never with the run: the same width is chosen on the same
+    machine)."""
     if device.type == "cuda":
         images_per_pass = 512
+    elif cpu_has_native_bfloat16() and image_pixels <= CPU_STACKING_MAX_PIXELS:
+        images_per_pass = 64
     else:
-        images_per_pass = 64 if cpu_has_native_bfloat16() else mini_batch
+        images_per_pass = mini_batch
     return max(1, min(label_count, images_per_pass // mini_batch))
 
 
@@ -410,7 +418,10 @@ class ReverseSession:
         self.reverser = reverser
         self.clean = clean
         config = reverser.config
-        self.width = config.labels_per_batch or auto_labels_per_batch(reverser.device, config.mini_batch, label_count)
+        pixels = clean.shape[-2] * clean.shape[-1]
+        self.width = config.labels_per_batch or auto_labels_per_batch(
+            reverser.device, config.mini_batch, label_count, pixels
+        )
 
     def start(self, label: int) -> LabelRun:
         seed = self.reverser.seed

@@ -111,16 +111,20 @@ def test_precision_is_resolved_per_device():
 
 
 @pytest.mark.parametrize(
-    ("device", "native_bfloat16", "mini_batch", "labels", "width"),
+    ("device", "native_bfloat16", "mini_batch", "labels", "pixels", "width"),
     [
-        ("cpu", False, 16, 43, 1),  # stacking measured slower on such CPUs
-        ("cpu", True, 16, 43, 4),  # about 64 images a pass
-        ("cpu", True, 32, 43, 2),
-        ("cpu", True, 128, 43, 1),
-        ("cpu", True, 16, 3, 3),  # never more than the labels
-        ("cuda", False, 16, 200, 32),  # about 512 images a pass
+        ("cpu", False, 16, 43, 32 * 32, 1),  # stacking measured slower on such CPUs
+        ("cpu", True, 16, 43, 32 * 32, 4),  # about 64 images a pass
+        ("cpu", True, 16, 200, 64 * 64, 4),
+        ("cpu", True, 16, 1000, 224 * 224, 1),  # not measured: one label a pass
+        ("cpu", True, 32, 43, 32 * 32, 2),
+        ("cpu", True, 128, 43, 32 * 32, 1),
+        ("cpu", True, 16, 3, 32 * 32, 3),  # never more than the labels
+        ("cuda", False, 16, 200, 224 * 224, 32),  # about 512 images a pass
     ],
 )
-def test_labels_stacked_per_pass_suit_the_device(monkeypatch, device, native_bfloat16, mini_batch, labels, width):
+def test_labels_stacked_per_pass_suit_the_device(
+    monkeypatch, device, native_bfloat16, mini_batch, labels, pixels, width
+):
     monkeypatch.setattr(scanner.reverse, "cpu_has_native_bfloat16", lambda: native_bfloat16)
-    assert auto_labels_per_batch(torch.device(device), mini_batch, labels) == width
+    assert auto_labels_per_batch(torch.device(device), mini_batch, labels, pixels) == width
