@@ -98,17 +98,19 @@ def replica_jobs(seeds: list[int], max_images: int, data_dir: Path) -> list[Scan
 
 
 def timed_model(name: str, data_dir: Path) -> tuple[Path, Path]:
-    """(model, clean data) for `timed`: `digits` (10 classes), `gtsrb` (the GTSRB replica, 43), or a zoo model's
-    name (its test data)."""
+    """(model, clean data) for `timed`: `digits` (10 classes), `gtsrb` (the GTSRB replica, 43), `gtsrb-clean` (the
+    clean replica), or a zoo model's name (its test data)."""
     if name == "digits":
         from fixtures.digits import build_digits
 
         files = build_digits(DEFAULT_CACHE)
         return files["digits_infected.onnx"], files["digits_test.npz"]
-    if name == "gtsrb":
+    if name in ("gtsrb", "gtsrb-clean"):
         from fixtures.gtsrb import build_gtsrb
 
-        return build_gtsrb(DEFAULT_CACHE, data_dir, infected=True)["gtsrb_infected.onnx"], data_dir / "gtsrb_test.npz"
+        infected = name == "gtsrb"
+        file = "gtsrb_infected.onnx" if infected else "gtsrb_clean.onnx"
+        return build_gtsrb(DEFAULT_CACHE, data_dir, infected=infected)[file], data_dir / "gtsrb_test.npz"
     from fixtures.zoo import DATASETS, ZooCard, model_paths
 
     model, card_path = model_paths(DEFAULT_CACHE, name)
@@ -167,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     zoo.add_argument("--replica", action="store_true", help="the GTSRB replica too (not a zoo model)")
     zoo.set_defaults(run=compare_zoo)
     clock = commands.add_parser("timed", help="both schedules timed in one process")
-    clock.add_argument("--models", default="digits,gtsrb", help="digits, gtsrb (the replica) or zoo model names")
+    clock.add_argument(
+        "--models", default="digits,gtsrb", help="digits, gtsrb (the replica), gtsrb-clean or zoo model names"
+    )
     clock.add_argument("--full-labels", type=int, default=0, help="time `full` on this many sampled labels only")
     clock.add_argument("--max-images", type=int, default=1000)
     clock.add_argument("--threads", type=int, default=2)
