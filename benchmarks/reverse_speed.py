@@ -30,7 +30,7 @@ from fixtures.zoo import ARCHITECTURES
 from scanner.config import ReverseConfig
 from scanner.model import ScoringModel
 from scanner.preprocess import make_scaling
-from scanner.reverse import TriggerReverser, use_bfloat16
+from scanner.reverse import TriggerReverser, cpu_has_native_bfloat16
 
 MINI_BATCH = 16  # the default preset's
 
@@ -119,10 +119,9 @@ def main() -> None:
     parser.add_argument("--archs", default="paper,cnn,bn,resnet", help=f"of {', '.join(MODELS)}")
     parser.add_argument("--batches", type=int, default=40, help="mini-batches of 16 timed per variant")
     args = parser.parse_args()
-    cpu = torch.device("cpu")
     print(
         f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores, "
-        f"native bfloat16: {use_bfloat16('auto', cpu)}, torch {torch.__version__}"
+        f"native bfloat16: {cpu_has_native_bfloat16()}, torch {torch.__version__}"
     )
     with tempfile.TemporaryDirectory() as folder:
         paths = [args.model] if args.model else [export_random(a, Path(folder)) for a in args.archs.split(",")]

@@ -125,9 +125,14 @@ def stored_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                 yield from attribute.tensors
 
 
+def declared_bytes(tensor: onnx.TensorProto) -> int:
+    """The tensor's size as its dims and type declare it."""
+    return math.prod(tensor.dims) * element_size(tensor.data_type)
+
+
 def stored_bytes(tensor: onnx.TensorProto, base: Path) -> int:
     """What reading the tensor allocates: its declared size, or more where its external data says so."""
-    declared = math.prod(tensor.dims) * element_size(tensor.data_type)
+    declared = declared_bytes(tensor)
     if not external_data_helper.uses_external_data(tensor):
         return declared
     info = external_data_helper.ExternalDataInfo(tensor)
@@ -320,7 +325,7 @@ def inline_weight_identities(model: onnx.ModelProto) -> int:
 def converted_weight_bytes(model: onnx.ModelProto) -> int:
     """The initializers' bytes once per node input that names one: onnx2torch copies a weight into the module
     of every node that uses it, so a weight shared by many nodes costs its size many times over."""
-    sizes = {tensor.name: math.prod(tensor.dims) * element_size(tensor.data_type) for tensor in model.graph.initializer}
+    sizes = {tensor.name: declared_bytes(tensor) for tensor in model.graph.initializer}
     return sum(sizes.get(name, 0) for graph in all_graphs(model.graph) for node in graph.node for name in node.input)
 
 

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from cleanse_base.errors import ModelError
 from cleanse_base.limits import ENV_VAR
 from converters.onnx_prepare import count_nodes, load_checked
+from converters.saved_model_check import quiet_tensorflow
 from fixtures.hostile.tf_onnx_files import external_tensor, write_zip
 
 # ---------------------------------------------------------------- ONNX
@@ -200,7 +201,7 @@ def test_a_keras_zip_declaring_more_than_unpacked_bytes_is_refused_before_keras(
 @pytest.fixture(scope="module")
 def tf():
     pytest.importorskip("tensorflow", reason="needs the keras extra: pip install .[keras]")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow()
     import tensorflow
 
     return tensorflow
