@@ -170,3 +170,25 @@ def test_starts_of_one_label_batched_together_give_the_triggers_they_give_alone(
         return [r.l1_norm for r in scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config).labels]
 
     np.testing.assert_allclose(norms(1), norms(4), rtol=1e-3)
+
+
+class Unreachable(torch.nn.Module):
+    """Answers label 0 whatever the image: no trigger reaches another label."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = images.flatten(1) @ torch.zeros(36, 4) + torch.tensor([5.0, 0.0, 0.0, 0.0])
+        return torch.log_softmax(logits, dim=1)
+
+
+def test_a_label_whose_starts_stop_together_before_the_trial_without_a_trigger_is_reported_once():
+    images = np.random.default_rng(0).uniform(0, 255, (16, 1, 6, 6)).astype(np.float32)
+    # both starts share a pass and reach the step limit in the same step, before the trial ends
+    config = ReverseConfig(
+        mini_batch=16, images_per_step=16, max_steps=3, starts=2, start_trial_steps=10, labels_per_batch=2
+    )
+    session = TriggerReverser(Unreachable(), config, torch.device("cpu"), seed=0).session(images, 1)
+    run = session.start(2)
+    seen = []
+    session.advance([run], None, seen.append)
+    assert [trigger.label for trigger in seen] == [2]
+    assert not seen[0].found and seen[0].steps == 6 and seen[0].mask.shape == (6, 6)
