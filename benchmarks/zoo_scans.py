@@ -1,15 +1,15 @@
 """Scan the model zoo with the real CLI: one subprocess per (model, seed), reports kept for the detection table.
 
     python -m benchmarks.zoo_scans [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--max-images 1000]
-        [--starts N] [--start-trial-steps T] [--schedule full|screened] [--scans DIR]
+        [--starts N] [--start-trial-steps T] [--schedule full|screened] [--labels-per-batch K] [--scans DIR]
 
 For each built zoo model (`python -m fixtures.build zoo`) and seed, runs
 
     python -m scanner.cli scan <model>.onnx --data <the data set's test file> --max-images N
-        --seed K --threads 1 --labels-per-batch 1 --schedule full --starts 1 --start-trial-steps 0
+        --seed K --threads 1 --labels-per-batch 1 --schedule full --starts 2 --start-trial-steps 10
         --out .cache/zoo/scans/<name>/seed<K>
 
-with OMP_NUM_THREADS=1, at most --jobs at once (one label a pass: a convolution's round-off depends on the
+with OMP_NUM_THREADS=1, at most --jobs at once (by default one label a pass: a convolution's round-off depends on the
 batch, so this way a label's trajectory is the same under both schedules, on any CPU), skipping scans whose
 report.json exists. Beside each report folder, `seed<K>.run.json` keeps the exit code, seconds and command of
 the run that wrote it. Prints one line per scan (name, seed, exit code, flagged labels, true targets, seconds)
@@ -34,8 +34,9 @@ from pathlib import Path
 
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
 from fixtures.zoo import DATASETS, ZooCard, model_paths, select
-from scanner.config import SCHEDULES
+from scanner.config import PRESETS, SCHEDULES
 
+DEFAULT = PRESETS["default"]  # the scans measure the default preset's reversal unless told otherwise
 SCANS_DIR = REPO_ROOT / ".cache" / "zoo" / "scans"
 REPORT = "report.json"
 
@@ -50,8 +51,9 @@ class ScanJob:
     targets: tuple[int, ...]
     max_images: int
     schedule: str = "full"  # the detection table's scans reverse every label to its end
-    starts: int = 1  # reversals per label (scanner.reverse: the label keeps the smallest trigger)
-    start_trial_steps: int = 0  # with several starts: the steps after which only the best start goes on
+    starts: int = DEFAULT.starts  # reversals per label (scanner.reverse: the label keeps the smallest trigger)
+    start_trial_steps: int = DEFAULT.start_trial_steps  # steps after which only the best start goes on
+    labels_per_batch: int = 1  # 1: the same trajectory on any CPU, as schedule recordings need; 0: the device's
 
     @property
     def record(self) -> Path:
@@ -74,7 +76,7 @@ class ScanJob:
             "--threads",
             "1",
             "--labels-per-batch",
-            "1",
+            str(self.labels_per_batch),
             "--schedule",
             self.schedule,
             "--starts",
@@ -116,9 +118,10 @@ def scan_jobs(
     models_dir: Path,
     data_dir: Path,
     scans_dir: Path,
-    starts: int = 1,
+    starts: int = DEFAULT.starts,
     schedule: str = "full",
-    start_trial_steps: int = 0,
+    start_trial_steps: int = DEFAULT.start_trial_steps,
+    labels_per_batch: int = 1,
 ) -> tuple[list[ScanJob], list[str]]:
     """(jobs ordered seed by seed, so every model gets its first seed before any gets a second; zoo models
     not built yet)."""
@@ -134,7 +137,19 @@ def scan_jobs(
             out = scans_dir / spec.name / f"seed{seed}"
             targets = tuple(card.targets)
             jobs.append(
-                ScanJob(spec.name, seed, model, data, out, targets, max_images, schedule, starts, start_trial_steps)
+                ScanJob(
+                    spec.name,
+                    seed,
+                    model,
+                    data,
+                    out,
+                    targets,
+                    max_images,
+                    schedule,
+                    starts,
+                    start_trial_steps,
+                    labels_per_batch,
+                )
             )
     return sorted(jobs, key=lambda job: job.seed), missing
 
@@ -225,14 +240,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, default=DEFAULT_CACHE, help="the zoo build's --out (%(default)s)")
     parser.add_argument("--data", type=Path, default=None, help="shared data folder")
     parser.add_argument("--scans", type=Path, default=SCANS_DIR, help="report folders (%(default)s)")
-    parser.add_argument("--starts", type=int, default=1, help="reversals per label (default: %(default)s)")
+    parser.add_argument("--starts", type=int, default=DEFAULT.starts, help="reversals per label (default: %(default)s)")
     parser.add_argument(
-        "--start-trial-steps", type=int, default=0, help="steps before only the best start goes on (default: 0, all)"
+        "--start-trial-steps",
+        type=int,
+        default=DEFAULT.start_trial_steps,
+        help="steps before only the best start goes on (default: %(default)s; 0: every start to its end)",
     )
     parser.add_argument("--schedule", choices=SCHEDULES, default="full", help="label schedule (default: %(default)s)")
+    parser.add_argument(
+        "--labels-per-batch",
+        type=int,
+        default=1,
+        help="labels a forward pass (default: 1, as recordings need; 0: auto)",
+    )
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.max_images < 1 or args.starts < 1 or args.start_trial_steps < 0:
-        parser.error("--jobs, --max-images and --starts must be at least 1, --start-trial-steps at least 0")
+    if (
+        args.jobs < 1
+        or args.max_images < 1
+        or args.starts < 1
+        or min(args.start_trial_steps, args.labels_per_batch) < 0
+    ):
+        parser.error(
+            "--jobs, --max-images and --starts must be at least 1, --start-trial-steps and --labels-per-batch at "
+            "least 0"
+        )
     args.data = args.data or shared_data_dir()
     return args
 
@@ -252,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             args.starts,
             args.schedule,
             args.start_trial_steps,
+            args.labels_per_batch,
         )
     except FileNotFoundError as error:  # a prepared data set's test file missing and not preparable
         raise SystemExit(f"error: {error}") from None
