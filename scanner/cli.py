@@ -240,13 +240,13 @@ shared_scan_options = options(
     count_option(
         "--starts",
         help="Independent reversals per label from different random starts; each label keeps its smallest trigger "
-        "(cost grows with the count).",
+        "(default preset: 2, paper: 1).",
     ),
     count_option(
         "--start-trial-steps",
         minimum=0,
         help="With several starts: every start runs this many steps, then only the one with the smallest trigger "
-        "so far goes on (default 0: every start to its end).",
+        "so far goes on (default preset: 10; paper: 0, every start to its end).",
     ),
     click.option(
         "--schedule",

@@ -94,11 +94,19 @@ class ReverseConfig:
 # image, which matter more than images; steps of 256 images keep the success test from passing by luck; the
 # patience and early stop let typical labels shrink as far as `paper` does (a shorter schedule left their
 # norms higher and flagged natural small triggers); bfloat16 autocast, where native, is faster with the same
-# norms within noise.
+# norms within noise. Two starts with a 10-step trial: one start misses a planted trigger it can find far more
+# often than the trial's second start costs (benchmarks/start_trials.py; the figures are in the README).
 PRESETS: dict[str, ReverseConfig] = {
     "paper": ReverseConfig(),
     "default": ReverseConfig(
-        mini_batch=16, images_per_step=256, max_steps=300, patience=3, early_stop_patience=12, precision="auto"
+        mini_batch=16,
+        images_per_step=256,
+        max_steps=300,
+        patience=3,
+        early_stop_patience=12,
+        precision="auto",
+        starts=2,
+        start_trial_steps=10,
     ),
 }
 
