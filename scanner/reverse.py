@@ -471,10 +471,12 @@ class ReverseSession:
                 start.finished = self.reverser._after_step(start, params, i)
                 if start.finished or start.steps >= limit(start):
                     leaving.append(i)
-            left = [active.pop(i) for i in reversed(leaving)]
-            for i, start in zip(reversed(leaving), left, strict=True):
+            left = []
+            for i in reversed(leaving):
+                start = active.pop(i)
                 saved = params.pause(i)
                 start.saved = None if start.dropped else saved  # dropped while in the batch: nothing to resume
+                left.append(start)
             # only once every leaving start is saved: a label reported here may keep any of them
             for start in left:
                 label_run = owner[id(start)]
