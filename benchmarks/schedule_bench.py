@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_models import bench_model
 from benchmarks.detection_table import saved_evidence
 from benchmarks.zoo_scans import REPORT, SCANS_DIR, ScanJob, parse_ints, run_all, scan_jobs
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
@@ -88,34 +89,13 @@ def compare_zoo(args: argparse.Namespace) -> None:
 
 def replica_jobs(seeds: list[int], max_images: int, data_dir: Path) -> list[ScanJob]:
     """Full scans of the GTSRB replica (the seed's paper model, BadNets target 33), built when missing."""
-    from fixtures.gtsrb import TARGET
-
-    model, data = timed_model("gtsrb", data_dir)
+    replica = bench_model("gtsrb", data_dir)
     return [
-        ScanJob(REPLICA, seed, model, data, SCANS_DIR / REPLICA / f"seed{seed}", (TARGET,), max_images)
+        ScanJob(
+            REPLICA, seed, replica.model, replica.data, SCANS_DIR / REPLICA / f"seed{seed}", replica.targets, max_images
+        )
         for seed in seeds
     ]
-
-
-def timed_model(name: str, data_dir: Path) -> tuple[Path, Path]:
-    """(model, clean data) for `timed`: `digits` (10 classes), `gtsrb` (the GTSRB replica, 43), `gtsrb-clean` (the
-    clean replica), or a zoo model's name (its test data)."""
-    if name == "digits":
-        from fixtures.digits import build_digits
-
-        files = build_digits(DEFAULT_CACHE)
-        return files["digits_infected.onnx"], files["digits_test.npz"]
-    if name in ("gtsrb", "gtsrb-clean"):
-        from fixtures.gtsrb import build_gtsrb
-
-        infected = name == "gtsrb"
-        file = "gtsrb_infected.onnx" if infected else "gtsrb_clean.onnx"
-        return build_gtsrb(DEFAULT_CACHE, data_dir, infected=infected)[file], data_dir / "gtsrb_test.npz"
-    from fixtures.zoo import DATASETS, ZooCard, model_paths
-
-    model, card_path = model_paths(DEFAULT_CACHE, name)
-    card = ZooCard.read(card_path)
-    return model, DATASETS[card.dataset].folder(data_dir, DEFAULT_CACHE) / card.test_file
 
 
 def sampled_labels(classes: int, count: int, seed: int) -> list[int]:
@@ -132,7 +112,8 @@ def timed(args: argparse.Namespace) -> None:
     reverse = {"labels_per_batch": args.labels_per_batch}
     settings = {"seed": args.seed, "threads": args.threads, "max_images": args.max_images, "reverse": reverse}
     for name in args.models.split(","):
-        model, data = timed_model(name, data_dir)
+        chosen = bench_model(name, data_dir)
+        model, data = chosen.model, chosen.data
         started = time.perf_counter()
         screened = scan(model, data, make_config({**settings, "schedule": {"mode": "screened"}}))
         screened_s = time.perf_counter() - started

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.schedule_bench import timed_model
+from benchmarks.bench_models import bench_model
 from benchmarks.zoo_scans import parse_ints
 from fixtures.paths import REPO_ROOT, shared_data_dir
 from scanner import make_config
@@ -44,7 +44,8 @@ BOUND_STEPS = (10, 15, 20, 25, 30)
 
 
 def record(name: str, screen_steps: int, screen_mini_batch: int, data_dir: Path, seed: int = 0) -> Path:
-    model_path, data_path = timed_model(name, data_dir)
+    chosen = bench_model(name, data_dir)
+    model_path, data_path = chosen.model, chosen.data
     # one start per label, one label a pass: a replay moves each label along one trajectory, the one that a real
     # scan's label follows whichever labels share its passes (convolution round-off depends on the batch)
     reverse = {"starts": 1, "labels_per_batch": 1}

@@ -26,9 +26,9 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from benchmarks.schedule_bench import timed_model
+from benchmarks.bench_models import bench_model
 from benchmarks.zoo_scans import parse_ints
-from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
+from fixtures.paths import REPO_ROOT, shared_data_dir
 from scanner import make_config
 from scanner.reverse import LabelRun, StartRun, TriggerReverser, start_rng
 from scanner.run_scan import scan_inputs
@@ -38,26 +38,12 @@ TRIAL_STEPS = (5, 10, 15, 20, 0)  # 0: every start to its end
 MISS_FACTOR = 2.0
 
 
-def target_labels(name: str) -> list[int]:
-    if name == "gtsrb":
-        from fixtures.gtsrb import TARGET
-
-        return [TARGET]
-    if name == "digits":
-        from fixtures.digits import TARGET
-
-        return [TARGET]
-    from fixtures.zoo import ZooCard, model_paths
-
-    return list(ZooCard.read(model_paths(DEFAULT_CACHE, name)[1]).targets)
-
-
 def record(args: argparse.Namespace) -> None:
     data_dir = args.data or shared_data_dir()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
-        model, data = timed_model(name, data_dir)
-        labels = target_labels(name)
+        chosen = bench_model(name, data_dir)
+        model, data, labels = chosen.model, chosen.data, list(chosen.targets)
         settings = {"seed": args.data_seed, "threads": 1, "max_images": 1000, "labels": labels}
         config = make_config({**settings, "reverse": {"labels_per_batch": 1}})
         inputs = scan_inputs(model, data, config)
