@@ -272,6 +272,12 @@ shared_scan_options = options(
         type=float,
         help="evidence rule: family-wise p-value below which a label is flagged (default 0.001).",
     ),
+    click.option(
+        "--inconclusive-factor",
+        type=click.FloatRange(min=1),
+        help="evidence rule: a model with no label flagged whose p-value lies below alpha times this is "
+        "inconclusive, a close call (exit 2; default 10; 1: never).",
+    ),
     seed_option,
     device_option,
     threads_option,

@@ -150,6 +150,8 @@ class ScanConfig:
     decision: str = ""
     mad_threshold: float = 2.0  # the paper rule's anomaly index threshold
     alpha: float = 0.001  # the evidence rule's family-wise p-value below which a label is flagged
+    # evidence rule: an unflagged model whose p-value lies below alpha times this is inconclusive (1: never)
+    inconclusive_factor: float = 10.0
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -186,6 +188,8 @@ class ScanConfig:
             raise ConfigError(f"decision must be one of {', '.join(DECISIONS)}, not {printable(self.decision)!r}")
         if not 0 < self.alpha < 1:
             raise ConfigError(f"alpha must be in (0, 1), not {self.alpha}")
+        if not 1 <= self.inconclusive_factor < math.inf:
+            raise ConfigError(f"inconclusive_factor must be 1 (no band) or above, not {self.inconclusive_factor}")
         if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError(f"seed must be in [0, {SEED_MAX}], not {self.seed}")
         if not DEVICE_PATTERN.fullmatch(self.device):

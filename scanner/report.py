@@ -21,11 +21,12 @@ from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.6"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.7"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
-# 1.6: config reverse.start_trial_steps
+# 1.6: config reverse.start_trial_steps; 1.7: config inconclusive_factor, decision "inconclusive_below" and
+# "inconclusive" (the evidence rule's close calls)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -179,6 +180,8 @@ def decide_verdict(
         return INCONCLUSIVE, f"no label's trigger reached the attack success threshold ({success_threshold:g})"
     if decision.flagged:
         return INFECTED, f"label(s) {', '.join(map(str, decision.flagged))} flagged: {rule_text(decision)}"
+    if decision.inconclusive:
+        return INCONCLUSIVE, close_call_text(decision)
     if found < MIN_LABELS:
         return INCONCLUSIVE, (
             f"only {found} label(s) reached the attack success threshold ({success_threshold:g}): MAD needs at least "
@@ -187,6 +190,15 @@ def decide_verdict(
     if mad.all_equal:
         return INCONCLUSIVE, "every label's trigger has the same L1 norm: MAD is 0 and cannot tell them apart"
     return CLEAN, f"no label flagged: {rule_text(decision)}"
+
+
+def close_call_text(decision: DecisionResult) -> str:
+    suspect = "" if decision.suspect is None else f" (label {decision.suspect})"
+    return (
+        f"a close call: the model's p-value {decision.score:.3g}{suspect} lies between the flag threshold "
+        f"{decision.threshold:g} and {decision.inconclusive_below:g}; rerun with more --starts or another --seed, or "
+        "look at that label's trigger"
+    )
 
 
 def rule_text(decision: DecisionResult) -> str:
@@ -253,6 +265,7 @@ class _DecisionJson:
     threshold: float
     measures: list[str] = field(default_factory=list)
     labels: list[LabelJudgement] = field(default_factory=list)
+    inconclusive_below: float | None = None  # absent before schema 1.7
 
 
 def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -> DecisionResult:
@@ -261,7 +274,14 @@ def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -
         raise ConfigError(f"{where}.flagged {document.flagged[:10]} differs from flagged_labels {flagged[:10]}")
     judgements = {item.label: item for item in document.labels}
     return DecisionResult(
-        document.rule, flagged, document.score, document.score_kind, document.threshold, judgements, document.measures
+        document.rule,
+        flagged,
+        document.score,
+        document.score_kind,
+        document.threshold,
+        judgements,
+        document.measures,
+        document.inconclusive_below,
     )
 
 

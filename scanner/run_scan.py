@@ -165,7 +165,7 @@ def scan(
         if progress:
             progress(result, done, len(labels))
 
-    decision = make_decision(config.decision, config.mad_threshold, config.alpha)
+    decision = make_decision(config.decision, config.mad_threshold, config.alpha, config.inconclusive_factor)
     reverser = TriggerReverser(model, config.reverse, device, config.seed)
     session = reverser.session(data.images, len(labels))
     meter = EvidenceMeter(model, data.images, device, config.seed)

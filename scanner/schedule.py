@@ -18,11 +18,11 @@ evidence. `screened`:
 4. Settled? The projection is only as good as the calibration labels, and no stopped label moves exactly as
    their median did: the decision judges `resamples` projections in which every stopped label moves as one
    calibration label drawn at random did (its shrink ratio, its measurements' moves), and the verdict is settled
-   when every one flags the same labels. (Moving every stopped label by the same median keeps the screen's
-   spread between them, which can be narrower or wider than the final spread and so inflate or deflate every
-   z-score.) Otherwise `calibration_labels` more labels nearest the median run to their end, join the
-   calibration, and the settle test repeats. Flagged labels are always final; in the worst case every label
-   finishes, as in `full`.
+   when every one flags the same labels and agrees on whether the model is a close call (evidence rule). (Moving
+   every stopped label by the same median keeps the screen's spread between them, which can be narrower or wider
+   than the final spread and so inflate or deflate every z-score.) Otherwise `calibration_labels` more labels
+   nearest the median run to their end, join the calibration, and the settle test repeats. Flagged labels are
+   always final; in the worst case every label finishes, as in `full`.
 
 The decision is a parameter, so the settle test asks the same question as the verdict.
 """
@@ -38,7 +38,7 @@ import numpy as np
 
 from scanner.config import ScheduleConfig
 from scanner.decision.evidence import LabelEvidence
-from scanner.decision.rules import Decision
+from scanner.decision.rules import Decision, DecisionResult
 from scanner.reverse import LabelRun, ProgressCallback, ReverseSession
 
 # the evidence fields a stopped label's projection moves by the finished labels' median change
@@ -148,6 +148,11 @@ def near_labels(
         for label, tried in trials.items()
         if any(decision.near({**evidence, label: trial}, [label]) for trial in tried)
     }
+
+
+def verdict_of(result: DecisionResult) -> tuple[list[int], bool]:
+    """What the settle test holds fixed: the flagged labels and whether the model is a close call."""
+    return result.flagged, result.inconclusive
 
 
 def screen(
@@ -270,11 +275,11 @@ class LabelScheduler:
         random did (the projection's own uncertainty, label by label)."""
         if len(standing.final) == len(standing.runs):
             return True
-        flagged = self.decision.judge(evidence).flagged
+        verdict = verdict_of(self.decision.judge(evidence))
         stopped = [label for label in standing.runs if label not in standing.final]
         for _ in range(self.config.resamples):
             drawn = dict(zip(stopped, rng.choice(standing.calibration, len(stopped)).tolist(), strict=True))
-            if self.decision.judge(self._projection(standing, drawn)[0]).flagged != flagged:
+            if verdict_of(self.decision.judge(self._projection(standing, drawn)[0])) != verdict:
                 return False
         return True
 

@@ -78,6 +78,9 @@ def test_wrong_typed_values_are_one_line_config_errors(settings, names):
         ({"contract": {"batch_size": 8}}, "renamed contract.fixed_batch"),
         ({"std": [0.0]}, "std"),
         ({"scale": "bogus"}, "scale"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"inconclusive_factor": 0.5}, "inconclusive_factor"),
+        ({"inconclusive_factor": float("inf")}, "inconclusive_factor"),
     ],
 )
 def test_settings_that_cannot_give_a_verdict_are_refused(settings, words):

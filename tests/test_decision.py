@@ -166,9 +166,37 @@ def test_an_ordinary_sized_trigger_is_not_flagged_for_its_other_measures_alone()
     assert 19 not in result.flagged
 
 
+def test_an_unflagged_model_in_the_decade_above_alpha_is_a_close_call():
+    planted = evidence_set([*NATURAL[:19], 12.0], compact=[*NATURAL_COMPACT[:19], 0.98])
+    score = EvidenceDecision().judge(planted).score
+    assert score < 1e-6
+    close = EvidenceDecision(alpha=score / 2).judge(planted)  # the score lies in [alpha, 10 alpha)
+    assert close.flagged == [] and close.inconclusive and close.suspect == 19
+    assert close.inconclusive_below == pytest.approx(5 * score) and close.to_dict()["inconclusive"] is True
+    assert not EvidenceDecision(alpha=score / 2, inconclusive_factor=1).judge(planted).inconclusive
+    assert not EvidenceDecision(alpha=score / 20).judge(planted).inconclusive  # a decade and more away: clean
+    flagged = EvidenceDecision().judge(planted)
+    assert flagged.flagged == [19] and not flagged.inconclusive  # a flag is a finding, never a close call
+    assert not PaperDecision().judge(planted).inconclusive and PaperDecision().judge(planted).inconclusive_below is None
+
+
+def test_a_close_call_makes_the_verdict_inconclusive_with_the_label_named():
+    from scanner.mad import mad_outliers
+    from scanner.report import INCONCLUSIVE, LabelResult, decide_verdict
+
+    planted = evidence_set([*NATURAL[:19], 12.0], compact=[*NATURAL_COMPACT[:19], 0.98])
+    score = EvidenceDecision().judge(planted).score
+    labels = [LabelResult(label, item.norm, 1.0, True, 10, 0.1, 0.0, False) for label, item in planted.items()]
+    mad = mad_outliers({label: item.norm for label, item in planted.items()})
+    verdict, reason = decide_verdict(labels, mad, EvidenceDecision(alpha=score / 2).judge(planted), 0.99)
+    assert verdict == INCONCLUSIVE and reason.startswith("a close call:") and "(label 19)" in reason
+
+
 @pytest.mark.slow
 def test_the_evidence_rule_on_the_digits_models_end_to_end(digits, tmp_path):
     """A real scan of each digits model under the evidence rule, through the CLI, its report read back."""
+    from click.testing import CliRunner
+
     from scanner.cli import main
     from scanner.mitigate.report_folder import read_scan_report
 
@@ -188,6 +216,21 @@ def test_the_evidence_rule_on_the_digits_models_end_to_end(digits, tmp_path):
     assert set(infected.labels[0].evidence) == {"success", "core_success", "compactness", "drive", "mimicry"}
     code, clean = outcomes["digits_clean"]
     assert code == 0 and clean.flagged == [] and clean.judged.score > 0.01
+    assert clean.judged.inconclusive_below == pytest.approx(0.01) and not clean.judged.inconclusive
+    # the same scan with the flag threshold just under its score: a close call, exit 2, one line naming it
+    alpha = min(clean.judged.score, 0.999) / 2
+    out = tmp_path / "close"
+    args = ["scan", str(digits["digits_clean.onnx"]), "--data", str(digits["digits_test.npz"]), "--out", str(out)]
+    result = CliRunner().invoke(
+        main, [*args, "--quiet", "--threads", "1", "--alpha", str(alpha), "--inconclusive-factor", "4"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"cleanse: error: inconclusive verdict: {read_scan_report(out).verdict_reason}"
+    ]
+    close = read_scan_report(out)
+    assert close.verdict == "inconclusive" and close.verdict_reason.startswith("a close call:")
+    assert close.judged.inconclusive and close.config.inconclusive_factor == 4
 
 
 def test_with_too_few_labels_for_a_z_score_nothing_is_flagged():

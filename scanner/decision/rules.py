@@ -63,6 +63,19 @@ class DecisionResult:
     threshold: float  # evidence: the p-value below which a label is flagged; paper: the anomaly index threshold
     judgements: dict[int, LabelJudgement] = field(default_factory=dict)  # evidence rule only
     measures: list[str] = field(default_factory=list)
+    # evidence rule: an unflagged model whose p-value lies below this is a close call (None: no such band)
+    inconclusive_below: float | None = None
+
+    @property
+    def inconclusive(self) -> bool:
+        """No label flagged, but the model's score lies in the band between the flag threshold and
+        `inconclusive_below`: too close to call either way."""
+        return not self.flagged and self.inconclusive_below is not None and self.score < self.inconclusive_below
+
+    @property
+    def suspect(self) -> int | None:
+        """Evidence rule: the label whose p-value is the model's score (None where no label's is)."""
+        return next((label for label, item in self.judgements.items() if item.p_value == self.score), None)
 
     @property
     def suspicion(self) -> float:
@@ -86,6 +99,8 @@ class DecisionResult:
             "score_kind": self.score_kind,
             "threshold": self.threshold,
             "margin": round(self.margin, 4),
+            "inconclusive_below": self.inconclusive_below,
+            "inconclusive": self.inconclusive,
             "measures": self.measures,
             "labels": [self.judgements[label].to_dict() for label in sorted(self.judgements)],
         }
@@ -175,6 +190,10 @@ class EvidenceDecision:
     # are silent (Neural Cleanse's own test); each look is paid for (Bonferroni)
     alone: tuple[str, ...] = ("log_norm",)
     candidate_z: float = 1.0  # log-norm z-score above which a label may be flagged
+    # an unflagged model whose p-value lies below alpha times this is inconclusive (1: never): in the decade above
+    # alpha clean models and hard backdoors (blended, label-specific, a trigger the reversal found only in part)
+    # both land on the zoo (README, "Detection on the model zoo")
+    inconclusive_factor: float = 10.0
     name: str = "evidence"
 
     def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
@@ -194,7 +213,10 @@ class EvidenceDecision:
         ]
         # the model's score: its most suspicious label that could be flagged
         score = min((j.p_value for j in judgements.values() if self._small(j.z_scores)), default=1.0)
-        return DecisionResult("evidence", flagged, score, "p_value", self.alpha, judgements, measures)
+        return DecisionResult(
+            "evidence", flagged, score, "p_value", self.alpha, judgements, measures,
+            self.alpha * self.inconclusive_factor,
+        )  # fmt: skip
 
     def _small(self, z_scores: Mapping[str, float]) -> bool:
         # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures weigh a
@@ -244,9 +266,11 @@ def upper_tail_quantile(p_value: float) -> float:
     return (low + high) / 2
 
 
-def make_decision(name: str, mad_threshold: float, alpha: float) -> PaperDecision | EvidenceDecision:
+def make_decision(
+    name: str, mad_threshold: float, alpha: float, inconclusive_factor: float = 10.0
+) -> PaperDecision | EvidenceDecision:
     if name == "paper":
         return PaperDecision(mad_threshold)
     if name == "evidence":
-        return EvidenceDecision(alpha)
+        return EvidenceDecision(alpha, inconclusive_factor=inconclusive_factor)
     raise ValueError(f"unknown decision {name!r}")
