@@ -4,9 +4,11 @@ Reads the scans `python -m benchmarks.zoo_scans` saved (.cache/zoo/scans/<model>
 zoo's model cards (fixtures.zoo.ZooCard: dataset, attack family, targets), judges every scan's per-label
 evidence with each decision rule (so both rules see the same reversed triggers), and prints:
 
-- per attack family and rule: models caught with exactly their target(s), caught at all, clean models flagged;
+- per attack family and rule: models caught with exactly their target(s), caught at all, clean models flagged,
+  and the close calls (no label flagged, the model's p-value within the evidence rule's inconclusive band);
 - the ROC-AUC of each rule's model-level score over all models (infected = positive), per seed;
-- stability: models whose verdict differs between seeds, with the score's margin from the threshold;
+- stability: models whose verdict (flagged labels, close call or clean) differs between seeds, with the score's
+  margin from the threshold;
 - with --labels: each infected model's target labels and its most suspicious other label, measure by measure.
 
 `--compare DIR` prints the same blocks for the scans of another folder (e.g. scans with `--starts 2` from
@@ -157,12 +159,14 @@ def judge_all(scans: list[ZooScan], rules: dict[str, object]) -> dict[tuple[str,
 
 
 def family_table(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
-    rows = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))  # family -> rule -> [exact, any, total]
+    rows = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0]))  # family -> rule -> [exact, any, total, close]
     for scan in scans:
         for rule in rules:
-            flagged = set(judged[(rule, scan.model, scan.seed)].flagged)
+            result = judged[(rule, scan.model, scan.seed)]
+            flagged = set(result.flagged)
             cell = rows[scan.family][rule]
             cell[2] += 1
+            cell[3] += result.inconclusive
             if scan.family == "clean":
                 cell[1] += bool(flagged)
             elif scan.family == "all_to_all":
@@ -171,14 +175,16 @@ def family_table(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[s
             else:
                 cell[0] += flagged == set(scan.targets)
                 cell[1] += bool(flagged & set(scan.targets))
-    header = f"{'family':14s} {'scans':>5s}  " + "  ".join(f"{rule + ': exact / any target':>30s}" for rule in rules)
+    header = f"{'family':14s} {'scans':>5s}  " + "  ".join(
+        f"{rule + ': exact / any target / close calls':>44s}" for rule in rules
+    )
     lines = [header]
     for family in sorted(rows, key=lambda f: (f == "clean", f)):
         cells = []
         for rule in rules:
-            exact, hit, total = rows[family][rule]
-            text = f"clean flagged {hit}/{total}" if family == "clean" else f"{exact}/{total} / {hit}/{total}"
-            cells.append(f"{text:>30s}")
+            exact, hit, total, close = rows[family][rule]
+            found = f"clean flagged {hit}/{total}" if family == "clean" else f"{exact}/{total} / {hit}/{total}"
+            cells.append(f"{found + f' / {close}':>44s}")
         lines.append(f"{family:14s} {rows[family][rules[0]][2]:>5d}  " + "  ".join(cells))
     return lines
 
@@ -199,6 +205,13 @@ def auc_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]
     return lines
 
 
+def verdict_text(result: DecisionResult) -> str:
+    """The flagged labels, or "close call" (the evidence rule's inconclusive band), or "clean"."""
+    if result.flagged:
+        return str(result.flagged)
+    return "close call" if result.inconclusive else "clean"
+
+
 def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
     lines = []
     by_model = defaultdict(list)
@@ -207,15 +220,15 @@ def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> lis
     for rule in rules:
         flips = []
         for model, runs in sorted(by_model.items()):
-            verdicts = {tuple(judged[(rule, model, s.seed)].flagged) for s in runs}
+            verdicts = {verdict_text(judged[(rule, model, s.seed)]) for s in runs}
             if len(verdicts) > 1:
                 detail = ", ".join(
-                    f"seed {s.seed}: {judged[(rule, model, s.seed)].flagged} margin "
+                    f"seed {s.seed}: {verdict_text(judged[(rule, model, s.seed)])} margin "
                     f"{judged[(rule, model, s.seed)].margin:+.2f}"
                     for s in sorted(runs, key=lambda s: s.seed)
                 )
                 flips.append(f"  {model}: {detail}")
-        lines.append(f"{rule}: {len(flips)} of {len(by_model)} models change flagged labels between seeds")
+        lines.append(f"{rule}: {len(flips)} of {len(by_model)} models change verdict between seeds")
         lines.extend(flips)
     return lines
 
