@@ -206,9 +206,9 @@ def auc_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]
 
 
 def verdict_text(result: DecisionResult) -> str:
-    """The flagged labels, or "close call" (the evidence rule's inconclusive band), or "clean"."""
+    """The flagged labels (in label order), or "close call" (the evidence rule's inconclusive band), or "clean"."""
     if result.flagged:
-        return str(result.flagged)
+        return str(sorted(result.flagged))
     return "close call" if result.inconclusive else "clean"
 
 
