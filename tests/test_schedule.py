@@ -219,3 +219,27 @@ def test_a_flag_that_holds_only_while_stopped_labels_move_alike_is_not_settled()
         scheduler = LabelScheduler(session, ScheduleConfig(mode="screened"), decision, session.recorded_evidence, seed)
         outcome = scheduler.run(range(30))
         assert decision.judge(outcome.evidence).flagged == [], seed
+
+
+def test_a_close_call_is_settled_as_a_close_call():
+    """A recording whose verdict with every label final is a close call (no label flagged, the model's p-value in
+    the decade above alpha; label 5 a somewhat small trigger of ordinary compactness). The stopped labels'
+    projections agree that nothing is flagged long before they agree on the close call: the scheduler finishes
+    labels until they agree on both (stopping at the first, it called this model clean on every seed)."""
+    from benchmarks.schedule_replay import RecordedSession
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for label in range(30):
+        bound = 100 * rng.uniform(0.8, 1.25)
+        compactness = float(np.clip(0.4 + rng.normal(0, 0.12), 0.05, 0.95))
+        rows.append(recorded_label(label, bound, bound * rng.uniform(0.45, 0.55), compactness, 0.4))
+    rows[5] = recorded_label(5, 70, 30.13, 0.4, 0.4)
+    decision = EvidenceDecision()
+    truth = decision.judge({row["label"]: LabelEvidence(**row["final_evidence"]) for row in rows})
+    assert truth.flagged == [] and truth.inconclusive and truth.suspect == 5
+    session = RecordedSession(rows)
+    for seed in range(3):
+        scheduler = LabelScheduler(session, ScheduleConfig(mode="screened"), decision, session.recorded_evidence, seed)
+        result = decision.judge(scheduler.run(range(30)).evidence)
+        assert result.flagged == [] and result.inconclusive, (seed, result.score)
