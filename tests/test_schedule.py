@@ -176,6 +176,17 @@ def recorded_label(
     }
 
 
+def spread_recording(rng: np.random.Generator) -> list[dict]:
+    """30 labels whose masks the screen leaves equally compact (0.40) and whose ends spread (0.40 +- 0.12), each
+    shrinking to about half its bound after the screen."""
+    rows = []
+    for label in range(30):
+        bound = 100 * rng.uniform(0.8, 1.25)
+        compactness = float(np.clip(0.4 + rng.normal(0, 0.12), 0.05, 0.95))
+        rows.append(recorded_label(label, bound, bound * rng.uniform(0.45, 0.55), compactness, 0.4))
+    return rows
+
+
 def test_the_replay_benchmark_drives_the_real_scheduler_on_a_recording():
     from benchmarks.schedule_replay import RecordedSession
 
@@ -204,12 +215,7 @@ def test_a_flag_that_holds_only_while_stopped_labels_move_alike_is_not_settled()
     how they move (here all of them, as `full` would) and agrees with every label final."""
     from benchmarks.schedule_replay import RecordedSession
 
-    rng = np.random.default_rng(1)
-    rows = []
-    for label in range(30):
-        bound = 100 * rng.uniform(0.8, 1.25)
-        compactness = float(np.clip(0.4 + rng.normal(0, 0.12), 0.05, 0.95))
-        rows.append(recorded_label(label, bound, bound * rng.uniform(0.45, 0.55), compactness, 0.4))
+    rows = spread_recording(np.random.default_rng(1))
     rows[5] = recorded_label(5, 60, 38, 0.70, 0.4)
     session = RecordedSession(rows)
     decision = EvidenceDecision()
@@ -228,12 +234,7 @@ def test_a_close_call_is_settled_as_a_close_call():
     labels until they agree on both (stopping at the first, it called this model clean on every seed)."""
     from benchmarks.schedule_replay import RecordedSession
 
-    rng = np.random.default_rng(2)
-    rows = []
-    for label in range(30):
-        bound = 100 * rng.uniform(0.8, 1.25)
-        compactness = float(np.clip(0.4 + rng.normal(0, 0.12), 0.05, 0.95))
-        rows.append(recorded_label(label, bound, bound * rng.uniform(0.45, 0.55), compactness, 0.4))
+    rows = spread_recording(np.random.default_rng(2))
     rows[5] = recorded_label(5, 70, 30.13, 0.4, 0.4)
     decision = EvidenceDecision()
     truth = decision.judge({row["label"]: LabelEvidence(**row["final_evidence"]) for row in rows})

@@ -214,9 +214,15 @@ class EvidenceDecision:
         # the model's score: its most suspicious label that could be flagged
         score = min((j.p_value for j in judgements.values() if self._small(j.z_scores)), default=1.0)
         return DecisionResult(
-            "evidence", flagged, score, "p_value", self.alpha, judgements, measures,
-            self.alpha * self.inconclusive_factor,
-        )  # fmt: skip
+            "evidence",
+            flagged,
+            score,
+            "p_value",
+            self.alpha,
+            judgements,
+            measures,
+            inconclusive_below=self.alpha * self.inconclusive_factor,
+        )
 
     def _small(self, z_scores: Mapping[str, float]) -> bool:
         # a planted trigger is first of all a small one (Neural Cleanse's premise): the other measures weigh a
@@ -267,7 +273,7 @@ def upper_tail_quantile(p_value: float) -> float:
 
 
 def make_decision(
-    name: str, mad_threshold: float, alpha: float, inconclusive_factor: float = 10.0
+    name: str, mad_threshold: float, alpha: float, inconclusive_factor: float
 ) -> PaperDecision | EvidenceDecision:
     if name == "paper":
         return PaperDecision(mad_threshold)
