@@ -1,8 +1,9 @@
 """The screened schedule against the full one: the same flagged labels, fewer images, less time.
 
-    python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--replica]
+    python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--replica] [--screened DIR]
+        [--screen-starts N] [--labels-per-batch K]
     python -m benchmarks.schedule_bench timed [--models digits,gtsrb,NAME] [--threads 2] [--full-labels N]
-        [--labels-per-batch K]
+        [--labels-per-batch K] [--screen-starts 1,0]
 
 `zoo`: a screened CLI scan of each zoo model and seed (reports under .cache/zoo/scans-screened/), compared with
 the full scan that `benchmarks.zoo_scans` keeps (run here where missing), both judged by the evidence rule
@@ -12,7 +13,7 @@ images used and their ratio, seconds (each scan on one thread; runs at different
 images). `timed`: both schedules one after the other in this process, on the same model, data and thread
 count: seconds, images, flagged labels and the ratios (`gtsrb` is the GTSRB replica, built when missing; with
 `--full-labels N` the full schedule runs on N sampled labels and its cost is scaled to every label, marked as
-projected).
+projected; `--screen-starts` times the screened schedule once per value of `schedule.screen_starts`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from benchmarks.detection_table import saved_evidence
 from benchmarks.zoo_scans import REPORT, SCANS_DIR, ScanJob, parse_ints, run_all, scan_jobs
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
 from scanner import make_config, scan
+from scanner.config import ScheduleConfig
 from scanner.decision.rules import EvidenceDecision
 from scanner.mitigate.report_folder import read_scan_report
 
@@ -60,7 +62,13 @@ def compare_zoo(args: argparse.Namespace) -> None:
     if args.replica:
         full_jobs += replica_jobs(seeds, args.max_images, data_dir)
     screened_jobs = [
-        dataclasses.replace(job, out=SCREENED_DIR / job.name / f"seed{job.seed}", schedule="screened")
+        dataclasses.replace(
+            job,
+            out=args.screened / job.name / f"seed{job.seed}",
+            schedule="screened",
+            screen_starts=args.screen_starts,
+            labels_per_batch=args.labels_per_batch,
+        )
         for job in full_jobs
     ]
     if missing:
@@ -114,10 +122,13 @@ def timed(args: argparse.Namespace) -> None:
     for name in args.models.split(","):
         chosen = bench_model(name, data_dir)
         model, data = chosen.model, chosen.data
-        started = time.perf_counter()
-        screened = scan(model, data, make_config({**settings, "schedule": {"mode": "screened"}}))
-        screened_s = time.perf_counter() - started
-        classes = screened.contract.num_classes
+        screened_runs = []
+        for screen_starts in parse_ints(args.screen_starts):
+            schedule = {"mode": "screened", "screen_starts": screen_starts}
+            started = time.perf_counter()
+            report = scan(model, data, make_config({**settings, "schedule": schedule}))
+            screened_runs.append((screen_starts, report, time.perf_counter() - started))
+        classes = screened_runs[0][1].contract.num_classes
         labels = sampled_labels(classes, args.full_labels, args.seed) if args.full_labels else []
         started = time.perf_counter()
         full = scan(model, data, make_config({**settings, "labels": labels, "schedule": {"mode": "full"}}))
@@ -127,14 +138,17 @@ def timed(args: argparse.Namespace) -> None:
             full_s, full_images = full_s * scale, int(full_images * scale)
         kind = f"projected from {len(labels)} sampled labels" if labels else "measured"
         print(
-            f"{name} ({classes} classes): screened {screened_s:.1f} s, {screened.schedule['images']} images, "
-            f"{screened.schedule['final_labels']} labels final, flagged {screened.flagged}, "
-            f"score {screened.decision.score:.3g} | full ({kind}) {full_s:.1f} s, {full_images} images"
+            f"{name} ({classes} classes): full ({kind}) {full_s:.1f} s, {full_images} images"
             + ("" if labels else f", flagged {full.flagged}, score {full.decision.score:.3g}")
-            + f" | full/screened: time {full_s / screened_s:.2f}x, images "
-            f"{full_images / screened.schedule['images']:.2f}x",
-            flush=True,
         )
+        for screen_starts, screened, screened_s in screened_runs:
+            print(
+                f"  screened, screen_starts {screen_starts}: {screened_s:.1f} s, {screened.schedule['images']} "
+                f"images, {screened.schedule['final_labels']} labels final, flagged {screened.flagged}, score "
+                f"{screened.decision.score:.3g} | full/screened: time {full_s / screened_s:.2f}x, images "
+                f"{full_images / screened.schedule['images']:.2f}x",
+                flush=True,
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
@@ -148,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     zoo.add_argument("--max-images", type=int, default=1000)
     zoo.add_argument("--data", type=Path, default=None)
     zoo.add_argument("--replica", action="store_true", help="the GTSRB replica too (not a zoo model)")
+    zoo.add_argument("--screened", type=Path, default=SCREENED_DIR, help="screened scans kept here (%(default)s)")
+    zoo.add_argument("--screen-starts", type=int, default=ScheduleConfig().screen_starts, help="(0: all starts)")
+    zoo.add_argument("--labels-per-batch", type=int, default=1, help="labels per forward pass (1; 0: auto)")
     zoo.set_defaults(run=compare_zoo)
     clock = commands.add_parser("timed", help="both schedules timed in one process")
     clock.add_argument(
@@ -159,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     clock.add_argument("--seed", type=int, default=0)
     clock.add_argument("--labels-per-batch", type=int, default=0, help="labels stacked per forward pass (0: auto)")
     clock.add_argument("--data", type=Path, default=None)
+    clock.add_argument(
+        "--screen-starts", default=str(ScheduleConfig().screen_starts), help="screen_starts values to time (0: all)"
+    )
     clock.set_defaults(run=timed)
     args = parser.parse_args(argv)
     args.run(args)

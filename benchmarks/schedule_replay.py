@@ -99,8 +99,11 @@ class RecordedSession:
     def __init__(self, rows: list[dict]):
         self.rows = {row["label"]: row for row in rows}
 
-    def start(self, label: int) -> LabelRun:
+    def start(self, label: int, starts: int | None = None) -> LabelRun:
         return LabelRun(label, [StartRun(label, np.random.default_rng(0))])
+
+    def open_starts(self, run: LabelRun) -> None:
+        """Recordings hold one start per label: nothing more to open."""
 
     def advance(self, runs, steps, progress=None, mini_batch=None) -> None:
         for label_run in runs:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
 from fixtures.zoo import DATASETS, ZooCard, model_paths, select
-from scanner.config import PRESETS, SCHEDULES
+from scanner.config import PRESETS, SCHEDULES, ScheduleConfig
 
 DEFAULT = PRESETS["default"]  # the scans measure the default preset's reversal unless told otherwise
 SCANS_DIR = REPO_ROOT / ".cache" / "zoo" / "scans"
@@ -54,6 +54,7 @@ class ScanJob:
     starts: int = DEFAULT.starts  # reversals per label (scanner.reverse: the label keeps the smallest trigger)
     start_trial_steps: int = DEFAULT.start_trial_steps  # steps after which only the best start goes on
     labels_per_batch: int = 1  # 1: the same trajectory on any CPU, as schedule recordings need; 0: the device's
+    screen_starts: int = ScheduleConfig().screen_starts  # the screened schedule's starts per label in the screen
 
     @property
     def record(self) -> Path:
@@ -83,6 +84,8 @@ class ScanJob:
             str(self.starts),
             "--start-trial-steps",
             str(self.start_trial_steps),
+            "--screen-starts",
+            str(self.screen_starts),
             "--out",
             str(self.out),
             "--quiet",

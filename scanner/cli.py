@@ -45,6 +45,7 @@ from scanner.config import (
     SEED_MAX,
     ReverseConfig,
     ScanConfig,
+    ScheduleConfig,
     make_config,
     make_limits,
     merge_settings,
@@ -154,7 +155,7 @@ def contract_settings(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def schedule_settings(options: dict[str, Any]) -> dict[str, Any]:
-    return {"mode": options["schedule_mode"]} if options.get("schedule_mode") else {}
+    return given(ScheduleConfig, {**options, "mode": options.get("schedule_mode")})  # --schedule sets the mode
 
 
 def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
@@ -254,6 +255,12 @@ shared_scan_options = options(
         type=click.Choice(SCHEDULES),
         help="full: every label to its own early stop (default); screened: a short screen of every label, then "
         "only the labels that can still change the verdict run on.",
+    ),
+    click.option(
+        "--screen-starts",
+        type=click.IntRange(min=0),
+        help="screened schedule: starts each label screens with (default 1; 0: all); a label that runs on opens "
+        "the rest. Fewer is cheaper but can miss a small trigger only another start finds.",
     ),
     max_images_option,
     click.option(

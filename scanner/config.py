@@ -126,6 +126,10 @@ class ScheduleConfig:
     screen_steps: int = 10  # steps every label runs before any is stopped
     calibration_labels: int = 5  # labels nearest the median run to the end: how stopped labels would have moved
     resamples: int = 20  # projections, each stopped label moved as a random calibration label did, that must all agree
+    # starts each label screens with (0: all of reverse.starts); a label that runs on opens the rest then. One
+    # screened with every start, at no saving on the GTSRB replica; it can miss a small natural trigger that only
+    # another start finds (README, "Label schedule")
+    screen_starts: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -136,6 +140,8 @@ class ScheduleConfig:
         for name in ("screen_steps", "calibration_labels", "resamples"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"schedule.{name} must be positive, not {getattr(self, name)}")
+        if self.screen_starts < 0:
+            raise ConfigError(f"schedule.screen_starts must be 0 (all) or positive, not {self.screen_starts}")
         return self
 
 

@@ -21,12 +21,13 @@ from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.7"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.8"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
 # 1.6: config reverse.start_trial_steps; 1.7: config inconclusive_factor, decision "inconclusive_below" and
-# "inconclusive" (the evidence rule's close calls)
+# "inconclusive" (the evidence rule's close calls); 1.8: config schedule.screen_starts (read as 0, every start, from
+# older reports)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -152,7 +153,7 @@ class ScanReport:
             conversion=document.conversion,
             data=document.data,
             scaling=document.scaling,
-            config=document.config,
+            config=config_as_run(document.config, payload),
             labels=labels,
             mad=mad,
             device=document.device,
@@ -285,6 +286,14 @@ def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -
     )
 
 
+def config_as_run(config: ScanConfig, payload: dict[str, Any]) -> ScanConfig:
+    """The report's config; one written before schema 1.8 screened with every start (screen_starts 0)."""
+    schedule = payload["config"].get("schedule")
+    if isinstance(schedule, dict) and "screen_starts" in schedule:
+        return config
+    return dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, screen_starts=0))
+
+
 def _label_from_json(entry: dict[str, Any], where: str) -> LabelResult:
     infinite = entry.get("anomaly_index", 0.0) is None  # how _finite writes an infinite index
     result = from_plain(LabelResult, {**entry, "anomaly_index": 0.0} if infinite else entry, where, ConfigError)
@@ -401,6 +410,9 @@ def schedule_text(report: ScanReport) -> str:
     reverse = report.config.reverse
     trial = f" (the best after {reverse.start_trial_steps} steps goes on)" if reverse.start_trial_steps else ""
     per_label = f", {reverse.starts} starts per label{trial}" if reverse.starts > 1 else ""
+    screen_starts = report.config.schedule.screen_starts
+    if per_label and schedule.get("stopped_labels") and 0 < screen_starts < reverse.starts:
+        per_label += f" ({screen_starts} for the labels stopped early)"
     return f", {schedule['mode']} schedule{per_label}: {schedule['images']:,} images{stopped}"
 
 

@@ -184,6 +184,7 @@ class StartRun:
     dropped: bool = False  # lost its label's start trial: another start went on
     best_norms: list[float] = field(default_factory=list)  # best norm after each step (inf until one is found)
     saved: tuple[torch.Tensor, ...] | None = None  # while paused: mask_tanh, pattern_tanh, 4 Adam moments, steps
+    late: bool = False  # opened after its label's first steps (ReverseSession.open_starts): not step-aligned
 
     @property
     def norm(self) -> float:
@@ -241,8 +242,9 @@ class LabelRun:
 
     @property
     def best_norms(self) -> list[float]:
-        """The label's best norm after each step: the smallest over starts (a finished start keeps its last)."""
-        each = [start.best_norms for start in self.starts]
+        """The label's best norm after each of its steps: the smallest over the starts opened with it (a finished
+        start keeps its last; a late start's steps came later and are left out)."""
+        each = [start.best_norms for start in self.starts if not start.late]
         length = max(len(norms) for norms in each)
         padded = [norms + (norms[-1:] or [math.inf]) * (length - len(norms)) for norms in each]
         return [min(norms) for norms in zip(*padded, strict=True)] if length else []
@@ -423,9 +425,19 @@ class ReverseSession:
             reverser.device, config.mini_batch, label_count, pixels
         )
 
-    def start(self, label: int) -> LabelRun:
-        seed = self.reverser.seed
-        return LabelRun(label, [StartRun(label, start_rng(seed, label, k)) for k in range(self.reverser.config.starts)])
+    def start(self, label: int, starts: int | None = None) -> LabelRun:
+        """A run of `label` with its first `starts` starts open (default: all the config's); the others open with
+        `open_starts`."""
+        count = self.reverser.config.starts if starts is None else min(starts, self.reverser.config.starts)
+        return LabelRun(label, [StartRun(label, start_rng(self.reverser.seed, label, k)) for k in range(count)])
+
+    def open_starts(self, run: LabelRun) -> None:
+        """Open an unfinished run's remaining starts: each runs its start trial from step 0 while the run's first
+        starts wait at theirs, and the smallest trigger goes on (as if every start had opened with the run)."""
+        if run.finished:
+            return
+        for k in range(len(run.starts), self.reverser.config.starts):
+            run.starts.append(StartRun(run.label, start_rng(self.reverser.seed, run.label, k), late=True))
 
     def advance(
         self,
@@ -443,8 +455,10 @@ class ReverseSession:
         channels, height, width = self.clean.shape[1:]
         trial = self.reverser.config.start_trial_steps
         owner = {id(start): run for run in runs for start in run.starts}
-        pending = [start for run in runs for start in run.starts if not start.finished]
-        stop_at = {id(start): math.inf if steps is None else start.steps + steps for start in pending}
+        unfinished = [start for run in runs for start in run.starts if not start.finished]
+        stop_at = {id(start): math.inf if steps is None else start.steps + steps for start in unfinished}
+        # a start already through its label's trial waits for the late starts still on it (open_starts)
+        pending = [start for start in unfinished if not (owner[id(start)].in_trial(trial) and start.steps >= trial)]
 
         def limit(start: StartRun) -> float:
             """The step the start leaves its slot at: the caller's, or the end of its label's start trial."""

@@ -4,7 +4,8 @@
 evidence. `screened`:
 
 1. Screen: every label runs `screen_steps` steps (a label that has not yet reached the success threshold runs
-   on, `screen_steps` at a time, until it does). A label's best norm so far is an upper bound on its final norm.
+   on, `screen_steps` at a time, until it does) from its first `screen_starts` starts; a label that runs on
+   opens the rest (ReverseSession.open_starts). A label's best norm so far is an upper bound on its final norm.
    Every label's evidence is measured on its trigger as the screen left it (forward passes only).
 2. Calibrate: the `calibration_labels` labels whose bounds lie nearest the median run to their early stop. How
    their norm shrank after the screen (final / bound at that step) and how their other measurements moved
@@ -198,10 +199,11 @@ class LabelScheduler:
         self.progress = progress
 
     def run(self, labels: Sequence[int]) -> ScheduleOutcome:
-        runs = {label: self.session.start(label) for label in labels}
         if self.config.mode == "full" or len(labels) <= self.config.calibration_labels + 1:
+            runs = {label: self.session.start(label) for label in labels}
             self._finish(list(runs.values()))
             return self._outcome(runs, self._measured(runs.values()), 0, [], [])
+        runs = {label: self.session.start(label, self.config.screen_starts or None) for label in labels}
         screen(self.session, list(runs.values()), self.config.screen_steps, self.progress)
         bounds = {label: run.norm for label, run in runs.items()}
         standing = Standing(
@@ -292,6 +294,8 @@ class LabelScheduler:
         return evidence
 
     def _finish(self, runs: list[LabelRun]) -> None:
+        for run in runs:
+            self.session.open_starts(run)
         self.session.advance(runs, None, self.progress)
 
     def _outcome(

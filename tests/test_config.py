@@ -142,14 +142,19 @@ def test_flags_map_onto_the_config_fields_once():
         "num_classes": 10,
         "device": None,
         "quiet": True,  # not a config field: ignored
+        "schedule_mode": "screened",
+        "screen_starts": 1,
     }
     assert scan_settings(flags) == {
         "seed": 3,
         "labels": (0, 1, 7),
         "reverse": {"max_steps": 20, "mini_batch": 8},
         "contract": {"fixed_batch": 16, "num_classes": 10},
+        "schedule": {"mode": "screened", "screen_starts": 1},
     }
     config = make_config(scan_settings(flags))
     assert (config.reverse.mini_batch, config.contract.fixed_batch, config.labels) == (8, 16, (0, 1, 7))
+    assert (config.schedule.mode, config.schedule.screen_starts) == ("screened", 1)
+    assert "schedule" not in scan_settings({"schedule_mode": None, "screen_starts": None})
     mitigation = mitigation_config({"method": "prune", "unlearn_batch": 4, "prune_target": 0.1, "seed": None})
     assert mitigation == MitigationConfig(method="prune", unlearn_batch=4, prune_target=0.1)

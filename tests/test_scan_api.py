@@ -8,6 +8,7 @@ import pytest
 from cleanse_base.errors import ConfigError, DataError
 from scanner import make_config, scan
 from scanner.data import load_clean_data
+from scanner.report import ScanReport, format_summary
 from scanner.run_scan import minimum_accuracy
 
 TARGET = 7
@@ -59,6 +60,16 @@ def test_screened_schedule_gives_the_full_verdict_with_fewer_images(digits, mode
     assert all(result.estimated_norm <= result.l1_norm for result in stopped)
     assert all(result.final for result in screened.labels if result.flagged)
     assert screened.to_json_dict()["schedule"]["mode"] == "screened"
+    # the default's two starts: a label screens with one, and opens the second only if it runs on
+    assert all(result.steps == 10 for result in stopped)
+    assert all(result.steps >= 2 * 10 for result in screened.labels if result.final)
+    assert "2 starts per label (the best after 10 steps goes on) (1 for the labels stopped early)" in format_summary(
+        screened
+    )
+    written = screened.to_json_dict()
+    assert ScanReport.from_json(written).config.schedule.screen_starts == 1
+    del written["config"]["schedule"]["screen_starts"]  # a report from before schema 1.8 screened with every start
+    assert ScanReport.from_json(written).config.schedule.screen_starts == 0
 
 
 @pytest.mark.slow

@@ -102,6 +102,9 @@ def test_schedule_config_is_validated():
         ScheduleConfig(screen_steps=0).validate()
     with pytest.raises(ConfigError):
         ScheduleConfig(calibration_labels=0).validate()
+    with pytest.raises(ConfigError, match="screen_starts"):
+        ScheduleConfig(screen_starts=-1).validate()
+    assert ScheduleConfig(screen_starts=0).screen_starts == 0  # every start
 
 
 class PlantedLinear(torch.nn.Module):
@@ -136,6 +139,28 @@ def test_screened_flags_what_full_flags_with_fewer_images(rule):
     assert screened.runs[3].finished and all(full.summary.final.values())
     assert not all(screened.summary.final.values())
     assert screened.summary.images < full.summary.images
+
+
+@pytest.mark.slow
+def test_screening_with_one_of_several_starts_flags_what_screening_with_all_flags_with_fewer_images():
+    images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(
+        mini_batch=16, images_per_step=64, max_steps=60, patience=2, early_stop_patience=6, starts=2,
+        start_trial_steps=8,
+    )  # fmt: skip
+    model, rule = PlantedLinear(), EvidenceDecision()
+    meter = EvidenceMeter(model, images, torch.device("cpu"))
+    outcomes = {}
+    for screen_starts in (0, 1):
+        session = TriggerReverser(model, config, torch.device("cpu"), seed=0).session(images, 20)
+        schedule = ScheduleConfig(mode="screened", screen_steps=8, calibration_labels=4, screen_starts=screen_starts)
+        outcomes[screen_starts] = LabelScheduler(session, schedule, rule, meter.measure).run(list(range(20)))
+    every, one = outcomes[0], outcomes[1]
+    assert rule.judge(every.evidence).flagged == rule.judge(one.evidence).flagged == [3]
+    stopped = [label for label, final in one.summary.final.items() if not final]
+    assert stopped and all(len(one.runs[label].starts) == 1 for label in stopped)
+    assert all(len(run.starts) == 2 for run in one.runs.values() if run.finished)
+    assert one.summary.images < every.summary.images
 
 
 def test_steps_on_smaller_mini_batches_make_as_many_updates_on_fewer_images():

@@ -124,6 +124,32 @@ def test_after_the_start_trial_only_the_best_start_goes_on_whatever_the_batching
     assert trigger_norms[1] == trigger_norms[4]
 
 
+@pytest.mark.parametrize("labels_per_batch", [1, 4])
+def test_starts_opened_after_a_screen_end_as_starts_opened_with_the_label(labels_per_batch):
+    """The screened schedule screens with one start and opens the rest for the labels that run on: the late
+    starts run their trial while the first waits at its end, and the label ends exactly where it would have."""
+    labels = [3, 5, 7]
+    _, together = reversed_labels(3, labels, 5, labels_per_batch)
+    session, _ = reversed_labels(3, [], 5, labels_per_batch)
+    runs = [session.start(label, 1) for label in labels]
+    session.advance(runs, 5)  # the screen: one start each, to the trial's end
+    assert all(len(run.starts) == 1 and run.steps == 5 for run in runs)
+    screened_norms = [run.best_norms for run in runs]
+    seen: list[int] = []
+    for run in runs:
+        session.open_starts(run)
+    session.advance(runs, None, lambda trigger: seen.append(trigger.label))
+    assert sorted(seen) == labels
+    for run, eager, screened in zip(runs, together, screened_norms, strict=True):
+        assert [start.late for start in run.starts] == [False, True, True]
+        assert [one.dropped for one in run.starts] == [one.dropped for one in eager.starts]
+        assert session.result(run).norm == session.result(eager).norm
+        assert run.images == eager.images
+        assert run.best_norms[:5] == screened  # the late starts' steps are not the label's first steps
+    session.open_starts(runs[0])  # a finished run opens nothing
+    assert len(runs[0].starts) == 3
+
+
 def test_a_label_whose_starts_all_end_at_the_trial_in_one_batch_is_reported_once():
     seen: list[int] = []
     # 6 slots: every start at once, and every start's last step (max_steps) is the trial's
