@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_models import bench_model
-from benchmarks.detection_table import saved_evidence
+from benchmarks.detection_table import saved_evidence, verdict_text
 from benchmarks.zoo_scans import REPORT, SCANS_DIR, ScanJob, parse_ints, run_all, scan_jobs
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
 from scanner import make_config, scan
@@ -42,16 +42,17 @@ REPLICA = "gtsrb-replica"
 
 @dataclass(frozen=True)
 class Judged:
-    flagged: list[int]
+    verdict: str  # the flagged labels, "close call" or "clean" (detection_table.verdict_text)
     images: int
     seconds: float
 
 
 def judged(folder: Path) -> Judged:
-    """A saved scan judged by the evidence rule, on the re-measured evidence where it was kept."""
+    """A saved scan judged by today's evidence rule, on the re-measured evidence where it was kept."""
     report = read_scan_report(folder)
     evidence = saved_evidence(report, folder)
-    return Judged(EvidenceDecision().judge(evidence).flagged, report.schedule["images"], report.seconds_total)
+    verdict = verdict_text(EvidenceDecision().judge(evidence))
+    return Judged(verdict, report.schedule["images"], report.seconds_total)
 
 
 def compare_zoo(args: argparse.Namespace) -> None:
@@ -83,16 +84,16 @@ def compare_zoo(args: argparse.Namespace) -> None:
             continue
         full, screened = judged(full_job.out), judged(screened_job.out)
         rows += 1
-        same += full.flagged == screened.flagged
+        same += full.verdict == screened.verdict
         ratio = full.images / screened.images
         ratios += ratio
         print(
-            f"{full_job.name:42s} {full_job.seed:>4}  {str(full.flagged):12s} {str(screened.flagged):12s} "
-            f"{str(full.flagged == screened.flagged):5s} {full.images:>8d}/{screened.images:<8d} ({ratio:.2f}x)  "
+            f"{full_job.name:42s} {full_job.seed:>4}  {full.verdict:12s} {screened.verdict:12s} "
+            f"{str(full.verdict == screened.verdict):5s} {full.images:>8d}/{screened.images:<8d} ({ratio:.2f}x)  "
             f"{full.seconds:.0f}/{screened.seconds:.0f}"
         )
     if rows:
-        print(f"\n{same} of {rows} scans flag the same labels; mean images ratio {ratios / rows:.2f}x")
+        print(f"\n{same} of {rows} scans give the same verdict; mean images ratio {ratios / rows:.2f}x")
 
 
 def replica_jobs(seeds: list[int], max_images: int, data_dir: Path) -> list[ScanJob]:
