@@ -99,7 +99,7 @@ class RecordedSession:
     def __init__(self, rows: list[dict]):
         self.rows = {row["label"]: row for row in rows}
 
-    def start(self, label: int, starts: int | None = None) -> LabelRun:
+    def start(self, label: int, starts: int = 0) -> LabelRun:
         return LabelRun(label, [StartRun(label, np.random.default_rng(0))])
 
     def open_starts(self, run: LabelRun) -> None:

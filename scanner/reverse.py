@@ -425,10 +425,10 @@ class ReverseSession:
             reverser.device, config.mini_batch, label_count, pixels
         )
 
-    def start(self, label: int, starts: int | None = None) -> LabelRun:
-        """A run of `label` with its first `starts` starts open (default: all the config's); the others open with
+    def start(self, label: int, starts: int = 0) -> LabelRun:
+        """A run of `label` with its first `starts` starts open (0: all the config's); the others open with
         `open_starts`."""
-        count = self.reverser.config.starts if starts is None else min(starts, self.reverser.config.starts)
+        count = min(starts, self.reverser.config.starts) if starts > 0 else self.reverser.config.starts
         return LabelRun(label, [StartRun(label, start_rng(self.reverser.seed, label, k)) for k in range(count)])
 
     def open_starts(self, run: LabelRun) -> None:

@@ -203,7 +203,7 @@ class LabelScheduler:
             runs = {label: self.session.start(label) for label in labels}
             self._finish(list(runs.values()))
             return self._outcome(runs, self._measured(runs.values()), 0, [], [])
-        runs = {label: self.session.start(label, self.config.screen_starts or None) for label in labels}
+        runs = {label: self.session.start(label, self.config.screen_starts) for label in labels}
         screen(self.session, list(runs.values()), self.config.screen_steps, self.progress)
         bounds = {label: run.norm for label, run in runs.items()}
         standing = Standing(
