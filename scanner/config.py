@@ -126,8 +126,8 @@ class ScheduleConfig:
     screen_steps: int = 10  # steps every label runs before any is stopped
     calibration_labels: int = 5  # labels nearest the median run to the end: how stopped labels would have moved
     resamples: int = 20  # projections, each stopped label moved as a random calibration label did, that must all agree
-    # starts each label screens with (0: all of reverse.starts); a label that runs on opens the rest then. One
-    # screened with every start, at no saving on the GTSRB replica; it can miss a small natural trigger that only
+    # starts each label screens with (0: all of reverse.starts); a label that runs on opens the rest then. Screening
+    # with every start saved nothing on the GTSRB replica; one start can miss a small natural trigger that only
     # another start finds (README, "Label schedule")
     screen_starts: int = 1
 
