@@ -26,8 +26,7 @@ SCHEMA_VERSION = "1.8"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
 # 1.6: config reverse.start_trial_steps; 1.7: config inconclusive_factor, decision "inconclusive_below" and
-# "inconclusive" (the evidence rule's close calls); 1.8: config schedule.screen_starts (read as 0, every start, from
-# older reports)
+# "inconclusive" (the evidence rule's close calls); 1.8: config schedule.screen_starts (older reports: 0, every start)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -153,7 +152,7 @@ class ScanReport:
             conversion=document.conversion,
             data=document.data,
             scaling=document.scaling,
-            config=config_as_run(document.config, payload),
+            config=document.config,
             labels=labels,
             mad=mad,
             device=document.device,
@@ -284,14 +283,6 @@ def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -
         document.measures,
         document.inconclusive_below,
     )
-
-
-def config_as_run(config: ScanConfig, payload: dict[str, Any]) -> ScanConfig:
-    """The report's config; one written before schema 1.8 screened with every start (screen_starts 0)."""
-    schedule = payload["config"].get("schedule")
-    if isinstance(schedule, dict) and "screen_starts" in schedule:
-        return config
-    return dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, screen_starts=0))
 
 
 def _label_from_json(entry: dict[str, Any], where: str) -> LabelResult:
