@@ -143,8 +143,11 @@ def adam_update(
     param.sub_(learning_rate * (first_moment / bias1) / ((second_moment / bias2).sqrt() + ADAM_EPSILON))
 
 
-def start_rng(seed: int, label: int, start: int) -> np.random.Generator:
-    """A start's initial mask and pattern and its order of images (start 0: as with a single start)."""
+def start_rng(seed: int, label: int, start: int, source: int | None = None) -> np.random.Generator:
+    """A start's initial mask and pattern and its order of images (start 0: as with a single start); a pair run
+    (images of one `source` class only) has its own stream."""
+    if source is not None:
+        return np.random.default_rng([seed, label, start, source, 1])
     return np.random.default_rng([seed, label] if start == 0 else [seed, label, start])
 
 
@@ -185,6 +188,7 @@ class StartRun:
     best_norms: list[float] = field(default_factory=list)  # best norm after each step (inf until one is found)
     saved: tuple[torch.Tensor, ...] | None = None  # while paused: mask_tanh, pattern_tanh, 4 Adam moments, steps
     late: bool = False  # opened after its label's first steps (ReverseSession.open_starts): not step-aligned
+    pool: np.ndarray | None = None  # indices of the clean images it draws from (None: all of them)
 
     @property
     def norm(self) -> float:
@@ -197,7 +201,9 @@ class StartRun:
         return math.inf if self.best is None else float(np.abs(self.best[0]).sum())
 
     def next_indices(self, count: int, population: int) -> np.ndarray:
-        """Shuffled passes over the clean images, as the reference's data generator."""
+        """Shuffled passes over the clean images (or over its pool of them), as the reference's data generator."""
+        if self.pool is not None:
+            population = len(self.pool)
         picked = []
         while count:
             if self.order is None or self.cursor >= population:
@@ -206,7 +212,8 @@ class StartRun:
             picked.append(self.order[self.cursor : self.cursor + take])
             self.cursor += take
             count -= take
-        return np.concatenate(picked)
+        drawn = np.concatenate(picked)
+        return drawn if self.pool is None else self.pool[drawn]
 
 
 @dataclass
@@ -430,6 +437,12 @@ class ReverseSession:
         `open_starts`."""
         count = min(starts, self.reverser.config.starts) if starts > 0 else self.reverser.config.starts
         return LabelRun(label, [StartRun(label, start_rng(self.reverser.seed, label, k)) for k in range(count)])
+
+    def start_pair(self, source: int, label: int, pool: np.ndarray) -> LabelRun:
+        """A run of `label` over the clean images at `pool` only (those of class `source`), every start open."""
+        seed = self.reverser.seed
+        starts = range(self.reverser.config.starts)
+        return LabelRun(label, [StartRun(label, start_rng(seed, label, k, source), pool=pool) for k in starts])
 
     def open_starts(self, run: LabelRun) -> None:
         """Open an unfinished run's remaining starts: each runs its start trial from step 0 while the run's first
