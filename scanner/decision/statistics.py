@@ -46,3 +46,37 @@ def stouffer(z_scores: list[float], weights: list[float]) -> float:
     """Weighted Stouffer combination of z-scores into one z-score."""
     total = sum(w * z for w, z in zip(weights, z_scores, strict=True))
     return total / math.sqrt(sum(w * w for w in weights))
+
+
+def median_polish(table: np.ndarray, sweeps: int = 10) -> np.ndarray:
+    """Tukey's median polish of a 2-D table (NaN = no value): the residuals left once each row's and each
+    column's median effect is taken out, alternately, `sweeps` times."""
+    residuals = np.array(table, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        for _ in range(sweeps):
+            for axis in (1, 0):
+                medians = np.nanmedian(residuals, axis=axis, keepdims=True)
+                residuals = residuals - np.nan_to_num(medians)
+    return residuals
+
+
+def student_t_upper_tail(t: float, dof: int) -> float:
+    """P(T > t) for Student's t with an integer number of degrees of freedom (Abramowitz and Stegun 26.7.3-4)."""
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be a positive integer, not {dof}")
+    theta = math.atan(abs(t) / math.sqrt(dof))
+    cos2 = math.cos(theta) ** 2
+    if dof % 2:  # odd: (2/pi)(theta + sin(theta)(cos + 2/3 cos^3 + ...))
+        term, total = math.cos(theta), 0.0
+        for k in range(1, dof - 1, 2):
+            total += term
+            term *= cos2 * (k + 1) / (k + 2)
+        inside = 2 / math.pi * (theta + math.sin(theta) * total) if dof > 1 else 2 / math.pi * theta
+    else:  # even: sin(theta)(1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        term, total = 1.0, 0.0
+        for k in range(1, dof, 2):
+            total += term
+            term *= cos2 * k / (k + 1)
+        inside = math.sin(theta) * total
+    tail = max(0.0, (1.0 - inside) / 2)
+    return tail if t >= 0 else 1.0 - tail
