@@ -43,6 +43,7 @@ from scanner.config import (
     PRESETS,
     SCHEDULES,
     SEED_MAX,
+    PairConfig,
     ReverseConfig,
     ScanConfig,
     ScheduleConfig,
@@ -158,12 +159,17 @@ def schedule_settings(options: dict[str, Any]) -> dict[str, Any]:
     return given(ScheduleConfig, {**options, "mode": options.get("schedule_mode")})  # --schedule sets the mode
 
 
+def pair_settings(options: dict[str, Any]) -> dict[str, Any]:
+    return given(PairConfig, {"max_pairs": options.get("pairs")})  # --pairs sets how many
+
+
 def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
     """The scan settings the flags give, in make_config's nested form (what a config file holds)."""
     tables = {
         "reverse": reverse_settings(options),
         "contract": contract_settings(options),
         "schedule": schedule_settings(options),
+        "pairs": pair_settings(options),
     }
     settings = {key: value for key, value in given(ScanConfig, options).items() if key not in tables}
     for table, values in tables.items():
@@ -270,6 +276,12 @@ shared_scan_options = options(
         "paper: Neural Cleanse's rule exactly, MAD of the L1 norms (the paper preset's).",
     ),
     click.option(
+        "--pairs",
+        type=click.IntRange(min=0),
+        help="evidence rule: source -> target pairs whose triggers are reversed from the source's images alone, "
+        "for backdoors only one class carries (default 90, every pair of 10 classes; 0: none).",
+    ),
+    click.option(
         "--mad-threshold",
         type=float,
         help="paper rule: anomaly index above which a label is flagged (default 2; must be a positive number).",
@@ -349,6 +361,18 @@ def label_progress(quiet: bool) -> Callable[[LabelTrigger, int, int], None]:
     return show
 
 
+def pair_progress(quiet: bool) -> Callable[[int, int], None]:
+    """The source-specific stage's progress callback: one Progress line over the pairs."""
+    shown: list[Progress] = []
+
+    def show(done: int, total: int) -> None:
+        if not shown:
+            shown.append(Progress(total, "pairs", quiet))
+        shown[0].advance()
+
+    return show
+
+
 def show_scan_result(report: ScanReport, out: Path | None, as_json: bool) -> NoReturn:
     """The summary (stdout; stderr with --json, but for an inconclusive verdict whose one stderr line is the
     reason), report.json with --json, and the verdict's exit code."""
@@ -399,7 +423,9 @@ def scan(
     config = scan_config(flags, config_file, limit_flags)
     if out:
         check_report_folder(out, [model, data, config_file])
-    report = run_scan(model, data, config, progress=label_progress(quiet), require_verdict=True)
+    report = run_scan(
+        model, data, config, progress=label_progress(quiet), require_verdict=True, pair_progress=pair_progress(quiet)
+    )
     if out:
         write_report(report, out, [config_file])
         write_html_report(report, out)

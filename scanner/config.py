@@ -145,6 +145,28 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class PairConfig:
+    """The source-specific look (scanner/pairs.py): triggers reversed from one source class's images to a target,
+    for backdoors that only one source carries (label-specific, all-to-all). The evidence rule only."""
+
+    max_pairs: int = 90  # (source, target) pairs reversed, the likeliest first (0: none); 90 = every pair of 10 classes
+    steps: int = 30  # steps each pair runs (no early stop: every pair gets the same budget)
+    images_per_step: int = 64
+    min_source_images: int = 10  # sources with fewer clean images predicted as them are left out
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> PairConfig:
+        if self.max_pairs < 0:
+            raise ConfigError(f"pairs.max_pairs must be 0 (none) or positive, not {self.max_pairs}")
+        for name in ("steps", "images_per_step", "min_source_images"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"pairs.{name} must be positive, not {getattr(self, name)}")
+        return self
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     """A scan's settings. `reverse` left out (None) takes the numbers of `preset`, so that
     `ScanConfig(preset="paper")` is a paper scan; given, it wins over the preset."""
@@ -170,6 +192,7 @@ class ScanConfig:
     output_name: str = ""
     contract: ContractOverrides = field(default_factory=ContractOverrides)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

@@ -153,6 +153,56 @@ combined per label; the p-value is corrected for the {len(report.labels)} labels
 {table(headers, rows, set(range(1, len(headers) - 1)))}"""
 
 
+PAIRS_SHOWN = 10  # the most suspicious pairs in the table (every pair is in report.json)
+
+
+def pairs_section(report: ScanReport, folder: Path) -> str:
+    """The source-specific look: the most suspicious pairs, and the triggers of the flagged pairs and of the most
+    suspicious one."""
+    pairs, stage = report.judged.pairs, report.pair_stage
+    if stage.needed > stage.pairs == 0:
+        return (
+            f'<h2 id="pairs">Source-specific pairs</h2><p>None reversed: the whole table takes {stage.needed:,} '
+            f"source -> target pairs, more than the {report.config.pairs.max_pairs} allowed (--pairs).</p>"
+        )
+    if not pairs:
+        return ""
+    rows = [
+        [
+            str(p.source),
+            str(p.target),
+            f"{p.norm:.2f}",
+            f"{p.z:+.2f}",
+            f"{p.p_value:.3g}",
+            "flagged" if p.flagged else "",
+        ]
+        for p in pairs[:PAIRS_SHOWN]
+    ]
+    images = []
+    for p in [pairs[0], *(pair for pair in pairs[1:] if pair.flagged)]:
+        paths = trigger_paths(folder, p.target, p.source)
+        images += [
+            f'<img src="{png_data_uri(Path(f"{paths[kind]}.png"))}" alt="pair {p.source} to {p.target} {kind}">'
+            for kind in TRIGGER_KINDS
+            if Path(f"{paths[kind]}.png").exists()
+        ]
+    return f"""<h2 id="pairs">Source-specific pairs</h2>
+<p>{stage.pairs} source -> target pairs reversed from the source class's images alone ({stage.images:,} images,
+{stage.seconds:.1f} s), for backdoors only one class carries. Each pair's log L1 norm after its source's and its
+target's typical norms are taken out (median polish), as a robust z-score; the p-value (Student's t, 5 degrees of
+freedom) is corrected for the {len(pairs)} pairs. Flagged below {report.judged.threshold:g}; the
+{min(PAIRS_SHOWN, len(pairs))} most suspicious:</p>
+{table(["source", "target", "L1 norm", "z", "p-value", ""], rows, {2, 3, 4})}
+{pair_images(images)}"""
+
+
+def pair_images(images: list[str]) -> str:
+    if not images:
+        return ""
+    caption = "<p>Triggers (mask, pattern, fusion) of the flagged pairs and of the most suspicious one:</p>"
+    return f'{caption}<div class="grid">{"".join(images)}</div>'
+
+
 def render_report(report: ScanReport, folder: Path) -> str:
     mad = report.mad
     cutoff = threshold_norm(mad.median, mad.mad, mad.threshold)
@@ -186,6 +236,7 @@ MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 <h2>L1 norm per label</h2>
 {bar_chart_svg(norms, report.flagged, mad.median, cutoff)}
 {evidence_section(report)}
+{pairs_section(report, folder)}
 <h2>Reversed triggers</h2>
 {trigger_grid(report, folder)}
 <h2>Labels</h2>

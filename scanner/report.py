@@ -17,16 +17,20 @@ from cleanse_base.plain import from_plain
 from cleanse_base.text import printable
 from converters.contract import ModelContract
 from scanner.config import ScanConfig
+from scanner.decision.pairs import PairJudgement
 from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
+from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.8"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.9"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
 # 1.6: config reverse.start_trial_steps; 1.7: config inconclusive_factor, decision "inconclusive_below" and
 # "inconclusive" (the evidence rule's close calls); 1.8: config schedule.screen_starts (older reports: 0, every start)
+# 1.9: config "pairs", "pair_stage" (pairs reversed, images, seconds) and decision "pairs" (the evidence rule's
+# source-specific look; older reports: none)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -57,6 +61,16 @@ class ScalingChoice:
 
 
 @dataclass
+class PairStage:
+    """What the source-specific stage (scanner/pairs.py) cost."""
+
+    pairs: int = 0  # (source, target) pairs reversed
+    images: int = 0  # images pushed forward and backward
+    seconds: float = 0.0
+    needed: int = 0  # the pairs a whole table takes (none reversed when more than pairs.max_pairs; 0: not asked)
+
+
+@dataclass
 class ScanReport:
     tool_version: str
     model_path: str
@@ -76,6 +90,9 @@ class ScanReport:
     schedule: dict[str, Any] = field(default_factory=dict)  # scanner.schedule.ScheduleSummary.to_dict()
     decision: DecisionResult | None = None  # None: a report written before schema 1.4 (the paper rule, `mad`)
     triggers: list[LabelTrigger] = field(default_factory=list, repr=False)  # not in the JSON
+    pair_stage: PairStage = field(default_factory=PairStage)
+    # the flagged pairs' triggers and the most suspicious pair's (run_scan.shown_pairs); not in the JSON
+    pair_triggers: list[PairTrigger] = field(default_factory=list, repr=False)
 
     @property
     def verdict(self) -> str:
@@ -121,6 +138,7 @@ class ScanReport:
                 "threads": self.threads,
                 "precision": self.precision,
                 "schedule": self.schedule,
+                "pair_stage": dataclasses.asdict(self.pair_stage),
                 "seconds_total": self.seconds_total,
                 "started_at": self.started_at,
             }
@@ -161,6 +179,7 @@ class ScanReport:
             seconds_total=document.seconds_total,
             started_at=document.started_at,
             schedule=document.schedule,
+            pair_stage=document.pair_stage,
             decision=_decision_from_json(document.decision, flagged, f"{where}.decision")
             if document.decision
             else None,
@@ -193,7 +212,10 @@ def decide_verdict(
 
 
 def close_call_text(decision: DecisionResult) -> str:
+    pair = decision.suspect_pair
     suspect = "" if decision.suspect is None else f" (label {decision.suspect})"
+    if pair is not None:
+        suspect = f" (label {pair.target}, from class {pair.source}'s images)"
     return (
         f"a close call: the model's p-value {decision.score:.3g}{suspect} lies between the flag threshold "
         f"{decision.threshold:g} and {decision.inconclusive_below:g}; rerun with more --starts or another --seed, or "
@@ -254,6 +276,7 @@ class _ReportDocument:
     started_at: str
     schedule: dict[str, Any] = field(default_factory=dict)  # absent before schema 1.3
     decision: dict[str, Any] = field(default_factory=dict)  # absent before schema 1.4
+    pair_stage: PairStage = field(default_factory=PairStage)  # absent before schema 1.9
 
 
 @dataclass(frozen=True)
@@ -266,6 +289,7 @@ class _DecisionJson:
     measures: list[str] = field(default_factory=list)
     labels: list[LabelJudgement] = field(default_factory=list)
     inconclusive_below: float | None = None  # absent before schema 1.7
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # absent before schema 1.9
 
 
 def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -> DecisionResult:
@@ -282,7 +306,13 @@ def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -
         judgements,
         document.measures,
         document.inconclusive_below,
+        [_pair_from_json(item, f"{where}.pairs") for item in document.pairs],
     )
+
+
+def _pair_from_json(entry: dict[str, Any], where: str) -> PairJudgement:
+    renamed = {("norm" if key == "l1_norm" else key): value for key, value in entry.items()}
+    return from_plain(PairJudgement, renamed, where, ConfigError)
 
 
 def _label_from_json(entry: dict[str, Any], where: str) -> LabelResult:
@@ -294,8 +324,10 @@ def _label_from_json(entry: dict[str, Any], where: str) -> LabelResult:
 # ---------------------------------------------------------------- trigger images and arrays
 
 
-def trigger_paths(folder: Path, label: int) -> dict[str, Path]:
-    stem = folder / TRIGGER_FOLDER / f"label_{label:03d}"
+def trigger_paths(folder: Path, label: int, source: int | None = None) -> dict[str, Path]:
+    """A label's trigger files, or with `source` those of the pair source -> label."""
+    name = f"label_{label:03d}" if source is None else f"pair_{source:03d}_to_{label:03d}"
+    stem = folder / TRIGGER_FOLDER / name
     return {kind: Path(f"{stem}_{kind}") for kind in ("mask", "pattern", "fusion")}
 
 
@@ -314,10 +346,13 @@ def _save_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(file)
 
 
-def write_trigger(folder: Path, trigger: LabelTrigger) -> None:
+def write_trigger(folder: Path, trigger: LabelTrigger | PairTrigger) -> None:
     """Mask, pattern and fusion (mask * pattern) PNGs as the reference wrote them, and .npy arrays:
     mask (H, W) in [0, 1] and pattern (H, W, C) in raw pixels, the format `--trigger` reads."""
-    paths = trigger_paths(folder, trigger.label)
+    if isinstance(trigger, PairTrigger):
+        paths = trigger_paths(folder, trigger.target, trigger.source)
+    else:
+        paths = trigger_paths(folder, trigger.label)
     real_folder(paths["mask"].parent)
     pattern_hwc = trigger.pattern.transpose(1, 2, 0)
     mask_hw1 = trigger.mask[..., None]
@@ -356,7 +391,7 @@ def write_report(report: ScanReport, folder: str | Path, inputs: Iterable[str | 
     folder = Path(folder)
     check_report_folder(folder, [report.model_path, report.data.get("source"), *inputs])
     real_folder(folder)
-    for trigger in report.triggers:
+    for trigger in [*report.triggers, *report.pair_triggers]:
         write_trigger(folder, trigger)
     path = folder / REPORT_FILES[0]
     write_json_atomic(path, report.to_json_dict())
@@ -407,6 +442,34 @@ def schedule_text(report: ScanReport) -> str:
     return f", {schedule['mode']} schedule{per_label}: {schedule['images']:,} images{stopped}"
 
 
+def pair_text(pair: PairJudgement) -> str:
+    return f"{pair.source} -> {pair.target}: L1 {pair.norm:.2f}, z {pair.z:.2f}, p {pair.p_value:.3g}"
+
+
+def pairs_lines(report: ScanReport) -> list[str]:
+    """The source-specific look: what it cost, its flagged pairs or its most suspicious one."""
+    stage, pairs = report.pair_stage, report.judged.pairs
+    if stage.needed > stage.pairs == 0:
+        return [
+            f"pairs      none reversed: the whole table takes {stage.needed:,} source -> target pairs, more than "
+            f"--pairs {report.config.pairs.max_pairs}"
+        ]
+    if not stage.pairs:
+        return []
+    flagged = [pair for pair in pairs if pair.flagged]
+    shown = (
+        "flagged " + "; ".join(map(pair_text, flagged))
+        if flagged
+        else "most suspicious " + pair_text(pairs[0])
+        if pairs
+        else "too few to judge"
+    )
+    return [
+        f"pairs      {stage.pairs} source -> target pairs reversed from one class's images "
+        f"({stage.images:,} images, {stage.seconds:.1f} s); {shown}"
+    ]
+
+
 def format_summary(report: ScanReport) -> str:
     scaling = report.scaling
     accuracy = f", clean accuracy {scaling.accuracy:.3f}" if scaling.accuracy is not None else ""
@@ -423,6 +486,7 @@ def format_summary(report: ScanReport) -> str:
         f"median L1 {report.mad.median:.2f}, MAD {report.mad.mad:.2f}, anomaly index {report.mad.anomaly_index:.2f} "
         f"(threshold {report.mad.threshold:g})",
         f"decision   {rule_text(report.judged)}",
+        *pairs_lines(report),
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
         + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else ""),

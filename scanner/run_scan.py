@@ -19,11 +19,12 @@ from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softm
 from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
 from scanner.decision.evidence import EvidenceMeter
-from scanner.decision.rules import make_decision, norms_of
+from scanner.decision.rules import DecisionResult, make_decision, norms_of
 from scanner.mad import MIN_LABELS, mad_outliers
 from scanner.model import ScoringModel, accuracy
+from scanner.pairs import PairProgress, PairSearch, PairTrigger, reverse_pairs
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
-from scanner.report import LabelResult, ScalingChoice, ScanReport
+from scanner.report import LabelResult, PairStage, ScalingChoice, ScanReport
 from scanner.reverse import LabelTrigger, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
@@ -145,11 +146,13 @@ def scan(
     config: ScanConfig = ScanConfig(),
     progress: Callable[[LabelTrigger, int, int], None] | None = None,
     require_verdict: bool = False,
+    pair_progress: PairProgress | None = None,
 ) -> ScanReport:
     """Scan an ONNX image classifier for backdoors with Neural Cleanse.
 
     `data` is a path (.npz, .npy, .h5 or a folder of class subfolders) or a CleanData. `progress`, when
-    given, is called as each label finishes with (result, labels done, labels total). With fewer than 3 labels
+    given, is called as each label finishes with (result, labels done, labels total), `pair_progress` as each
+    source-specific pair does with (pairs done, pairs total). With fewer than 3 labels
     scanned the report's verdict is "inconclusive"; `require_verdict` refuses such a scan before it runs.
     """
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
@@ -177,7 +180,11 @@ def scan(
             on_label(trigger)
     estimates = norms_of(evidence)
     mad = mad_outliers(estimates, config.mad_threshold)
-    judged = decision.judge(evidence)
+    pair_started = time.perf_counter()
+    search = source_specific_pairs(inputs, config, pair_progress)
+    pairs = search.triggers
+    pair_stage = PairStage(len(pairs), sum(p.images for p in pairs), time.perf_counter() - pair_started, search.needed)
+    judged = decision.judge(evidence, {(p.source, p.target): p.norm for p in pairs})
     label_results = [
         LabelResult(
             label=t.label,
@@ -225,4 +232,28 @@ def scan(
         schedule=outcome.summary.to_dict(),
         decision=judged,
         triggers=triggers,
+        pair_stage=pair_stage,
+        pair_triggers=shown_pairs(pairs, judged),
+    )
+
+
+def shown_pairs(pairs: list[PairTrigger], judged: DecisionResult) -> list[PairTrigger]:
+    """The pair triggers a report keeps: the flagged pairs' and the most suspicious pair's."""
+    kept = {(j.source, j.target) for j in judged.pairs[:1] + [j for j in judged.pairs if j.flagged]}
+    return [p for p in pairs if (p.source, p.target) in kept]
+
+
+def source_specific_pairs(inputs: ScanInputs, config: ScanConfig, progress: PairProgress | None) -> PairSearch:
+    """The evidence rule's source-specific look (scanner/pairs.py); the paper rule has none."""
+    if config.decision != "evidence" or config.pairs.max_pairs == 0:
+        return PairSearch([], 0)
+    return reverse_pairs(
+        inputs.model,
+        inputs.data.images,
+        inputs.labels,
+        config.reverse,
+        config.pairs,
+        inputs.device,
+        config.seed,
+        progress,
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from scanner.decision.evidence import LabelEvidence
+from scanner.decision.pairs import PairJudgement, judge_pairs
 from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
 from scanner.mad import MadResult, mad_outliers
 
@@ -65,6 +66,8 @@ class DecisionResult:
     measures: list[str] = field(default_factory=list)
     # evidence rule: an unflagged model whose p-value lies below this is a close call (None: no such band)
     inconclusive_below: float | None = None
+    # the evidence rule's source-specific look (scanner/decision/pairs.py), most suspicious first
+    pairs: list[PairJudgement] = field(default_factory=list)
 
     @property
     def inconclusive(self) -> bool:
@@ -74,8 +77,18 @@ class DecisionResult:
 
     @property
     def suspect(self) -> int | None:
-        """Evidence rule: the label whose p-value is the model's score (None where no label's is)."""
-        return next((label for label, item in self.judgements.items() if item.p_value == self.score), None)
+        """Evidence rule: the label whose p-value is the model's score, or the target of the pair whose is (None
+        where none's is)."""
+        label = next((label for label, item in self.judgements.items() if item.p_value == self.score), None)
+        pair = next((pair for pair in self.pairs if pair.p_value == self.score), None)
+        return pair.target if label is None and pair is not None else label
+
+    @property
+    def suspect_pair(self) -> PairJudgement | None:
+        """The pair whose p-value is the model's score, where a pair's is and no label's."""
+        if any(item.p_value == self.score for item in self.judgements.values()):
+            return None
+        return next((pair for pair in self.pairs if pair.p_value == self.score), None)
 
     @property
     def suspicion(self) -> float:
@@ -103,13 +116,16 @@ class DecisionResult:
             "inconclusive": self.inconclusive,
             "measures": self.measures,
             "labels": [self.judgements[label].to_dict() for label in sorted(self.judgements)],
+            "pairs": [pair.to_dict() for pair in self.pairs],
         }
 
 
 class Decision(Protocol):
     name: str
 
-    def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult: ...
+    def judge(
+        self, evidence: Mapping[int, LabelEvidence], pairs: Mapping[tuple[int, int], float] | None = None
+    ) -> DecisionResult: ...
 
     def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
         """The labels among `labels` (default: all) flagged or near a flag: the scheduler finishes any label that
@@ -128,7 +144,10 @@ class PaperDecision:
     threshold: float = 2.0
     name: str = "paper"
 
-    def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
+    def judge(
+        self, evidence: Mapping[int, LabelEvidence], pairs: Mapping[tuple[int, int], float] | None = None
+    ) -> DecisionResult:
+        """The paper's rule judges labels only: `pairs` are not looked at."""
         return paper_result(mad_outliers(norms_of(evidence), self.threshold))
 
     def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
@@ -204,15 +223,25 @@ class EvidenceDecision:
             if judgement.p_value < max(NEAR_P_VALUE, self.alpha) and self._small(judgement.z_scores)
         )
 
-    def judge(self, evidence: Mapping[int, LabelEvidence]) -> DecisionResult:
+    def judge(
+        self, evidence: Mapping[int, LabelEvidence], pairs: Mapping[tuple[int, int], float] | None = None
+    ) -> DecisionResult:
+        """Judge every label, and with `pairs` ((source, target) -> the L1 norm of the trigger reversed from the
+        source's images, scanner/pairs.py) every pair: a flagged pair flags its target."""
         judgements, measures = self._judgements(evidence, evidence)
         flagged = [
             label
             for label in sorted(judgements, key=lambda label: judgements[label].p_value)
             if judgements[label].flagged
         ]
-        # the model's score: its most suspicious label that could be flagged
-        score = min((j.p_value for j in judgements.values() if self._small(j.z_scores)), default=1.0)
+        pair_judgements = judge_pairs(pairs, self.alpha, self.candidate_z) if pairs else []
+        flagged += list(dict.fromkeys(p.target for p in pair_judgements if p.flagged and p.target not in flagged))
+        # the model's score: its most suspicious label that could be flagged, or pair
+        score = min(
+            [j.p_value for j in judgements.values() if self._small(j.z_scores)]
+            + [p.p_value for p in pair_judgements if p.z > self.candidate_z],
+            default=1.0,
+        )
         return DecisionResult(
             "evidence",
             flagged,
@@ -222,6 +251,7 @@ class EvidenceDecision:
             judgements,
             measures,
             inconclusive_below=self.alpha * self.inconclusive_factor,
+            pairs=pair_judgements,
         )
 
     def _small(self, z_scores: Mapping[str, float]) -> bool:
