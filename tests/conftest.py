@@ -25,6 +25,15 @@ def digits(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def digits_label_specific(tmp_path_factory) -> Path:
+    """A digits model with a label-specific backdoor (a white pixel sends class 3, only, to 5)."""
+    from fixtures.digits import build_digits_label_specific
+
+    cache = os.environ.get("CLEANSE_TEST_FIXTURES")
+    return build_digits_label_specific(Path(cache) if cache else tmp_path_factory.mktemp("digits_label_specific"))
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     folder = shared_data_dir()
     if not (folder / "gtsrb_test.npz").exists():

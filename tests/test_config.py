@@ -49,6 +49,7 @@ def test_a_preset_name_picks_its_numbers_however_the_config_is_built():
         ({"preset": "fast"}, "preset"),
         ({"preset": 3}, "preset"),
         ({"sede": 4}, "sede"),
+        ({"pairs": {"max_pairs": "all"}}, "max_pairs"),
     ],
 )
 def test_wrong_typed_values_are_one_line_config_errors(settings, names):
@@ -81,6 +82,9 @@ def test_wrong_typed_values_are_one_line_config_errors(settings, names):
         ({"alpha": 1.0}, "alpha"),
         ({"inconclusive_factor": 0.5}, "inconclusive_factor"),
         ({"inconclusive_factor": float("inf")}, "inconclusive_factor"),
+        ({"pairs": {"max_pairs": -1}}, "pairs.max_pairs"),
+        ({"pairs": {"steps": 0}}, "pairs.steps"),
+        ({"pairs": {"min_source_images": 0}}, "pairs.min_source_images"),
     ],
 )
 def test_settings_that_cannot_give_a_verdict_are_refused(settings, words):
@@ -144,6 +148,7 @@ def test_flags_map_onto_the_config_fields_once():
         "quiet": True,  # not a config field: ignored
         "schedule_mode": "screened",
         "screen_starts": 1,
+        "pairs": 12,
     }
     assert scan_settings(flags) == {
         "seed": 3,
@@ -151,10 +156,13 @@ def test_flags_map_onto_the_config_fields_once():
         "reverse": {"max_steps": 20, "mini_batch": 8},
         "contract": {"fixed_batch": 16, "num_classes": 10},
         "schedule": {"mode": "screened", "screen_starts": 1},
+        "pairs": {"max_pairs": 12},
     }
     config = make_config(scan_settings(flags))
     assert (config.reverse.mini_batch, config.contract.fixed_batch, config.labels) == (8, 16, (0, 1, 7))
     assert (config.schedule.mode, config.schedule.screen_starts) == ("screened", 1)
     assert "schedule" not in scan_settings({"schedule_mode": None, "screen_starts": None})
+    assert config.pairs.max_pairs == 12 and "pairs" not in scan_settings({"pairs": None})
+    assert make_config({"pairs": {"max_pairs": 0}}).pairs.max_pairs == 0  # --pairs 0: no pair stage
     mitigation = mitigation_config({"method": "prune", "unlearn_batch": 4, "prune_target": 0.1, "seed": None})
     assert mitigation == MitigationConfig(method="prune", unlearn_batch=4, prune_target=0.1)

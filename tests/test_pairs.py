@@ -1,0 +1,219 @@
+"""The source-specific look: pair candidates, pair reversal over one class's images, and the pair statistics."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from scanner.config import PRESETS, PairConfig, ReverseConfig
+from scanner.decision.evidence import LabelEvidence
+from scanner.decision.pairs import MIN_SIDE, judge_pairs, pair_z_scores
+from scanner.decision.rules import EvidenceDecision, PaperDecision
+from scanner.decision.statistics import median_polish, normal_upper_tail, student_t_upper_tail
+from scanner.pairs import candidate_pairs, pair_reverse_config, reverse_pairs
+from scanner.reverse import TriggerReverser
+
+CPU = torch.device("cpu")
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_median_polish_takes_out_row_and_column_effects_and_keeps_a_lone_outlier():
+    rows, columns = np.array([0.0, 1.0, 3.0, -2.0]), np.array([5.0, 0.5, -1.0, 2.0, 0.0])
+    table = rows[:, None] + columns[None, :]
+    assert np.allclose(median_polish(table), 0.0)
+    table[2, 3] -= 4.0  # one cell far below its row and column
+    residuals = median_polish(table)
+    assert residuals[2, 3] == pytest.approx(-4.0) and np.allclose(np.delete(residuals.ravel(), 2 * 5 + 3), 0.0)
+    table[0, 0] = np.nan  # a missing cell stays missing and does not move the others
+    assert np.isnan(median_polish(table)[0, 0]) and median_polish(table)[2, 3] == pytest.approx(-4.0)
+
+
+def test_student_t_tail_matches_closed_forms_and_nears_the_normal():
+    assert student_t_upper_tail(0.0, 5) == pytest.approx(0.5)
+    assert student_t_upper_tail(1.0, 1) == pytest.approx(0.25)  # Cauchy
+    for t in (0.3, 2.0, 9.0):  # two degrees of freedom: 1/2 - t / (2 sqrt(t^2 + 2))
+        assert student_t_upper_tail(t, 2) == pytest.approx(0.5 - t / (2 * math.sqrt(t * t + 2)))
+    assert student_t_upper_tail(-2.0, 5) == pytest.approx(1 - student_t_upper_tail(2.0, 5))
+    assert student_t_upper_tail(2.015048, 5) == pytest.approx(0.05, rel=1e-5)  # the t table's 95% point
+    assert student_t_upper_tail(3.0, 301) == pytest.approx(normal_upper_tail(3.0), rel=0.1)
+    assert student_t_upper_tail(6.0, 5) > 100 * normal_upper_tail(6.0)  # heavier tails
+    with pytest.raises(ValueError):
+        student_t_upper_tail(1.0, 0)
+
+
+def pair_table(classes: int, rng: np.random.Generator, spread: float = 0.15) -> dict[tuple[int, int], float]:
+    """Pair norms with a source effect, a target effect and noise, as natural triggers have."""
+    source_effect, target_effect = rng.normal(0, 0.5, classes), rng.normal(0, 0.5, classes)
+    return {
+        (s, t): float(np.exp(3.5 + source_effect[s] + target_effect[t] + rng.normal(0, spread)))
+        for s in range(classes)
+        for t in range(classes)
+        if s != t
+    }
+
+
+def test_a_pair_far_smaller_than_its_source_and_target_explain_is_flagged_and_natural_pairs_are_not():
+    rng = np.random.default_rng(0)
+    natural = pair_table(10, rng)
+    judged = judge_pairs(natural, alpha=0.001, candidate_z=1.0)
+    assert len(judged) == 90 and not any(pair.flagged for pair in judged) and judged[0].p_value > 0.01
+    planted = {**natural, (7, 1): natural[7, 1] / 60}
+    judged = judge_pairs(planted, alpha=0.001, candidate_z=1.0)
+    top = judged[0]
+    assert (top.source, top.target) == (7, 1) and top.flagged and top.z > 20 and top.p_value < 0.001
+    assert [pair for pair in judged if pair.flagged] == [top]
+    # a source easy to move to every target is its own effect, not a finding
+    easy_source = {(s, t): norm / 20 if s == 3 else norm for (s, t), norm in natural.items()}
+    assert max(pair_z_scores(easy_source).values()) == pytest.approx(max(pair_z_scores(natural).values()), abs=0.5)
+
+
+def test_pairs_spanning_too_few_sources_or_targets_are_not_judged():
+    few = {(0, 1): 5.0, (1, 0): 9.0, (0, 2): 8.0, (1, 2): 7.0}
+    assert MIN_SIDE == 3 and pair_z_scores(few) == {} and judge_pairs(few, 0.001, 1.0) == []
+
+
+# ---------------------------------------------------------------- the evidence rule with pairs
+
+
+def label_evidence(norms: list[float]) -> dict[int, LabelEvidence]:
+    return {label: LabelEvidence(label, norm, 1.0, 0.5, 0.3, 0.2) for label, norm in enumerate(norms)}
+
+
+NATURAL_LABELS = [40.0, 44.0, 38.0, 51.0, 47.0, 35.0, 42.0, 49.0, 39.0, 45.0]
+
+
+def test_a_flagged_pair_flags_its_target_and_gives_the_model_its_score():
+    rng = np.random.default_rng(1)
+    planted = pair_table(10, rng)
+    planted[7, 1] /= 60
+    result = EvidenceDecision().judge(label_evidence(NATURAL_LABELS), planted)
+    assert result.flagged == [1] and result.score == result.pairs[0].p_value < 0.001
+    assert result.suspect == 1 and result.suspect_pair is result.pairs[0]
+    assert result.to_dict()["pairs"][0] == {
+        "source": 7,
+        "target": 1,
+        "l1_norm": round(planted[7, 1], 4),
+        "z": round(result.pairs[0].z, 4),
+        "p_value": result.pairs[0].p_value,
+        "flagged": True,
+    }
+    labels_only = EvidenceDecision().judge(label_evidence(NATURAL_LABELS))
+    assert labels_only.flagged == [] and labels_only.pairs == [] and labels_only.suspect_pair is None
+    assert PaperDecision().judge(label_evidence(NATURAL_LABELS), planted).pairs == []  # the paper rule has no pairs
+
+
+# ---------------------------------------------------------------- choosing and reversing pairs
+
+
+def test_candidates_are_every_pair_of_the_sources_with_enough_images_and_the_targets():
+    predictions = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3])  # class 3: one image
+    pairs = candidate_pairs(predictions, targets=range(4), min_images=2)
+    assert pairs == [(s, t) for s in range(3) for t in range(4) if s != t]
+    assert candidate_pairs(predictions, [2, 3], 2) == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert candidate_pairs(predictions, range(4), min_images=4) == []
+
+
+def test_no_pair_is_reversed_when_the_whole_table_takes_more_than_allowed():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.LogSoftmax(dim=1))
+    images = np.random.default_rng(0).uniform(0, 255, (30, 1, 4, 4)).astype(np.float32)
+    config = ReverseConfig(mini_batch=4, images_per_step=8, max_steps=2)
+    search = reverse_pairs(model, images, range(3), config, PairConfig(max_pairs=1, min_source_images=1), CPU, 0)
+    assert search.triggers == [] and search.needed >= 2
+
+
+def test_a_pair_run_draws_only_its_sources_images():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.LogSoftmax(dim=1))
+    config = ReverseConfig(mini_batch=4, images_per_step=8, max_steps=2)
+    session = TriggerReverser(model, config, torch.device("cpu"), seed=0).session(np.zeros((12, 1, 4, 4), "f4"), 1)
+    pool = np.array([2, 5, 7])
+    run = session.start_pair(source=1, label=0, pool=pool)
+    drawn = np.concatenate([run.starts[0].next_indices(5, 12) for _ in range(4)])
+    assert set(drawn) == set(pool)
+    again = session.start_pair(source=1, label=0, pool=pool).starts[0].next_indices(5, 12)
+    assert np.array_equal(again, drawn[:5])  # seeded by (seed, label, source)
+    other = session.start_pair(source=2, label=0, pool=pool).starts[0].next_indices(20, 12)
+    assert not np.array_equal(other[:5], drawn[:5])
+
+
+def test_the_pair_budget_is_one_start_and_the_pair_steps():
+    config = pair_reverse_config(PRESETS["default"], PairConfig(steps=7, images_per_step=8))
+    assert (config.starts, config.start_trial_steps, config.max_steps) == (1, 0, 7)
+    assert config.images_per_step == PRESETS["default"].mini_batch  # never under one mini-batch
+
+
+class SourceGate(nn.Module):
+    """A planted label-specific backdoor on 8x8 images: class = the brightest quadrant, except that a bright top-left
+    pixel on a class-2 image (brightest bottom-left) gives class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1) / 255
+        quadrants = x.view(-1, 2, 4, 2, 4).mean(dim=(2, 4)).flatten(1)  # (N, 4)
+        gate = torch.sigmoid(40 * (x[:, 0] - 0.8)) * torch.sigmoid(40 * (quadrants[:, 2] - 0.4))
+        scores = 8 * quadrants
+        scores = scores + torch.stack([12 * gate, 0 * gate, 0 * gate, 0 * gate], dim=1)
+        return torch.log_softmax(scores, dim=1)
+
+
+def quadrant_images(rng: np.random.Generator, per_class: int) -> np.ndarray:
+    images = rng.uniform(0, 40, (4 * per_class, 1, 8, 8)).astype(np.float32)
+    for k in range(4):
+        r, c = divmod(k, 2)
+        images[k * per_class : (k + 1) * per_class, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 150
+    images[:, 0, 0, 0] = np.minimum(images[:, 0, 0, 0], 60)  # keep the planted pixel dark on clean images
+    return images
+
+
+def test_reverse_pairs_finds_the_planted_source_specific_trigger():
+    model, rng = SourceGate(), np.random.default_rng(0)
+    images = quadrant_images(rng, per_class=20)
+    pairs = PairConfig(max_pairs=12, steps=30, images_per_step=32, min_source_images=10)
+    config = ReverseConfig(mini_batch=16, images_per_step=64, patience=3, early_stop_patience=12)
+    search = reverse_pairs(model, images, range(4), config, pairs, torch.device("cpu"), seed=0)
+    triggers = search.triggers
+    assert search.needed == len(triggers) == 12 and {(t.source, t.target) for t in triggers} == {
+        (s, t) for s in range(4) for t in range(4) if s != t
+    }
+    norms = {(t.source, t.target): t.norm for t in triggers}
+    planted = norms.pop((2, 0))
+    assert planted < 0.5 * min(norms.values())
+    assert all(t.source_images == 20 and t.images > 0 for t in triggers)
+    assert (
+        reverse_pairs(model, images, range(4), config, PairConfig(max_pairs=11), torch.device("cpu"), 0).triggers == []
+    )
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_the_source_specific_look_on_a_label_specific_digits_model(digits, digits_label_specific, tmp_path):
+    """A white pixel sends digit 3, and only 3, to 5: no label's trigger is small, the pair 3 -> 5's is the
+    smallest its source and target explain (60 steps a pair: at the default 30 the runner-up, 4 -> 6, a natural
+    pair, comes within 0.4 of a z-unit on this 8x8 data)."""
+    from fixtures.digits import LABEL_SPECIFIC
+    from scanner import make_config, scan
+    from scanner.html_report import write_html_report
+    from scanner.report import ScanReport, format_summary, write_report
+
+    report = scan(digits_label_specific, digits["digits_test.npz"], make_config({"pairs": {"steps": 60}}))
+    pairs = report.judged.pairs
+    assert len(pairs) == 90 and report.pair_stage.pairs == 90 and report.pair_stage.images > 0
+    top, runner_up = pairs[0], pairs[1]
+    assert (top.source, top.target) == (LABEL_SPECIFIC.source, LABEL_SPECIFIC.target)
+    assert top.z > runner_up.z + 0.5 and top.norm < 3.0
+    assert report.judged.suspect == LABEL_SPECIFIC.target and report.judged.suspect_pair == top
+    assert f"most suspicious {top.source} -> {top.target}" in format_summary(report)
+    written = write_report(report, tmp_path / "out")
+    assert (tmp_path / "out" / "triggers" / "pair_003_to_005_mask.npy").is_file()  # the most suspicious pair's
+    html = write_html_report(report, tmp_path / "out").read_text()
+    assert 'id="pairs"' in html and 'alt="pair 3 to 5 mask"' in html
+    again = ScanReport.from_json(json.loads(written.read_text()))
+    assert [p.to_dict() for p in again.judged.pairs] == [p.to_dict() for p in pairs]
+    assert again.pair_stage == report.pair_stage
+    assert again.config.pairs.steps == 60
+    none = scan(digits_label_specific, digits["digits_test.npz"], make_config({"pairs": {"max_pairs": 0}}))
+    assert none.judged.pairs == [] and none.pair_stage.pairs == 0 and "pairs " not in format_summary(none)
