@@ -15,6 +15,10 @@ evidence with each decision rule (so both rules see the same reversed triggers),
 `python -m benchmarks.zoo_scans --starts 2 --scans DIR`), both restricted to the (model, seed) pairs the two
 folders share, so the two reversals are judged on the same models and seeds.
 
+`--pairs DIR` (default .cache/zoo/pairs, from `python -m benchmarks.pair_scans`) adds the source-specific look:
+the rule `evidence` then judges each scan's labels and its pairs as `cleanse scan` does, `labels-only` the labels
+alone (the evidence rule before the look), on the scans that have pair records.
+
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
 measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
 later runs read it.
@@ -30,6 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.pair_scans import PAIRS_DIR
 from benchmarks.zoo_scans import SCANS_DIR
 from fixtures.paths import DEFAULT_CACHE
 from fixtures.zoo import ZooCard, model_paths
@@ -48,6 +53,7 @@ class ZooScan:
     targets: tuple[int, ...]
     evidence: dict[int, LabelEvidence]
     report: ScanReport
+    pairs: dict[tuple[int, int], float] | None = None  # (source, target) -> L1 norm, from benchmarks.pair_scans
 
 
 def decision_norms(report: ScanReport) -> dict[int, float]:
@@ -110,7 +116,14 @@ def saved_evidence(report: ScanReport, folder: Path) -> dict[int, LabelEvidence]
     return label_evidence(report)
 
 
-def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool) -> list[ZooScan]:
+def saved_pairs(pairs_dir: Path | None, model: str, seed: int) -> dict[tuple[int, int], float] | None:
+    record = pairs_dir / model / f"seed{seed}.json" if pairs_dir else None
+    if record is None or not record.is_file():
+        return None
+    return {(p["source"], p["target"]): p["l1_norm"] for p in json.loads(record.read_text())["pairs"]}
+
+
+def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool, pairs_dir: Path | None = None) -> list[ZooScan]:
     scans = []
     for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
         folder, model = report_path.parent, report_path.parent.parent.name
@@ -125,18 +138,23 @@ def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool) -> list[ZooSc
             evidence_cache(folder).write_text(json.dumps([dataclasses.asdict(item) for item in evidence.values()]))
         else:
             evidence = saved_evidence(report, folder)
+        seed = int(folder.name.removeprefix("seed"))
+        pairs = saved_pairs(pairs_dir, model, seed)
+        if pairs_dir and pairs is None:
+            continue  # judged on the scans with pair records only
         family = card.attack["family"] if card.attack else "clean"
         if card.attack and mean_success(card) < MIN_ATTACK_SUCCESS:
             family = "failed_attack"  # the attack did not take: neither a backdoored nor a clean model
         scans.append(
             ZooScan(
                 model=model,
-                seed=int(folder.name.removeprefix("seed")),
+                seed=seed,
                 family=family,
                 dataset=card.dataset,
                 targets=tuple(sorted(card.targets)),
                 evidence=evidence,
                 report=report,
+                pairs=pairs,
             )
         )
     return scans
@@ -155,7 +173,12 @@ def roc_auc(positives: list[float], negatives: list[float]) -> float:
 
 
 def judge_all(scans: list[ZooScan], rules: dict[str, object]) -> dict[tuple[str, str, int], DecisionResult]:
-    return {(name, s.model, s.seed): rule.judge(s.evidence) for name, rule in rules.items() for s in scans}  # type: ignore[attr-defined]
+    """Every scan judged by every rule; the `evidence` rule with the scan's pairs where it has them."""
+    return {
+        (name, s.model, s.seed): rule.judge(s.evidence, s.pairs if name == "evidence" else None)  # type: ignore[attr-defined]
+        for name, rule in rules.items()
+        for s in scans
+    }
 
 
 def family_table(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
@@ -253,6 +276,24 @@ def label_lines(scans: list[ZooScan], judged: dict) -> list[str]:
     return lines
 
 
+def pair_lines(scans: list[ZooScan], judged: dict) -> list[str]:
+    """Per scan with pairs: its most suspicious pair, and where the attack has a source, the true pairs' rank."""
+    lines = []
+    for scan in scans:
+        pairs = judged[("evidence", scan.model, scan.seed)].pairs
+        if not pairs:
+            continue
+        top = pairs[0]
+        line = f"{scan.model} seed {scan.seed} ({scan.family}): top {top.source}->{top.target} L1 {top.norm:.1f} z "
+        line += f"{top.z:.2f} p {top.p_value:.3g}"
+        planted = [i for i, pair in enumerate(pairs) if pair.target in scan.targets and scan.family != "clean"]
+        if scan.family in ("label_specific", "all_to_all") and planted:
+            first = pairs[planted[0]]
+            line += f"; first pair to a target: rank {planted[0] + 1} ({first.source}->{first.target} z {first.z:.2f})"
+        lines.append(line)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.detection_table", description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=Path, default=SCANS_DIR, help="saved scans (%(default)s)")
@@ -261,14 +302,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alpha", type=float, default=EvidenceDecision().alpha)
     parser.add_argument("--labels", action="store_true", help="print the targets' evidence per scan")
     parser.add_argument("--compare", type=Path, help="another scans folder, judged beside --scans on shared scans")
+    parser.add_argument("--pairs", type=Path, nargs="?", const=PAIRS_DIR, help="pair records (%(const)s)")
     args = parser.parse_args(argv)
     folders = [args.scans, *([args.compare] if args.compare else [])]
-    loaded = [load_scans(folder, args.models, args.remeasure) for folder in folders]
+    loaded = [load_scans(folder, args.models, args.remeasure, args.pairs) for folder in folders]
     for folder, scans in zip(folders, loaded, strict=True):
         if not scans:
             raise SystemExit(f"no scans under {folder}: run python -m benchmarks.zoo_scans first")
     shared = set.intersection(*({(scan.model, scan.seed) for scan in scans} for scans in loaded))
     rules = {"evidence": EvidenceDecision(args.alpha), "paper": PaperDecision()}
+    if args.pairs:
+        rules = {"evidence": rules["evidence"], "labels-only": EvidenceDecision(args.alpha), "paper": rules["paper"]}
     for folder, scans in zip(folders, loaded, strict=True):
         scans = [scan for scan in scans if (scan.model, scan.seed) in shared]
         judged = judge_all(scans, rules)
@@ -282,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.labels:
             print()
             print("\n".join(label_lines(scans, judged)))
+        if args.pairs:
+            print()
+            print("\n".join(pair_lines(scans, judged)))
         print()
 
 

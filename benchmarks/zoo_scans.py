@@ -234,14 +234,19 @@ def run_all(jobs: list[ScanJob], workers: int) -> list[ScanOutcome]:
     return outcomes
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.zoo_scans", description=__doc__.splitlines()[0])
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick zoo models, seeds and data, and how many run at once."""
     parser.add_argument("--only", default=None, help="comma-separated zoo model names (default: every built one)")
     parser.add_argument("--seeds", default="0", help="comma-separated scan seeds (default: %(default)s)")
-    parser.add_argument("--jobs", type=int, default=2, help="scans at once (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (default: %(default)s)")
     parser.add_argument("--max-images", type=int, default=1000, help="clean images per scan (default: %(default)s)")
     parser.add_argument("--models", type=Path, default=DEFAULT_CACHE, help="the zoo build's --out (%(default)s)")
     parser.add_argument("--data", type=Path, default=None, help="shared data folder")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.zoo_scans", description=__doc__.splitlines()[0])
+    add_selection_arguments(parser)
     parser.add_argument("--scans", type=Path, default=SCANS_DIR, help="report folders (%(default)s)")
     parser.add_argument("--starts", type=int, default=DEFAULT.starts, help="reversals per label (default: %(default)s)")
     parser.add_argument(

@@ -1,0 +1,114 @@
+"""Run the scan's source-specific stage alone (scanner/pairs.py) on zoo models and keep each model's pair norms.
+
+The pair stage does not depend on the label stage, so its norms join the label scans of benchmarks/zoo_scans.py
+in benchmarks/detection_table.py (`--pairs`) as a whole scan's would: same model, clean images, seed, budget and
+labels a pass as `cleanse scan` (checked by `--check REPORT`: a scan's report.json whose decision holds pairs).
+
+    python -m benchmarks.pair_scans --seeds 0,1,2            # every built zoo model but Tiny-ImageNet's
+    python -m benchmarks.pair_scans --check scan/report.json --only NAME --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from benchmarks.zoo_scans import ScanJob, add_selection_arguments, parse_ints, scan_jobs, single_thread_env
+from fixtures.paths import REPO_ROOT, shared_data_dir
+from scanner.config import ScanConfig
+from scanner.pairs import reverse_pairs
+from scanner.run_scan import scan_inputs
+
+PAIRS_DIR = REPO_ROOT / ".cache" / "zoo" / "pairs"
+SKIPPED_PREFIXES = ("tiny-",)  # Tiny-ImageNet models: the 126-scan zoo table leaves them out
+
+
+def pair_record(model: Path, data: Path, seed: int, max_images: int) -> dict[str, object]:
+    """What the scan's pair stage finds on one model: the pairs' norms, the images and seconds it took."""
+    config = ScanConfig(seed=seed, threads=1, max_images=max_images)
+    inputs = scan_inputs(model, data, config)
+    started = time.perf_counter()
+    triggers = reverse_pairs(
+        inputs.model, inputs.data.images, inputs.labels, config.reverse, config.pairs, inputs.device, config.seed
+    ).triggers
+    return {
+        "seconds": time.perf_counter() - started,
+        "images": sum(trigger.images for trigger in triggers),
+        "pairs": [
+            {"source": t.source, "target": t.target, "l1_norm": t.norm, "found": t.found, "images": t.source_images}
+            for t in triggers
+        ],
+    }
+
+
+def record_path(pairs_dir: Path, job: ScanJob) -> Path:
+    return pairs_dir / job.name / f"seed{job.seed}.json"
+
+
+def run_job(job: ScanJob, pairs_dir: Path) -> str:
+    """One model and seed in a single-threaded child process (as the zoo scans ran)."""
+    out = record_path(pairs_dir, job)
+    command = [sys.executable, "-m", "benchmarks.pair_scans", "--one", str(job.model), str(job.data), str(job.seed)]
+    command += ["--max-images", str(job.max_images), "--out", str(out)]
+    done = subprocess.run(command, env=single_thread_env(), capture_output=True, text=True, cwd=REPO_ROOT)
+    if done.returncode:
+        return f"{job.name} seed {job.seed}: failed ({done.stderr.strip().splitlines()[-1:]})"
+    record = json.loads(out.read_text())
+    pairs, images, seconds = len(record["pairs"]), record["images"], record["seconds"]
+    return f"{job.name} seed {job.seed}: {pairs} pairs, {images:,} images, {seconds:.0f} s"
+
+
+def check(report_path: Path, record: dict[str, object]) -> str:
+    """Whether a whole scan's pairs match the stage run alone (same norms)."""
+    scanned = {
+        (p["source"], p["target"]): p["l1_norm"] for p in json.loads(report_path.read_text())["decision"]["pairs"]
+    }
+    alone = {(p["source"], p["target"]): round(p["l1_norm"], 4) for p in record["pairs"]}  # type: ignore[union-attr]
+    differ = [pair for pair in alone if scanned.get(pair) != alone[pair]]
+    return f"{len(alone)} pairs, {len(differ)} differ from the scan's" + (f": {differ[:5]}" if differ else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pair_scans", description=__doc__.splitlines()[0])
+    add_selection_arguments(parser)
+    parser.add_argument("--pairs", type=Path, default=PAIRS_DIR, help="where records go (%(default)s)")
+    parser.add_argument("--check", type=Path, default=None, help="a scan's report.json to compare with (one job)")
+    parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        model, data, seed = args.one
+        record = pair_record(Path(model), Path(data), int(seed), args.max_images)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record))
+        return 0
+    only = args.only.split(",") if args.only else None
+    jobs, missing = scan_jobs(
+        only, parse_ints(args.seeds), args.max_images, args.models, args.data or shared_data_dir(), args.pairs
+    )
+    jobs = [job for job in jobs if not job.name.startswith(SKIPPED_PREFIXES) or only]
+    if missing:
+        print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
+    if args.check:
+        for job in jobs:
+            run_job(job, args.pairs)
+            print(
+                f"{job.name} seed {job.seed}: {check(args.check, json.loads(record_path(args.pairs, job).read_text()))}"
+            )
+        return 0
+    pending = [job for job in jobs if not record_path(args.pairs, job).is_file()]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in as_completed([pool.submit(run_job, job, args.pairs) for job in pending]):
+            print(future.result(), flush=True)
+    print(f"{len(pending)} runs ({len(jobs) - len(pending)} kept); {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
