@@ -243,9 +243,15 @@ def shown_pairs(pairs: list[PairTrigger], judged: DecisionResult) -> list[PairTr
     return [p for p in pairs if (p.source, p.target) in kept]
 
 
+def pairs_wanted(config: ScanConfig) -> bool:
+    """Whether the scan runs the source-specific look: the evidence rule's (the paper rule has none), unless
+    `--pairs 0`."""
+    return config.decision == "evidence" and config.pairs.max_pairs > 0
+
+
 def source_specific_pairs(inputs: ScanInputs, config: ScanConfig, progress: PairProgress | None) -> PairSearch:
-    """The evidence rule's source-specific look (scanner/pairs.py); the paper rule has none."""
-    if config.decision != "evidence" or config.pairs.max_pairs == 0:
+    """The evidence rule's source-specific look (scanner/pairs.py), where wanted."""
+    if not pairs_wanted(config):
         return PairSearch([], 0)
     return reverse_pairs(
         inputs.model,

@@ -139,6 +139,14 @@ def test_a_pair_run_draws_only_its_sources_images():
     assert not np.array_equal(other[:5], drawn[:5])
 
 
+def test_only_the_evidence_rule_runs_the_pair_stage_and_pairs_0_turns_it_off():
+    from scanner.config import ScanConfig
+    from scanner.run_scan import pairs_wanted
+
+    assert pairs_wanted(ScanConfig()) and not pairs_wanted(ScanConfig(preset="paper"))
+    assert not pairs_wanted(ScanConfig(decision="paper")) and not pairs_wanted(ScanConfig(pairs=PairConfig(0)))
+
+
 def test_the_pair_budget_is_one_start_and_the_pair_steps():
     config = pair_reverse_config(PRESETS["default"], PairConfig(steps=7, images_per_step=8))
     assert (config.starts, config.start_trial_steps, config.max_steps) == (1, 0, 7)
