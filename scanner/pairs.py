@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from scanner.config import PairConfig, ReverseConfig
+from scanner.decision.pairs import MIN_SIDE
 from scanner.model import predict_labels
 from scanner.reverse import TriggerReverser
 
@@ -46,12 +47,13 @@ def candidate_pairs(predictions: np.ndarray, targets: Sequence[int], min_images:
 
 
 def pair_reverse_config(reverse: ReverseConfig, pairs: PairConfig) -> ReverseConfig:
-    """The scan's reversal on the pairs' budget: one start, at most `pairs.steps` steps."""
+    """The scan's reversal on the pairs' budget: one start, at most `pairs.steps` steps (and never more than a
+    label may run)."""
     return dataclasses.replace(
         reverse,
         starts=1,
         start_trial_steps=0,
-        max_steps=pairs.steps,
+        max_steps=min(pairs.steps, reverse.max_steps),
         images_per_step=max(pairs.images_per_step, reverse.mini_batch),
     )
 
@@ -76,10 +78,11 @@ def reverse_pairs(
     progress: PairProgress | None = None,
 ) -> PairSearch:
     """Reverse a trigger for every pair from its source's clean images (those the model predicts as the source),
-    every pair on the same budget; none when the pairs are more than `pairs.max_pairs`."""
+    every pair on the same budget; none when the pairs are more than `pairs.max_pairs`, or span too few targets to
+    be judged (fewer than MIN_SIDE: the scan's labels were narrowed)."""
     predictions = predict_labels(model, images, device)
     chosen = candidate_pairs(predictions, targets, pairs.min_source_images)
-    if not chosen or len(chosen) > pairs.max_pairs:
+    if len(chosen) > pairs.max_pairs or len({target for _, target in chosen}) < MIN_SIDE:
         return PairSearch([], len(chosen))
     reverser = TriggerReverser(model, pair_reverse_config(reverse, pairs), device, seed)
     session = reverser.session(images, len(chosen))

@@ -18,6 +18,8 @@ data = "data/clean.npz"
 seed = 3
 [settings.reverse]
 max_steps = 50
+[settings.pairs]
+max_pairs = 0
 
 [[models]]
 path = "zoo"

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from scanner.cli import main
 from scanner.report import SCHEMA_VERSION
 
-FAST = ["--max-steps", "200", "--seed", "1"]
+FAST = ["--max-steps", "200", "--seed", "1", "--pairs", "0"]  # the source-specific look: tests/test_pairs.py
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """The source-specific look: pair candidates, pair reversal over one class's images, and the pair statistics."""
 
+import dataclasses
 import json
 import math
 
@@ -117,12 +118,15 @@ def test_candidates_are_every_pair_of_the_sources_with_enough_images_and_the_tar
     assert candidate_pairs(predictions, range(4), min_images=4) == []
 
 
-def test_no_pair_is_reversed_when_the_whole_table_takes_more_than_allowed():
+def test_no_pair_is_reversed_when_the_table_is_too_large_or_spans_too_few_targets():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.LogSoftmax(dim=1))
     images = np.random.default_rng(0).uniform(0, 255, (30, 1, 4, 4)).astype(np.float32)
     config = ReverseConfig(mini_batch=4, images_per_step=8, max_steps=2)
     search = reverse_pairs(model, images, range(3), config, PairConfig(max_pairs=1, min_source_images=1), CPU, 0)
     assert search.triggers == [] and search.needed >= 2
+    # two targets (the scan's labels narrowed): the pairs could not be judged, so none is reversed
+    narrowed = reverse_pairs(model, images, [0, 1], config, PairConfig(min_source_images=1), CPU, 0)
+    assert narrowed.triggers == [] and narrowed.needed >= 2
 
 
 def test_a_pair_run_draws_only_its_sources_images():
@@ -151,6 +155,8 @@ def test_the_pair_budget_is_one_start_and_the_pair_steps():
     config = pair_reverse_config(PRESETS["default"], PairConfig(steps=7, images_per_step=8))
     assert (config.starts, config.start_trial_steps, config.max_steps) == (1, 0, 7)
     assert config.images_per_step == PRESETS["default"].mini_batch  # never under one mini-batch
+    few_steps = dataclasses.replace(PRESETS["default"], max_steps=5)
+    assert pair_reverse_config(few_steps, PairConfig(steps=30)).max_steps == 5  # never more than a label's
 
 
 class SourceGate(nn.Module):

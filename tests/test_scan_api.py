@@ -13,6 +13,9 @@ from scanner.run_scan import minimum_accuracy
 
 TARGET = 7
 FAST = {"reverse": {"max_steps": 200}}
+NO_PAIRS = {
+    "pairs": {"max_pairs": 0}
+}  # scans about other things leave out the source-specific look (tests/test_pairs.py)
 
 
 @pytest.mark.slow
@@ -48,7 +51,9 @@ def test_clean_model_is_not_flagged(digits):
 @pytest.mark.parametrize("model, flagged", [("digits_infected.onnx", [TARGET]), ("digits_clean.onnx", [])])
 def test_screened_schedule_gives_the_full_verdict_with_fewer_images(digits, model, flagged):
     reports = {
-        mode: scan(digits[model], digits["digits_test.npz"], make_config({"seed": 1, "schedule": {"mode": mode}}))
+        mode: scan(
+            digits[model], digits["digits_test.npz"], make_config({"seed": 1, "schedule": {"mode": mode}, **NO_PAIRS})
+        )
         for mode in ("full", "screened")
     }
     full, screened = reports["full"], reports["screened"]
@@ -65,7 +70,7 @@ def test_screened_schedule_gives_the_full_verdict_with_fewer_images(digits, mode
 
 @pytest.mark.slow
 def test_a_screen_with_one_of_two_starts_opens_the_second_only_for_labels_that_run_on(digits):
-    settings = {"seed": 1, "schedule": {"mode": "screened", "screen_starts": 1}}
+    settings = {"seed": 1, "schedule": {"mode": "screened", "screen_starts": 1}, **NO_PAIRS}
     report = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], make_config(settings))
     assert report.flagged == [TARGET]
     stopped = [result for result in report.labels if not result.final]
@@ -91,7 +96,7 @@ def test_a_screen_with_one_of_two_starts_opens_the_second_only_for_labels_that_r
     ],
 )
 def test_model_variants_are_read_and_flagged(digits, model):
-    report = scan(digits[model], digits["digits_test.npz"], make_config({"seed": 1, **FAST}))
+    report = scan(digits[model], digits["digits_test.npz"], make_config({"seed": 1, **FAST, **NO_PAIRS}))
     assert report.flagged == [TARGET], report.to_json_dict()["labels"]
 
 
