@@ -286,7 +286,7 @@ def pair_lines(scans: list[ZooScan], judged: dict) -> list[str]:
         top = pairs[0]
         line = f"{scan.model} seed {scan.seed} ({scan.family}): top {top.source}->{top.target} L1 {top.norm:.1f} z "
         line += f"{top.z:.2f} p {top.p_value:.3g}"
-        planted = [i for i, pair in enumerate(pairs) if pair.target in scan.targets and scan.family != "clean"]
+        planted = [i for i, pair in enumerate(pairs) if pair.target in scan.targets]
         if scan.family in ("label_specific", "all_to_all") and planted:
             first = pairs[planted[0]]
             line += f"; first pair to a target: rank {planted[0] + 1} ({first.source}->{first.target} z {first.z:.2f})"

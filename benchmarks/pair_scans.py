@@ -50,17 +50,18 @@ def record_path(pairs_dir: Path, job: ScanJob) -> Path:
     return pairs_dir / job.name / f"seed{job.seed}.json"
 
 
-def run_job(job: ScanJob, pairs_dir: Path) -> str:
-    """One model and seed in a single-threaded child process (as the zoo scans ran)."""
+def run_job(job: ScanJob, pairs_dir: Path) -> tuple[str, bool]:
+    """One model and seed in a single-threaded child process (as the zoo scans ran): a line saying what it found,
+    and whether it ran."""
     out = record_path(pairs_dir, job)
     command = [sys.executable, "-m", "benchmarks.pair_scans", "--one", str(job.model), str(job.data), str(job.seed)]
     command += ["--max-images", str(job.max_images), "--out", str(out)]
     done = subprocess.run(command, env=single_thread_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     if done.returncode:
-        return f"{job.name} seed {job.seed}: failed ({done.stderr.strip().splitlines()[-1:]})"
+        return f"{job.name} seed {job.seed}: failed ({done.stderr.strip().splitlines()[-1:]})", False
     record = json.loads(out.read_text())
     pairs, images, seconds = len(record["pairs"]), record["images"], record["seconds"]
-    return f"{job.name} seed {job.seed}: {pairs} pairs, {images:,} images, {seconds:.0f} s"
+    return f"{job.name} seed {job.seed}: {pairs} pairs, {images:,} images, {seconds:.0f} s", True
 
 
 def check(report_path: Path, record: dict[str, object]) -> str:
@@ -96,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
     if args.check:
         for job in jobs:
-            run_job(job, args.pairs)
+            line, ran = run_job(job, args.pairs)
+            if not ran:
+                print(line)
+                continue
             print(
                 f"{job.name} seed {job.seed}: {check(args.check, json.loads(record_path(args.pairs, job).read_text()))}"
             )
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for future in as_completed([pool.submit(run_job, job, args.pairs) for job in pending]):
-            print(future.result(), flush=True)
+            print(future.result()[0], flush=True)
     print(f"{len(pending)} runs ({len(jobs) - len(pending)} kept); {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -149,8 +149,10 @@ class PairConfig:
     """The source-specific look (scanner/pairs.py): triggers reversed from one source class's images to a target,
     for backdoors that only one source carries (label-specific, all-to-all). The evidence rule only."""
 
-    max_pairs: int = 90  # (source, target) pairs reversed, the likeliest first (0: none); 90 = every pair of 10 classes
-    steps: int = 30  # steps each pair runs (no early stop: every pair gets the same budget)
+    # the most (source, target) pairs reversed: all of them when the whole table fits, else none (0: none); 90 = every
+    # pair of 10 classes
+    max_pairs: int = 90
+    steps: int = 30  # steps each pair runs at most (never more than reverse.max_steps): every pair the same budget
     images_per_step: int = 64
     min_source_images: int = 10  # sources with fewer clean images predicted as them are left out
 

@@ -160,7 +160,7 @@ def pairs_section(report: ScanReport, folder: Path) -> str:
     """The source-specific look: the most suspicious pairs, and the triggers of the flagged pairs and of the most
     suspicious one."""
     pairs, stage = report.judged.pairs, report.pair_stage
-    if stage.needed > stage.pairs == 0:
+    if stage.too_large(report.config.pairs.max_pairs):
         return (
             f'<h2 id="pairs">Source-specific pairs</h2><p>None reversed: the whole table takes {stage.needed:,} '
             f"source -> target pairs, more than the {report.config.pairs.max_pairs} allowed (--pairs).</p>"

@@ -63,7 +63,7 @@ PairProgress = Callable[[int, int], None]  # (pairs done, pairs in all)
 
 @dataclass(frozen=True)
 class PairSearch:
-    triggers: list[PairTrigger]  # empty when the pairs were more than allowed
+    triggers: list[PairTrigger]  # empty when the pairs were more than allowed or span too few targets
     needed: int  # the pairs a whole table takes
 
 
@@ -86,7 +86,7 @@ def reverse_pairs(
         return PairSearch([], len(chosen))
     reverser = TriggerReverser(model, pair_reverse_config(reverse, pairs), device, seed)
     session = reverser.session(images, len(chosen))
-    pools = {source: np.flatnonzero(predictions == source) for source, _ in chosen}
+    pools = {source: np.flatnonzero(predictions == source) for source in {source for source, _ in chosen}}
     runs = [session.start_pair(source, target, pools[source]) for source, target in chosen]
     done = 0
 

@@ -69,6 +69,11 @@ class PairStage:
     seconds: float = 0.0
     needed: int = 0  # the pairs a whole table takes (none reversed when more than pairs.max_pairs; 0: not asked)
 
+    def too_large(self, max_pairs: int) -> bool:
+        """Whether no pair was reversed because the whole table exceeds `max_pairs` (not because the scan's
+        labels left too few targets to judge)."""
+        return self.pairs == 0 and self.needed > max_pairs
+
 
 @dataclass
 class ScanReport:
@@ -212,10 +217,11 @@ def decide_verdict(
 
 
 def close_call_text(decision: DecisionResult) -> str:
-    pair = decision.suspect_pair
-    suspect = "" if decision.suspect is None else f" (label {decision.suspect})"
+    pair, label = decision.suspect_pair, decision.suspect
     if pair is not None:
         suspect = f" (label {pair.target}, from class {pair.source}'s images)"
+    else:
+        suspect = "" if label is None else f" (label {label})"
     return (
         f"a close call: the model's p-value {decision.score:.3g}{suspect} lies between the flag threshold "
         f"{decision.threshold:g} and {decision.inconclusive_below:g}; rerun with more --starts or another --seed, or "
@@ -449,7 +455,7 @@ def pair_text(pair: PairJudgement) -> str:
 def pairs_lines(report: ScanReport) -> list[str]:
     """The source-specific look: what it cost, its flagged pairs or its most suspicious one."""
     stage, pairs = report.pair_stage, report.judged.pairs
-    if stage.needed > stage.pairs == 0:
+    if stage.too_large(report.config.pairs.max_pairs):
         return [
             f"pairs      none reversed: the whole table takes {stage.needed:,} source -> target pairs, more than "
             f"--pairs {report.config.pairs.max_pairs}"

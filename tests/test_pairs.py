@@ -151,6 +151,14 @@ def test_only_the_evidence_rule_runs_the_pair_stage_and_pairs_0_turns_it_off():
     assert not pairs_wanted(ScanConfig(decision="paper")) and not pairs_wanted(ScanConfig(pairs=PairConfig(0)))
 
 
+def test_a_stage_says_it_was_too_large_only_when_the_table_exceeded_the_limit():
+    from scanner.report import PairStage
+
+    assert PairStage(pairs=0, needed=1806).too_large(90)
+    assert not PairStage(pairs=0, needed=18).too_large(90)  # --labels left two targets: too few, not too many
+    assert not PairStage(pairs=90, images=1, needed=90).too_large(90) and not PairStage().too_large(90)
+
+
 def test_the_pair_budget_is_one_start_and_the_pair_steps():
     config = pair_reverse_config(PRESETS["default"], PairConfig(steps=7, images_per_step=8))
     assert (config.starts, config.start_trial_steps, config.max_steps) == (1, 0, 7)

@@ -79,9 +79,10 @@ class DecisionResult:
     def suspect(self) -> int | None:
         """Evidence rule: the label whose p-value is the model's score, or the target of the pair whose is (None
         where none's is)."""
-        label = next((label for label, item in self.judgements.items() if item.p_value == self.score), None)
-        pair = next((pair for pair in self.pairs if pair.p_value == self.score), None)
-        return pair.target if label is None and pair is not None else label
+        pair = self.suspect_pair
+        if pair is not None:
+            return pair.target
+        return next((label for label, item in self.judgements.items() if item.p_value == self.score), None)
 
     @property
     def suspect_pair(self) -> PairJudgement | None:
