@@ -296,19 +296,25 @@ def cpu_has_native_bfloat16() -> bool:
 # CPU stacking was measured on 32x32 and 64x64 inputs; larger images fill the cores at one label a pass, and
 # activations grow with the pass
 CPU_STACKING_MAX_PIXELS = 64 * 64
+# a GPU pass holds every start of every label up to this many input pixels (3,200 images of 64x64: 200 slots of
+# 16 on an H200, where the Tiny-ImageNet ResNet's full scan took 20.0 s against 32.7 s at 512 images a pass)
+GPU_PIXELS_PER_PASS = 3200 * 64 * 64
 
 
-def auto_labels_per_batch(device: torch.device, mini_batch: int, label_count: int, image_pixels: int) -> int:
-    """Enough labels to fill about 512 images per forward pass on a GPU, and about 64 on a CPU with native
-    bfloat16 for images up to 64x64 (a recent Xeon: stacking 4 labels of 16 images measured 1.1x to 1.9x faster
-    per label than one at a time, in float32 too; benchmarks/reverse_speed.py). One label at a time elsewhere:
-    on other CPUs stacking measured slower. The labels' optimizations stay separate, but a convolution's
-    round-off depends on the batch size, and the reversal amplifies round-off: a label's trigger can differ with
-    the width, as it does between float32 and bfloat16 (never with the run: the same width is chosen on the same
-    machine)."""
+def auto_labels_per_batch(
+    device: torch.device, mini_batch: int, label_count: int, image_pixels: int, starts: int = 1
+) -> int:
+    """How many starts share a forward pass. On a GPU every start of every label, up to `GPU_PIXELS_PER_PASS`
+    (a pass of a small model is launch-bound: fewer, wider passes; the GTSRB replica's full scan took 10.2 s at
+    all 86 starts a pass against 16.3 s at 32). On a CPU with native bfloat16, about 64 images a pass for images
+    up to 64x64 (a recent Xeon: stacking 4 labels of 16 images measured 1.1x to 1.9x faster per label than one at
+    a time, in float32 too; benchmarks/reverse_speed.py); one label at a time elsewhere: on other CPUs stacking
+    measured slower. The labels' optimizations stay separate, but a convolution's round-off depends on the batch
+    size, and the reversal amplifies round-off: a label's trigger can differ with the width, as it does between
+    float32 and bfloat16 (never with the run: the same width is chosen on the same machine)."""
     if device.type == "cuda":
-        images_per_pass = 512
-    elif cpu_has_native_bfloat16() and image_pixels <= CPU_STACKING_MAX_PIXELS:
+        return max(1, min(label_count * starts, GPU_PIXELS_PER_PASS // (mini_batch * image_pixels)))
+    if cpu_has_native_bfloat16() and image_pixels <= CPU_STACKING_MAX_PIXELS:
         images_per_pass = 64
     else:
         images_per_pass = mini_batch
@@ -355,14 +361,20 @@ class TriggerReverser:
 
     def _run_step(self, clean: torch.Tensor, slots: list[StartRun], params: _SlotTensors, mini_batch: int) -> None:
         config = self.config
+        started = time.perf_counter()
         targets = torch.tensor([slot.label for slot in slots], device=self.device)
         costs = torch.tensor([slot.schedule.cost for slot in slots], device=self.device, dtype=clean.dtype)
-        for slot in slots:
-            slot.success_sum = slot.norm_sum = 0.0
-        for _ in range(config.batches_per_step):
-            started = time.perf_counter()
-            index = np.stack([slot.next_indices(mini_batch, len(clean)) for slot in slots])
-            batch = clean[torch.from_numpy(index).to(self.device)]  # (K, B, C, H, W)
+        # the step's draws for every mini-batch at once, and its sums kept on the device: on a GPU the host then
+        # waits for it twice a step rather than at every mini-batch (float64 sums add as Python's floats did)
+        draws = [
+            np.stack([slot.next_indices(mini_batch, len(clean)) for slot in slots])
+            for _ in range(config.batches_per_step)
+        ]
+        indices = torch.from_numpy(np.stack(draws)).to(self.device)  # (steps, K, B)
+        success_sum = torch.zeros(len(slots), dtype=torch.float64, device=self.device)
+        norm_sum = torch.zeros_like(success_sum)
+        for index in indices:
+            batch = clean[index]  # (K, B, C, H, W)
             params.mask_tanh.requires_grad_(True)
             params.pattern_tanh.requires_grad_(True)
             mask = mask_from_tanh(params.mask_tanh)  # (K, 1, H, W)
@@ -376,14 +388,15 @@ class TriggerReverser:
             loss = (cross_entropy + costs * norms).sum()
             mask_grad, pattern_grad = torch.autograd.grad(loss, [params.mask_tanh, params.pattern_tanh])
             with torch.no_grad():
-                success = (log_probs.argmax(dim=2) == targets.view(-1, 1)).float().mean(dim=1)
+                success_sum += (log_probs.argmax(dim=2) == targets.view(-1, 1)).float().mean(dim=1).double()
+                norm_sum += norms.double()
                 params.step(mask_grad, pattern_grad, config)
-            elapsed = (time.perf_counter() - started) / len(slots)
-            for slot, slot_success, slot_norm in zip(slots, success.tolist(), norms.tolist(), strict=True):
-                slot.success_sum += slot_success
-                slot.norm_sum += slot_norm
-                slot.seconds += elapsed
-                slot.images += mini_batch
+        elapsed = (time.perf_counter() - started) / len(slots)
+        for slot, slot_success, slot_norm in zip(slots, success_sum.tolist(), norm_sum.tolist(), strict=True):
+            slot.success_sum = slot_success
+            slot.norm_sum = slot_norm
+            slot.seconds += elapsed
+            slot.images += mini_batch * config.batches_per_step
 
     def _after_step(self, slot: StartRun, params: _SlotTensors, index: int) -> bool:
         """Advance one slot's schedule after a step; True when the label is finished."""
@@ -429,7 +442,7 @@ class ReverseSession:
         config = reverser.config
         pixels = clean.shape[-2] * clean.shape[-1]
         self.width = config.labels_per_batch or auto_labels_per_batch(
-            reverser.device, config.mini_batch, label_count, pixels
+            reverser.device, config.mini_batch, label_count, pixels, config.starts
         )
 
     def start(self, label: int, starts: int = 0) -> LabelRun:

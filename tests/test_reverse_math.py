@@ -120,11 +120,14 @@ def test_precision_is_resolved_per_device():
         ("cpu", True, 32, 43, 32 * 32, 2),
         ("cpu", True, 128, 43, 32 * 32, 1),
         ("cpu", True, 16, 3, 32 * 32, 3),  # never more than the labels
-        ("cuda", False, 16, 200, 224 * 224, 32),  # about 512 images a pass
+        ("cuda", False, 16, 43, 32 * 32, 86),  # every start of every label
+        ("cuda", False, 16, 200, 64 * 64, 200),  # 3,200 images of 64x64 a pass
+        ("cuda", False, 16, 1000, 224 * 224, 16),  # 261 images of 224x224
+        ("cuda", False, 16, 3, 32 * 32, 6),
     ],
 )
 def test_labels_stacked_per_pass_suit_the_device(
     monkeypatch, device, native_bfloat16, mini_batch, labels, pixels, width
 ):
     monkeypatch.setattr(scanner.reverse, "cpu_has_native_bfloat16", lambda: native_bfloat16)
-    assert auto_labels_per_batch(torch.device(device), mini_batch, labels, pixels) == width
+    assert auto_labels_per_batch(torch.device(device), mini_batch, labels, pixels, starts=2) == width
