@@ -3,7 +3,7 @@
     python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--replica] [--screened DIR]
         [--screen-starts N] [--labels-per-batch K]
     python -m benchmarks.schedule_bench timed [--models digits,gtsrb,NAME] [--threads 2] [--full-labels N]
-        [--labels-per-batch K] [--screen-starts 1,0]
+        [--labels-per-batch K,...] [--screen-starts 1,0] [--device D]
 
 `zoo`: a screened CLI scan of each zoo model and seed (reports under .cache/zoo/scans-screened/), compared with
 the full scan that `benchmarks.zoo_scans` keeps (run here where missing), both judged by the evidence rule
@@ -13,7 +13,8 @@ images used and their ratio, seconds (each scan on one thread; runs at different
 images). `timed`: both schedules one after the other in this process, on the same model, data and thread
 count: seconds, images, flagged labels and the ratios (`gtsrb` is the GTSRB replica, built when missing; with
 `--full-labels N` the full schedule runs on N sampled labels and its cost is scaled to every label, marked as
-projected; `--screen-starts` times the screened schedule once per value of `schedule.screen_starts`).
+projected; `--screen-starts` times the screened schedule once per value of `schedule.screen_starts`,
+`--labels-per-batch` both schedules once per value).
 """
 
 from __future__ import annotations
@@ -113,44 +114,69 @@ def sampled_labels(classes: int, count: int, seed: int) -> list[int]:
 
 def timed(args: argparse.Namespace) -> None:
     data_dir = args.data or shared_data_dir()
-    stacked = args.labels_per_batch or "auto"
     print(
         f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, {args.threads} threads, "
-        f"labels per forward pass: {stacked}"
+        f"device {args.device}{device_name(args.device)}"
     )
-    reverse = {"labels_per_batch": args.labels_per_batch}
-    settings = {"seed": args.seed, "threads": args.threads, "max_images": args.max_images, "reverse": reverse}
     for name in args.models.split(","):
         chosen = bench_model(name, data_dir)
-        model, data = chosen.model, chosen.data
-        screened_runs = []
-        for screen_starts in parse_ints(args.screen_starts):
-            schedule = {"mode": "screened", "screen_starts": screen_starts}
-            started = time.perf_counter()
-            report = scan(model, data, make_config({**settings, "schedule": schedule}))
-            screened_runs.append((screen_starts, report, time.perf_counter() - started))
-        classes = screened_runs[0][1].contract.num_classes
-        labels = sampled_labels(classes, args.full_labels, args.seed) if args.full_labels else []
-        started = time.perf_counter()
-        full = scan(model, data, make_config({**settings, "labels": labels, "schedule": {"mode": "full"}}))
-        full_s, full_images = time.perf_counter() - started, full.schedule["images"]
-        if labels:  # the full schedule's cost grows with the labels: scale the sample's up to every label
-            scale = classes / len(labels)
-            full_s, full_images = full_s * scale, int(full_images * scale)
-        kind = f"projected from {len(labels)} sampled labels" if labels else "measured"
-        print(
-            f"{name} ({classes} classes): full ({kind}) {full_s:.1f} s, {full_images} images"
-            + ("" if labels else f", flagged {full.flagged}, score {full.decision.score:.3g}")
-        )
-        for screen_starts, screened, screened_s in screened_runs:
-            print(
-                f"  screened, screen_starts {screen_starts}: {screened_s:.1f} s, {screened.schedule['images']} "
-                f"images, {screened.schedule['final_labels']} labels final, flagged {screened.flagged}, score "
-                f"{screened.decision.score:.3g} | full/screened: time {full_s / screened_s:.2f}x, images "
-                f"{full_images / screened.schedule['images']:.2f}x",
-                flush=True,
-            )
+        for width in parse_ints(args.labels_per_batch):
+            timed_model(name, chosen.model, chosen.data, width, args)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return ""
+    return f" ({torch.cuda.get_device_name(torch.device(device if device != 'auto' else 'cuda'))})"
+
+
+def warm_up(model: Path, data: Path, settings: dict) -> None:
+    """One step of three labels, untimed: the first scan in a process pays once for what the others reuse (a
+    GPU's context, torch's lazily imported modules: about 7 s on a fresh CUDA machine)."""
+    reverse = {**settings["reverse"], "max_steps": 1}
+    scan(model, data, make_config({**settings, "labels": [0, 1, 2], "reverse": reverse, "pairs": {"max_pairs": 0}}))
+
+
+def timed_model(name: str, model: Path, data: Path, width: int, args: argparse.Namespace) -> None:
+    """Both schedules one after the other, `width` labels a forward pass (0: auto)."""
+    settings = {
+        "seed": args.seed,
+        "threads": args.threads,
+        "max_images": args.max_images,
+        "device": args.device,
+        "reverse": {"labels_per_batch": width},
+    }
+    warm_up(model, data, settings)
+    screened_runs = []
+    for screen_starts in parse_ints(args.screen_starts):
+        schedule = {"mode": "screened", "screen_starts": screen_starts}
+        started = time.perf_counter()
+        report = scan(model, data, make_config({**settings, "schedule": schedule}))
+        screened_runs.append((screen_starts, report, time.perf_counter() - started))
+    classes = screened_runs[0][1].contract.num_classes
+    labels = sampled_labels(classes, args.full_labels, args.seed) if args.full_labels else []
+    started = time.perf_counter()
+    full = scan(model, data, make_config({**settings, "labels": labels, "schedule": {"mode": "full"}}))
+    full_s, full_images = time.perf_counter() - started, full.schedule["images"]
+    if labels:  # the full schedule's cost grows with the labels: scale the sample's up to every label
+        scale = classes / len(labels)
+        full_s, full_images = full_s * scale, int(full_images * scale)
+    kind = f"projected from {len(labels)} sampled labels" if labels else "measured"
+    print(
+        f"{name} ({classes} classes, labels a pass: {width or 'auto'}): full ({kind}) {full_s:.1f} s, "
+        f"{full_images} images" + ("" if labels else f", flagged {full.flagged}, score {full.decision.score:.3g}")
+    )
+    for screen_starts, screened, screened_s in screened_runs:
+        print(
+            f"  screened, screen_starts {screen_starts}: {screened_s:.1f} s, {screened.schedule['images']} "
+            f"images, {screened.schedule['final_labels']} labels final, flagged {screened.flagged}, score "
+            f"{screened.decision.score:.3g} | full/screened: time {full_s / screened_s:.2f}x, images "
+            f"{full_images / screened.schedule['images']:.2f}x",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,7 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     clock.add_argument("--max-images", type=int, default=1000)
     clock.add_argument("--threads", type=int, default=2)
     clock.add_argument("--seed", type=int, default=0)
-    clock.add_argument("--labels-per-batch", type=int, default=0, help="labels stacked per forward pass (0: auto)")
+    clock.add_argument(
+        "--labels-per-batch", default="0", help="labels stacked per forward pass, one run per value (0: auto)"
+    )
+    clock.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     clock.add_argument("--data", type=Path, default=None)
     clock.add_argument(
         "--screen-starts", default=str(ScheduleConfig().screen_starts), help="screen_starts values to time (0: all)"
