@@ -16,3 +16,7 @@ class DataError(InputError):
 
 class ConfigError(InputError):
     """Options or a config file that make no sense."""
+
+
+class ResourceError(InputError):
+    """Work that does not fit this machine (a model that does not fit in GPU memory even one label a pass)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import torch
 
 from cleanse_base.errors import InputError
 from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, EXIT_INFECTED
@@ -77,7 +78,8 @@ def exit_with_error(message: str) -> NoReturn:
 
 def cli_errors(interrupted: Callable[[dict[str, Any]], str] = lambda options: "interrupted") -> Callable:
     """A command decorator: bad input (InputError) is one line and exit 2, Ctrl-C is exit 2 (`interrupted`
-    builds its message from the command's options), anything else is one 'internal error' line and exit 2.
+    builds its message from the command's options), running out of GPU memory says what to lower, anything else
+    is one 'internal error' line and exit 2.
     Tracebacks only with --debug."""
 
     def decorate(command: Callable) -> Callable:
@@ -92,6 +94,11 @@ def cli_errors(interrupted: Callable[[dict[str, Any]], str] = lambda options: "i
                 message = str(exc)
             except KeyboardInterrupt:
                 message = interrupted(options)
+            except torch.OutOfMemoryError:
+                message = (
+                    "out of GPU memory: run fewer labels a pass (--labels-per-batch), fewer images (--max-images) or "
+                    "on the CPU (--device cpu)"
+                )
             except Exception as exc:  # a bug of ours, not bad input: still one line and exit 2 for a CI gate
                 message = f"internal error: {one_line(exc)} (rerun with --debug for the traceback)"
             if debug:

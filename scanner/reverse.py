@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cleanse_base.errors import ResourceError
 from scanner.config import ReverseConfig
 
 TANH_EPSILON = 1e-7  # keeps arctanh finite at mask 0/1, as in the reference
@@ -321,6 +322,24 @@ def auto_labels_per_batch(
     return max(1, min(label_count, images_per_pass // mini_batch))
 
 
+def fit_to_memory(run_pass: Callable[[int], object], width: int) -> int:
+    """The widest of `width`, `width // 2`, ... down to 1 at which `run_pass(width)` runs without running out of
+    GPU memory (the automatic width counts pixels, not the model's activations); ResourceError where none does."""
+    while True:
+        try:
+            run_pass(width)
+            return width
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if width == 1:
+                raise ResourceError(
+                    "the model does not fit in GPU memory even one label a pass (--labels-per-batch 1); scan "
+                    "with --device cpu or on a larger GPU"
+                ) from None
+            width //= 2
+
+
 def use_bfloat16(precision: str, device: torch.device) -> bool:
     """Whether the model runs under bfloat16 autocast for `precision` ("float32", "bfloat16" or "auto")."""
     if precision != "auto":
@@ -374,19 +393,9 @@ class TriggerReverser:
         success_sum = torch.zeros(len(slots), dtype=torch.float64, device=self.device)
         norm_sum = torch.zeros_like(success_sum)
         for index in indices:
-            batch = clean[index]  # (K, B, C, H, W)
-            params.mask_tanh.requires_grad_(True)
-            params.pattern_tanh.requires_grad_(True)
-            mask = mask_from_tanh(params.mask_tanh)  # (K, 1, H, W)
-            pattern = pattern_from_tanh(params.pattern_tanh)  # (K, C, H, W)
-            stamped = stamp(batch, mask.unsqueeze(1), pattern.unsqueeze(1))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
-                log_probs = self.model(stamped.flatten(0, 1)).float().view(len(slots), mini_batch, -1)
-            target_log_probs = log_probs.gather(2, targets.view(-1, 1, 1).expand(-1, mini_batch, 1))
-            cross_entropy = -target_log_probs.squeeze(2).mean(dim=1)  # (K,)
-            norms = mask.sum(dim=(1, 2, 3))  # (K,)
-            loss = (cross_entropy + costs * norms).sum()
-            mask_grad, pattern_grad = torch.autograd.grad(loss, [params.mask_tanh, params.pattern_tanh])
+            log_probs, norms, mask_grad, pattern_grad = self._pass(
+                clean[index], params.mask_tanh, params.pattern_tanh, targets, costs
+            )
             with torch.no_grad():
                 success_sum += (log_probs.argmax(dim=2) == targets.view(-1, 1)).float().mean(dim=1).double()
                 norm_sum += norms.double()
@@ -397,6 +406,43 @@ class TriggerReverser:
             slot.norm_sum = slot_norm
             slot.seconds += elapsed
             slot.images += mini_batch * config.batches_per_step
+
+    def _pass(
+        self,
+        batch: torch.Tensor,
+        mask_tanh: torch.Tensor,
+        pattern_tanh: torch.Tensor,
+        targets: torch.Tensor,
+        costs: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """One forward and backward pass of K slots' mini-batches `batch` (K, B, C, H, W): (log-probabilities
+        (K, B, classes), mask norms (K,), the gradients of the mask and pattern parameters)."""
+        slots, mini_batch = batch.shape[:2]
+        mask_tanh.requires_grad_(True)
+        pattern_tanh.requires_grad_(True)
+        mask = mask_from_tanh(mask_tanh)  # (K, 1, H, W)
+        pattern = pattern_from_tanh(pattern_tanh)  # (K, C, H, W)
+        stamped = stamp(batch, mask.unsqueeze(1), pattern.unsqueeze(1))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+            log_probs = self.model(stamped.flatten(0, 1)).float().view(slots, mini_batch, -1)
+        target_log_probs = log_probs.gather(2, targets.view(-1, 1, 1).expand(-1, mini_batch, 1))
+        cross_entropy = -target_log_probs.squeeze(2).mean(dim=1)  # (K,)
+        norms = mask.sum(dim=(1, 2, 3))  # (K,)
+        loss = (cross_entropy + costs * norms).sum()
+        mask_grad, pattern_grad = torch.autograd.grad(loss, [mask_tanh, pattern_tanh])
+        return log_probs, norms, mask_grad, pattern_grad
+
+    def probe(self, clean: torch.Tensor, slots: int) -> None:
+        """One pass of `slots` slots over the first clean images, nothing kept: what a scan's widest pass needs
+        in memory (to fit the width to a GPU)."""
+        mini_batch = self.config.mini_batch
+        channels, height, width = clean.shape[1:]
+        index = torch.arange(slots * mini_batch, device=clean.device) % len(clean)
+        batch = clean[index].view(slots, mini_batch, channels, height, width)
+        mask_tanh = torch.zeros((slots, 1, height, width), device=clean.device)
+        pattern_tanh = torch.zeros((slots, channels, height, width), device=clean.device)
+        targets = torch.zeros(slots, dtype=torch.long, device=clean.device)
+        self._pass(batch, mask_tanh, pattern_tanh, targets, torch.zeros(slots, device=clean.device))
 
     def _after_step(self, slot: StartRun, params: _SlotTensors, index: int) -> bool:
         """Advance one slot's schedule after a step; True when the label is finished."""
@@ -444,6 +490,8 @@ class ReverseSession:
         self.width = config.labels_per_batch or auto_labels_per_batch(
             reverser.device, config.mini_batch, label_count, pixels, config.starts
         )
+        if reverser.device.type == "cuda" and not config.labels_per_batch:
+            self.width = fit_to_memory(lambda slots: reverser.probe(clean, slots), self.width)
 
     def start(self, label: int, starts: int = 0) -> LabelRun:
         """A run of `label` with its first `starts` starts open (0: all the config's); the others open with

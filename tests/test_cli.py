@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 from scanner.cli import main
@@ -173,3 +174,20 @@ def test_model_with_no_image_input_exits_2(tmp_path, digits):
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
     result = run_cli("scan", str(path), "--data", str(digits["digits_test.npz"]))
     assert result.returncode == 2 and "no image-like input" in result.stderr
+
+
+def test_running_out_of_gpu_memory_says_what_to_lower(tmp_path, monkeypatch):
+    """A CUDA out-of-memory error anywhere in a scan is one line naming the knobs, not an 'internal error'."""
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr("scanner.run_scan.scan", out_of_memory)
+    model, data = tmp_path / "model.onnx", tmp_path / "clean.npz"
+    model.write_bytes(b"never read")
+    data.write_bytes(b"never read")
+    result = CliRunner().invoke(main, ["scan", str(model), "--data", str(data)])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "out of GPU memory" in line and "--labels-per-batch" in line and "--device cpu" in line
+    assert "internal error" not in line

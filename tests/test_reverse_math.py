@@ -3,13 +3,15 @@ import pytest
 import torch
 
 import scanner.reverse
-from cleanse_base.errors import ConfigError
+from cleanse_base.errors import ConfigError, ResourceError
 from scanner.config import ReverseConfig
 from scanner.reverse import (
     CostSchedule,
+    TriggerReverser,
     adam_update,
     advance_schedule,
     auto_labels_per_batch,
+    fit_to_memory,
     mask_from_tanh,
     pattern_from_tanh,
     stamp,
@@ -131,3 +133,33 @@ def test_labels_stacked_per_pass_suit_the_device(
 ):
     monkeypatch.setattr(scanner.reverse, "cpu_has_native_bfloat16", lambda: native_bfloat16)
     assert auto_labels_per_batch(torch.device(device), mini_batch, labels, pixels, starts=2) == width
+
+
+def test_the_width_halves_until_a_pass_fits_in_gpu_memory():
+    tried = []
+
+    def run_pass(width: int) -> None:
+        tried.append(width)
+        if width > 10:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert fit_to_memory(run_pass, 86) == 10
+    assert tried == [86, 43, 21, 10]
+
+
+def test_a_model_too_large_for_one_label_a_pass_is_a_resource_error():
+    def run_pass(width: int) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(ResourceError, match="even one label a pass.*--device cpu"):
+        fit_to_memory(run_pass, 4)
+
+
+def test_the_memory_probe_runs_the_reversal_pass_at_the_width():
+    """The probe pushes `slots` mini-batches through the model, forward and backward, as a step's pass does."""
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5), torch.nn.LogSoftmax(dim=1))
+    model.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape)))
+    reverser = TriggerReverser(model, ReverseConfig(mini_batch=4), torch.device("cpu"))
+    reverser.probe(torch.rand(6, 3, 4, 4) * 255, 3)
+    assert seen == [(12, 3, 4, 4)]
