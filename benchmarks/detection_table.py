@@ -236,22 +236,28 @@ def verdict_text(result: DecisionResult) -> str:
 
 
 def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
+    """The models whose verdict changes between seeds, and how many of those no seed's report calls close (a close
+    call, or a flag in the close band: DecisionResult.close_flag)."""
     lines = []
     by_model = defaultdict(list)
     for scan in scans:
         by_model[scan.model].append(scan)
     for rule in rules:
-        flips = []
+        flips, unmarked = [], 0
         for model, runs in sorted(by_model.items()):
-            verdicts = {verdict_text(judged[(rule, model, s.seed)]) for s in runs}
-            if len(verdicts) > 1:
+            results = [judged[(rule, model, s.seed)] for s in sorted(runs, key=lambda s: s.seed)]
+            if len({verdict_text(result) for result in results}) > 1:
                 detail = ", ".join(
-                    f"seed {s.seed}: {verdict_text(judged[(rule, model, s.seed)])} margin "
-                    f"{judged[(rule, model, s.seed)].margin:+.2f}"
-                    for s in sorted(runs, key=lambda s: s.seed)
+                    f"seed {s.seed}: {verdict_text(result)}{' (close)' if result.close_flag else ''} margin "
+                    f"{result.margin:+.2f}"
+                    for s, result in zip(sorted(runs, key=lambda s: s.seed), results, strict=True)
                 )
+                unmarked += not any(result.inconclusive or result.close_flag for result in results)
                 flips.append(f"  {model}: {detail}")
-        lines.append(f"{rule}: {len(flips)} of {len(by_model)} models change verdict between seeds")
+        lines.append(
+            f"{rule}: {len(flips)} of {len(by_model)} models change verdict between seeds, {unmarked} of them with "
+            "no seed's report calling the case close"
+        )
         lines.extend(flips)
     return lines
 

@@ -23,14 +23,14 @@ from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.9"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.10"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
 # 1.6: config reverse.start_trial_steps; 1.7: config inconclusive_factor, decision "inconclusive_below" and
 # "inconclusive" (the evidence rule's close calls); 1.8: config schedule.screen_starts (older reports: 0, every start)
 # 1.9: config "pairs", "pair_stage" (pairs reversed, images, seconds) and decision "pairs" (the evidence rule's
-# source-specific look; older reports: none)
+# source-specific look; older reports: none); 1.10: decision "close_flag" (flagged, but within the close band)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -203,7 +203,8 @@ def decide_verdict(
     if not found:
         return INCONCLUSIVE, f"no label's trigger reached the attack success threshold ({success_threshold:g})"
     if decision.flagged:
-        return INFECTED, f"label(s) {', '.join(map(str, decision.flagged))} flagged: {rule_text(decision)}"
+        reason = f"label(s) {', '.join(map(str, decision.flagged))} flagged: {rule_text(decision)}"
+        return INFECTED, reason + (f"; {close_flag_text(decision)}" if decision.close_flag else "")
     if decision.inconclusive:
         return INCONCLUSIVE, close_call_text(decision)
     if found < MIN_LABELS:
@@ -226,6 +227,15 @@ def close_call_text(decision: DecisionResult) -> str:
         f"a close call: the model's p-value {decision.score:.3g}{suspect} lies between the flag threshold "
         f"{decision.threshold:g} and {decision.inconclusive_below:g}; rerun with more --starts or another --seed, or "
         "look at that label's trigger"
+    )
+
+
+def close_flag_text(decision: DecisionResult) -> str:
+    low = decision.threshold**2 / decision.inconclusive_below  # type: ignore[operator]  # close_flag: not None
+    return (
+        f"a close call: the model's p-value {decision.score:.3g} lies between {low:g} and the flag threshold "
+        f"{decision.threshold:g}, where another seed may not flag it; rerun with more --starts or another --seed "
+        "before acting on it"
     )
 
 
@@ -495,7 +505,8 @@ def format_summary(report: ScanReport) -> str:
         *pairs_lines(report),
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
-        + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else ""),
+        + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else "")
+        + (f" ({close_flag_text(report.judged)})" if report.verdict == INFECTED and report.judged.close_flag else ""),
         f"time       {report.seconds_total:.1f} s on {report.device} ({report.precision})" + schedule_text(report),
     ]
     return "\n".join(lines)

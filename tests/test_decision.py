@@ -192,6 +192,26 @@ def test_a_close_call_makes_the_verdict_inconclusive_with_the_label_named():
     assert verdict == INCONCLUSIVE and reason.startswith("a close call:") and "(label 19)" in reason
 
 
+def test_a_flag_in_the_close_band_is_marked_close_and_the_verdict_says_so():
+    """A flag whose p-value lies within the inconclusive band's factor below alpha is a finding another seed may
+    not repeat: still infected, marked close (every clean flag on the zoo lies there)."""
+    from scanner.mad import mad_outliers
+    from scanner.report import INFECTED, LabelResult, decide_verdict
+
+    planted = evidence_set([*NATURAL[:19], 12.0], compact=[*NATURAL_COMPACT[:19], 0.98])
+    score = EvidenceDecision().judge(planted).score
+    near = EvidenceDecision(alpha=score * 2).judge(planted)  # flagged, the score half of alpha
+    assert near.flagged == [19] and near.close_flag and near.to_dict()["close_flag"] is True
+    assert not EvidenceDecision(alpha=score * 20).judge(planted).close_flag  # a decade and more below: sure
+    assert not EvidenceDecision(alpha=score * 2, inconclusive_factor=1).judge(planted).close_flag  # no band
+    assert not EvidenceDecision(alpha=score / 2).judge(planted).close_flag  # not flagged: a close call instead
+    assert not PaperDecision().judge(planted).close_flag
+    labels = [LabelResult(label, item.norm, 1.0, True, 10, 0.1, 0.0, False) for label, item in planted.items()]
+    mad = mad_outliers({label: item.norm for label, item in planted.items()})
+    verdict, reason = decide_verdict(labels, mad, near, 0.99)
+    assert verdict == INFECTED and "label(s) 19 flagged" in reason and "a close call" in reason
+
+
 @pytest.mark.slow
 def test_the_evidence_rule_on_the_digits_models_end_to_end(digits, tmp_path):
     """A real scan of each digits model under the evidence rule, through the CLI, its report read back."""

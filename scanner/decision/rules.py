@@ -76,6 +76,15 @@ class DecisionResult:
         return not self.flagged and self.inconclusive_below is not None and self.score < self.inconclusive_below
 
     @property
+    def close_flag(self) -> bool:
+        """Labels flagged, but the model's score lies within the same factor of the threshold on the flagged
+        side as the inconclusive band spans on the other (evidence rule: p between alpha / 10 and alpha): a
+        finding that another seed may not repeat."""
+        if not self.flagged or self.inconclusive_below is None:
+            return False
+        return self.score * self.inconclusive_below > self.threshold**2
+
+    @property
     def suspect(self) -> int | None:
         """Evidence rule: the label whose p-value is the model's score, or the target of the pair whose is (None
         where none's is)."""
@@ -115,6 +124,7 @@ class DecisionResult:
             "margin": round(self.margin, 4),
             "inconclusive_below": self.inconclusive_below,
             "inconclusive": self.inconclusive,
+            "close_flag": self.close_flag,
             "measures": self.measures,
             "labels": [self.judgements[label].to_dict() for label in sorted(self.judgements)],
             "pairs": [pair.to_dict() for pair in self.pairs],
