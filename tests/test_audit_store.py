@@ -62,3 +62,36 @@ def test_the_store_uses_write_ahead_logging(tmp_path: Path) -> None:
     connection = sqlite3.connect(tmp_path / "audit.sqlite")
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     connection.close()
+
+
+def test_the_decision_score_and_close_flag_are_kept(tmp_path: Path) -> None:
+    close = Outcome(DONE, INFECTED, 1.5, [12], seconds=2.0, p_value=4.6e-4, close_flag=True)
+    with AuditStore(tmp_path / "audit.sqlite") as store:
+        store.finish(KEY, close)
+    with AuditStore(tmp_path / "audit.sqlite") as reopened:
+        row = reopened.get(KEY)
+    assert (row.p_value, row.close_flag) == (4.6e-4, True)
+    assert row.to_dict()["p_value"] == 4.6e-4 and row.to_dict()["close_flag"] is True
+
+
+def test_a_store_from_before_the_score_columns_gets_them(tmp_path: Path) -> None:
+    """An audit store written before p_value and close_flag existed opens, its rows read with neither."""
+    path = tmp_path / "audit.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE models (path TEXT NOT NULL, sha256 TEXT NOT NULL, config_hash TEXT NOT NULL, status TEXT NOT "
+        "NULL, verdict TEXT, anomaly_index REAL, flagged_labels TEXT NOT NULL DEFAULT '[]', report_dir TEXT, "
+        "started_at TEXT, finished_at TEXT, seconds REAL, error TEXT, PRIMARY KEY (path, sha256, config_hash))"
+    )
+    old.execute(
+        "INSERT INTO models (path, sha256, config_hash, status, verdict, anomaly_index, flagged_labels) "
+        "VALUES (?, ?, ?, 'done', 'infected', 3.1, '[7]')",
+        (KEY.path, KEY.sha256, KEY.config_hash),
+    )
+    old.commit()
+    old.close()
+    with AuditStore(path) as store:
+        row = store.get(KEY)
+        assert (row.verdict, row.flagged_labels, row.p_value, row.close_flag) == (INFECTED, [7], None, False)
+        store.finish(KEY, Outcome(DONE, INFECTED, 3.1, [7], p_value=2e-9))
+        assert store.get(KEY).p_value == 2e-9

@@ -62,5 +62,26 @@ def test_a_real_scan_of_two_labels_is_an_inconclusive_row(digits: dict[str, Path
     job = plan_job(ModelEntry(digits["digits_infected.onnx"], None), digits["digits_test.npz"], {}, settings, tmp_path)
     outcome = run_job(job)
     assert (outcome.status, outcome.verdict) == (DONE, INCONCLUSIVE)
+    assert outcome.p_value is not None and 0 <= outcome.p_value <= 1 and not outcome.close_flag
     finished = AuditRow(job.key, DONE, outcome.verdict, None, [], None, None, None, outcome.seconds, None)
     assert exit_code([finished], errors_win=False) == EXIT_ERROR
+
+
+def test_the_p_value_and_a_close_flag_are_shown(tmp_path: Path) -> None:
+    """Under the evidence rule the table, audit.json and index.html give each model's p-value; a flag in the
+    close band reads "infected (close)"."""
+    close = AuditRow(
+        ModelKey("/m/close.onnx", "s", "c"), DONE, INFECTED, 1.2, [12], None, None, None, 1.0, None, 4.6e-4, True
+    )
+    sure = AuditRow(ModelKey("/m/sure.onnx", "s", "c"), DONE, INFECTED, 6.3, [7], None, None, None, 1.0, None, 2e-30)
+    table = format_table([close, sure])
+    assert table.splitlines()[0].split()[:4] == ["model", "verdict", "p-value", "anomaly"]
+    close_line = next(text for text in table.splitlines() if text.startswith("close.onnx"))
+    assert "infected (close)" in close_line and "0.00046" in close_line
+    sure_line = next(text for text in table.splitlines() if text.startswith("sure.onnx"))
+    assert "close" not in sure_line.removeprefix("sure.onnx") and "2e-30" in sure_line
+    write_summary([close, sure], tmp_path, errors_win=False)
+    summary = json.loads((tmp_path / JSON_NAME).read_text())
+    assert summary["schema_version"] == "1.1"
+    assert [(m["p_value"], m["close_flag"]) for m in summary["models"]] == [(4.6e-4, True), (2e-30, False)]
+    assert "infected (close)</span>" in render_index([close, sure], tmp_path)

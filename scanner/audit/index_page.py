@@ -8,14 +8,14 @@ from pathlib import Path
 
 from cleanse_base.text import format_number as fmt
 from scanner.audit.store import DONE, ERROR, INCONCLUSIVE, INFECTED, AuditRow
-from scanner.audit.summary import undecided
+from scanner.audit.summary import p_value_text, shown_verdict, undecided, verdict_label
 from scanner.html_report import REPORT_HTML, page, table
 
 INDEX_HTML = "index.html"
 
 
 def index_row(row: AuditRow, out: Path) -> list[str]:
-    verdict = row.verdict if row.status == DONE else row.status
+    verdict = shown_verdict(row)
     name = (
         f'<span title="{escape(row.key.path)} sha256 {escape(row.key.sha256)}">{escape(Path(row.key.path).name)}</span>'
     )
@@ -25,7 +25,8 @@ def index_row(row: AuditRow, out: Path) -> list[str]:
     flagged = ", ".join(map(str, row.flagged_labels))
     return [
         name,
-        f'<span class="verdict {escape(verdict or ERROR)}">{escape(verdict or ERROR)}</span>',
+        f'<span class="verdict {escape(verdict or ERROR)}">{escape(verdict_label(row) if verdict else ERROR)}</span>',
+        p_value_text(row),
         fmt(row.anomaly_index),
         flagged,
         fmt(row.seconds, 1),
@@ -39,8 +40,8 @@ def render_index(rows: list[AuditRow], out: Path) -> str:
     errors = sum(row.status != DONE for row in rows)
     undecided_text = f"{inconclusive} inconclusive, " if inconclusive else ""
     ordered = sorted(rows, key=lambda row: (row.verdict != INFECTED, not undecided(row), row.key.path))
-    headers = ["model", "verdict", "anomaly index", "flagged", "seconds", "error"]
-    models = table(headers, [index_row(row, out) for row in ordered], {2, 4})
+    headers = ["model", "verdict", "p-value", "anomaly index", "flagged", "seconds", "error"]
+    models = table(headers, [index_row(row, out) for row in ordered], {2, 3, 5})
     body = f"""
 <h1>Cleanse audit</h1>
 <p>{len(rows)} model(s): {infected} infected, {undecided_text}{errors} could not be scanned.</p>

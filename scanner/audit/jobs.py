@@ -27,7 +27,7 @@ from cleanse_base.errors import InputError, ModelError
 from cleanse_base.files import bytes_sha256, file_sha256, is_regular_file, private_copy, tree_sha256
 from scanner.audit.external_data import ExternalDataRefused, copy_external_data, planned_sha256
 from scanner.audit.manifest import ModelEntry
-from scanner.audit.store import DONE, ERROR, ModelKey, Outcome
+from scanner.audit.store import DONE, ERROR, INFECTED, ModelKey, Outcome
 from scanner.config import ScanConfig, settings_to_config
 from scanner.html_report import write_html_report
 from scanner.report import write_report
@@ -180,12 +180,14 @@ def run_job(job: AuditJob, device: str | None = None, threads: int | None = None
     except Exception as exc:  # a bug or a crash inside a converter: the audit goes on with the next model
         message = scanned.named(f"internal error: {type(exc).__name__}: {exc}", job.model)
         return scanned.outcome(ERROR, error=message, started=started)
-    anomaly = report.mad.anomaly_index
+    anomaly, decision = report.mad.anomaly_index, report.judged
     return scanned.outcome(
         DONE,
         verdict=report.verdict,
         anomaly_index=anomaly if math.isfinite(anomaly) else None,
         flagged_labels=report.flagged,
+        p_value=decision.score if decision.score_kind == "p_value" else None,
+        close_flag=report.verdict == INFECTED and decision.close_flag,
         started=started,
     )
 

@@ -36,9 +36,13 @@ CREATE TABLE IF NOT EXISTS models (
     finished_at TEXT,
     seconds REAL,
     error TEXT,
+    p_value REAL,
+    close_flag INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (path, sha256, config_hash)
 )
 """
+# columns added since the first store: (name, declaration); an older store gets them (NULL / 0 in its rows)
+ADDED_COLUMNS = (("p_value", "REAL"), ("close_flag", "INTEGER NOT NULL DEFAULT 0"))
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class Outcome:
     error: str = ""
     sha256: str = ""  # of the bytes scanned, when they could be read: the row's key (may differ from the plan's)
     report_dir: str = ""  # where the report went, when it differs from the plan's
+    p_value: float | None = None  # the evidence rule's model p-value (None under the paper rule)
+    close_flag: bool = False  # infected, but the p-value lies in the close band (DecisionResult.close_flag)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class AuditRow:
     finished_at: str | None
     seconds: float | None
     error: str | None
+    p_value: float | None = None
+    close_flag: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -89,6 +97,8 @@ class AuditRow:
             "finished_at": self.finished_at,
             "seconds": self.seconds,
             "error": self.error,
+            "p_value": self.p_value,
+            "close_flag": self.close_flag,
         }
 
 
@@ -105,6 +115,10 @@ class AuditStore:
         self.connection.execute("PRAGMA synchronous=FULL")
         self.connection.execute("PRAGMA busy_timeout=10000")
         self.connection.execute(SCHEMA)
+        present = {row[1] for row in self.connection.execute("PRAGMA table_info(models)")}
+        for name, declaration in ADDED_COLUMNS:
+            if name not in present:
+                self.connection.execute(f"ALTER TABLE models ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         self.connection.close()
@@ -125,7 +139,7 @@ class AuditStore:
             "INSERT INTO models (path, sha256, config_hash, status, report_dir, started_at) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (path, sha256, config_hash) DO UPDATE SET status = excluded.status, "
             "report_dir = excluded.report_dir, started_at = excluded.started_at, finished_at = NULL, verdict = NULL, "
-            "anomaly_index = NULL, flagged_labels = '[]', seconds = NULL, error = NULL",
+            "anomaly_index = NULL, flagged_labels = '[]', seconds = NULL, error = NULL, p_value = NULL, close_flag = 0",
             (key.path, key.sha256, key.config_hash, RUNNING, report_dir, now()),
         )
 
@@ -133,12 +147,14 @@ class AuditStore:
         """Record the outcome; a model never marked running (refused before it could start) gets its row here."""
         self.connection.execute(
             "INSERT INTO models (path, sha256, config_hash, status, verdict, anomaly_index, flagged_labels, "
-            "report_dir, started_at, finished_at, seconds, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "report_dir, started_at, finished_at, seconds, error, p_value, close_flag) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (path, sha256, config_hash) DO UPDATE SET status = excluded.status, "
             "verdict = excluded.verdict, anomaly_index = excluded.anomaly_index, "
             "flagged_labels = excluded.flagged_labels, "
             "report_dir = coalesce(excluded.report_dir, report_dir), finished_at = excluded.finished_at, "
-            "seconds = excluded.seconds, error = excluded.error",
+            "seconds = excluded.seconds, error = excluded.error, p_value = excluded.p_value, "
+            "close_flag = excluded.close_flag",
             (
                 key.path,
                 key.sha256,
@@ -152,6 +168,8 @@ class AuditStore:
                 now(),
                 outcome.seconds,
                 outcome.error or None,
+                outcome.p_value,
+                int(outcome.close_flag),
             ),
         )
 
@@ -188,4 +206,6 @@ def _row(cursor: sqlite3.Cursor, values: tuple) -> AuditRow:
         finished_at=record["finished_at"],
         seconds=record["seconds"],
         error=record["error"],
+        p_value=record["p_value"],
+        close_flag=bool(record["close_flag"]),
     )

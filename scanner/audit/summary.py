@@ -12,7 +12,7 @@ from cleanse_base.text import printable
 from scanner.audit.store import CLEAN, DONE, ERROR, INCONCLUSIVE, INFECTED, AuditRow
 
 CSV_NAME, JSON_NAME = "audit.csv", "audit.json"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: per model "p_value" and "close_flag"
 ERROR_WIDTH = 70
 
 
@@ -35,6 +35,15 @@ def shown_verdict(row: AuditRow) -> str:
     return row.verdict if row.status == DONE else row.status
 
 
+def verdict_label(row: AuditRow) -> str:
+    """The shown verdict, "infected (close)" for a close flag (a finding another seed may not repeat)."""
+    return shown_verdict(row) + (" (close)" if row.close_flag else "")
+
+
+def p_value_text(row: AuditRow) -> str:
+    return "-" if row.p_value is None else f"{row.p_value:.2g}"
+
+
 def verdict_counts(rows: list[AuditRow]) -> dict[str, int]:
     """Models per shown verdict: clean, infected, inconclusive (only when some are), error (a row still running
     counts as one)."""
@@ -48,13 +57,16 @@ def verdict_counts(rows: list[AuditRow]) -> dict[str, int]:
 def format_table(rows: list[AuditRow]) -> str:
     names = [printable(Path(row.key.path).name) for row in rows]
     width = max([len("model"), *map(len, names)])
-    verdicts = max([len("verdict"), *(len(shown_verdict(row)) for row in rows)])
-    lines = [f"{'model':<{width}}  {'verdict':<{verdicts}}  {'anomaly':>7}  {'flagged':<10}  {'seconds':>7}  error"]
+    verdicts = max([len("verdict"), *(len(verdict_label(row)) for row in rows)])
+    lines = [
+        f"{'model':<{width}}  {'verdict':<{verdicts}}  {'p-value':>7}  {'anomaly':>7}  {'flagged':<10}  "
+        f"{'seconds':>7}  error"
+    ]
     for row, name in zip(rows, names, strict=True):
         error = printable((row.error or "").splitlines()[0][:ERROR_WIDTH]) if row.error else ""
         flagged = ",".join(map(str, row.flagged_labels))
         lines.append(
-            f"{name:<{width}}  {shown_verdict(row):<{verdicts}}  {fmt(row.anomaly_index):>7}  "
+            f"{name:<{width}}  {verdict_label(row):<{verdicts}}  {p_value_text(row):>7}  {fmt(row.anomaly_index):>7}  "
             f"{flagged:<10}  {fmt(row.seconds, 1):>7}  {error}"
         )
     counts = verdict_counts(rows)
