@@ -25,7 +25,10 @@ stage() {  # stage NAME SECONDS COMMAND...: run it if named, with a time limit; 
     echo "== $name: exit $? after $((SECONDS - started)) s"
 }
 
-nvidia-smi -L
+if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "torch sees no CUDA device here: nothing to check" >&2
+    exit 2
+fi
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
 stage tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 stage digits 60 "$PYTHON" -m scanner.cli scan .cache/fixtures/digits_infected.onnx \
