@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,12 @@ def test_infected_model_is_flagged_with_its_target(digits):
     assert all(result.found for result in report.labels)
     assert report.scaling.name == "unit" and report.scaling.chosen_by == "accuracy"
     assert report.scaling.accuracy > 0.9
+    # the same finding with the flag threshold just above its p-value: marked close in the summary
+    decision = report.judged
+    near = dataclasses.replace(decision, threshold=decision.score * 2, inconclusive_below=decision.score * 20)
+    close = dataclasses.replace(report, decision=near)
+    assert close.verdict == "infected" and "a close call" in format_summary(close)
+    assert "a close call" not in format_summary(report)
 
 
 @pytest.mark.slow
