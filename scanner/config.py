@@ -95,7 +95,7 @@ class ReverseConfig:
 # patience and early stop let typical labels shrink as far as `paper` does (a shorter schedule left their
 # norms higher and flagged natural small triggers); bfloat16 autocast, where native, is faster with the same
 # norms within noise. Two starts with a 10-step trial: one start misses a planted trigger it can find far more
-# often than the trial's second start costs (benchmarks/start_trials.py; the figures are in the README).
+# often than the trial's second start costs (benchmarks/start_trials.py; figures in docs/measurements.md, "Starts").
 PRESETS: dict[str, ReverseConfig] = {
     "paper": ReverseConfig(),
     "default": ReverseConfig(
@@ -127,7 +127,8 @@ class ScheduleConfig:
     calibration_labels: int = 5  # labels nearest the median run to the end: how stopped labels would have moved
     resamples: int = 20  # projections, each stopped label moved as a random calibration label did, that must all agree
     # starts each label screens with (0: all of reverse.starts); a label that runs on opens the rest then. One start
-    # is cheaper but misses what only another start finds, planted triggers included (README, "Label schedule")
+    # is cheaper but misses what only another start finds, planted triggers included (docs/measurements.md,
+    # "Label schedule")
     screen_starts: int = 0
 
     def __post_init__(self) -> None:

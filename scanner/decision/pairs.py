@@ -6,7 +6,8 @@ log norm is judged after Tukey's median polish takes out each source's and each 
 residual becomes a robust z-score over the model's pairs. The polish leaves residuals with heavier tails than a
 normal's: pooled over 540 pairs of 6 clean 10-class zoo models (seed 0), their upper quantiles (0.9/0.95/0.99/0.995:
 1.56, 2.13, 3.26, 3.92) follow Student's t with 5 degrees of freedom (1.48, 2.02, 3.36, 4.03), so the p-value is
-its tail, corrected for the number of pairs (Sidak). The README gives its calibration on every clean zoo scan.
+its tail, corrected for the number of pairs (Sidak). The README (How a scan works, step 6) gives its calibration
+on every clean zoo scan.
 """
 
 from __future__ import annotations

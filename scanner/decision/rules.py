@@ -176,9 +176,10 @@ def paper_result(mad: MadResult) -> DecisionResult:
     return DecisionResult("paper", list(mad.flagged), mad.anomaly_index, "anomaly_index", mad.threshold)
 
 
-# Chosen on the model zoo (benchmarks/detection_table.py, figures in the README): the norm and the mask's
-# compactness separate planted triggers from natural ones on every dataset, and a trigger whose features do not
-# look like the label's clean images (low mimicry) is planted on about half the models and never natural.
+# Chosen on the model zoo (benchmarks/detection_table.py, figures in the README and docs/measurements.md): the norm
+# and the mask's compactness separate planted triggers from natural ones on every dataset, and a trigger whose
+# features do not look like the label's clean images (low mimicry) is planted on about half the models and never
+# natural.
 # `core_success` and `drive` are measured and reported but left out: natural small triggers scored as high on
 # the first, and the second's sign on planted triggers varied.
 LOG_NORM = Measure("log_norm", larger_is_suspicious=False, floor=0.05, weight=1.0)
@@ -222,7 +223,7 @@ class EvidenceDecision:
     candidate_z: float = 1.0  # log-norm z-score above which a label may be flagged
     # an unflagged model whose p-value lies below alpha times this is inconclusive (1: never): in the decade above
     # alpha clean models and hard backdoors (blended, label-specific, a trigger the reversal found only in part)
-    # both land on the zoo (README, "Detection on the model zoo")
+    # both land on the zoo (docs/measurements.md, "Detection on the model zoo")
     inconclusive_factor: float = 10.0
     name: str = "evidence"
 
