@@ -78,6 +78,7 @@ def remeasured(report: ScanReport, folder: Path, model_path: Path) -> dict[int, 
     from scanner.mitigate.report_folder import report_scaling
     from scanner.mitigate.run_mitigation import load_model
     from scanner.report import read_trigger
+    from scanner.reverse import use_bfloat16
     from scanner.run_scan import scoring_model
 
     converted = load_model(model_path, report, folder)
@@ -88,7 +89,7 @@ def remeasured(report: ScanReport, folder: Path, model_path: Path) -> dict[int, 
     )
     device = torch.device("cpu")
     model = scoring_model(converted, report_scaling(report, contract.channels), device)
-    meter = EvidenceMeter(model, data.images, device, config.seed)
+    meter = EvidenceMeter(model, data.images, device, config.seed, use_bfloat16(config.reverse.precision, device))
     triggers = []
     for result in report.labels:
         mask, pattern = read_trigger(folder, result.label)

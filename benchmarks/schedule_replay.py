@@ -52,10 +52,9 @@ def record(name: str, screen_steps: int, screen_mini_batch: int, data_dir: Path,
     settings = {"seed": seed, "threads": 1, "max_images": 1000, "device": "cpu", "reverse": reverse}
     config = make_config(settings)
     inputs = scan_inputs(model_path, data_path, config)
-    session = TriggerReverser(inputs.model, config.reverse, inputs.device, config.seed).session(
-        inputs.data.images, len(inputs.labels)
-    )
-    meter = EvidenceMeter(inputs.model, inputs.data.images, inputs.device, config.seed)
+    reverser = TriggerReverser(inputs.model, config.reverse, inputs.device, config.seed)
+    session = reverser.session(inputs.data.images, len(inputs.labels))
+    meter = EvidenceMeter(inputs.model, inputs.data.images, inputs.device, config.seed, reverser.bfloat16)
     runs = [session.start(label) for label in inputs.labels]
 
     def measured(run: LabelRun) -> dict:

@@ -171,7 +171,7 @@ def scan(
     decision = make_decision(config.decision, config.mad_threshold, config.alpha, config.inconclusive_factor)
     reverser = TriggerReverser(model, config.reverse, device, config.seed)
     session = reverser.session(data.images, len(labels))
-    meter = EvidenceMeter(model, data.images, device, config.seed)
+    meter = EvidenceMeter(model, data.images, device, config.seed, reverser.bfloat16)
     outcome = LabelScheduler(session, config.schedule, decision, meter.measure, config.seed, on_label).run(labels)
     runs, evidence = outcome.runs, outcome.evidence
     triggers = [session.result(runs[label]) for label in labels]

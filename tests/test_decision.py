@@ -85,9 +85,21 @@ class PixelDetector(nn.Module):
         return self.head(torch.cat([corner * 10, torch.full_like(corner, 5.0)], dim=1))
 
 
-def test_the_meter_measures_a_working_trigger_and_a_useless_one():
+class PrecisionProbe(PixelDetector):
+    """PixelDetector that records the dtype its head computes in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+        self.head.register_forward_hook(lambda module, inputs, output: self.dtypes.add(output.dtype))
+
+
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_the_meter_measures_a_working_trigger_and_a_useless_one(bfloat16):
     images = np.zeros((40, 1, 6, 6), dtype=np.float32)
-    meter = EvidenceMeter(PixelDetector(), images, torch.device("cpu"))
+    model = PrecisionProbe()
+    meter = EvidenceMeter(model, images, torch.device("cpu"), bfloat16=bfloat16)
+    assert model.dtypes == {torch.bfloat16 if bfloat16 else torch.float32}  # as the reversal ran the model
     mask = np.zeros((6, 6), dtype=np.float32)
     mask[0, 0] = 1.0
     white = np.full((1, 6, 6), 255.0, dtype=np.float32)

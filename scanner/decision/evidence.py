@@ -142,18 +142,27 @@ class EvidenceMeter:
     """`EvidenceMeter(model, images).measure(label, mask, pattern) -> LabelEvidence`.
 
     `model` maps raw NCHW pixels to class scores; `images` are raw NCHW clean images (a seeded sample of
-    EVALUATION_IMAGES is used)."""
+    EVALUATION_IMAGES is used). `bfloat16`: the model runs under bfloat16 autocast, as the reversal did (on the
+    zoo's 126 scans the same verdicts as float32, at a third of the time on GTSRB; docs/measurements.md)."""
 
-    def __init__(self, model: nn.Module, images: np.ndarray, device: torch.device, seed: int = 0):
+    def __init__(
+        self, model: nn.Module, images: np.ndarray, device: torch.device, seed: int = 0, bfloat16: bool = False
+    ):
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.permutation(len(images))[:EVALUATION_IMAGES])
-        self.model, self.device = model, device
+        self.model, self.device, self.bfloat16 = model, device, bfloat16
         self.images = torch.from_numpy(np.ascontiguousarray(images[chosen], dtype=np.float32)).to(device)
         self.layer = last_linear(model)
-        with torch.no_grad(), captured_inputs(self.layer) as features:
+        with self._forward_only(), captured_inputs(self.layer) as features:
             self.clean_predictions = model(self.images).argmax(dim=1)
         self.clean_features = joined(features, len(self.images))
         self.class_means = self._class_means(images, rng) if self.clean_features is not None else {}
+
+    @contextmanager
+    def _forward_only(self) -> Iterator[None]:
+        """No gradients, and bfloat16 autocast where the meter runs the model so."""
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+            yield
 
     def _class_means(self, images: np.ndarray, rng: np.random.Generator) -> dict[int, torch.Tensor]:
         """Each label's mean feature vector over clean images the model assigns to it."""
@@ -162,7 +171,7 @@ class EvidenceMeter:
         counts: dict[int, int] = {}
         for start in range(0, len(chosen), EVALUATION_IMAGES):
             batch = torch.from_numpy(np.ascontiguousarray(images[chosen[start : start + EVALUATION_IMAGES]]))
-            with torch.no_grad(), captured_inputs(self.layer) as features:
+            with self._forward_only(), captured_inputs(self.layer) as features:
                 predictions = self.model(batch.to(self.device, torch.float32)).argmax(dim=1)
             rows = joined(features, len(predictions))
             if rows is None:
@@ -180,7 +189,7 @@ class EvidenceMeter:
         victims = self.clean_predictions != label
         if not bool(victims.any()):
             return 0.0, None, None
-        with torch.no_grad(), captured_inputs(self.layer) as features:
+        with self._forward_only(), captured_inputs(self.layer) as features:
             predictions = self.model(stamp_arrays(self.images[victims], mask, pattern)).argmax(dim=1)
         stamped_features = joined(features, len(predictions))
         rise, mimicry = None, None
