@@ -246,12 +246,13 @@ def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> lis
     for rule in rules:
         flips, unmarked = [], 0
         for model, runs in sorted(by_model.items()):
-            results = [judged[(rule, model, s.seed)] for s in sorted(runs, key=lambda s: s.seed)]
+            seeds = sorted(s.seed for s in runs)
+            results = [judged[(rule, model, seed)] for seed in seeds]
             if len({verdict_text(result) for result in results}) > 1:
                 detail = ", ".join(
-                    f"seed {s.seed}: {verdict_text(result)}{' (close)' if result.close_flag else ''} margin "
+                    f"seed {seed}: {verdict_text(result)}{' (close)' if result.close_flag else ''} margin "
                     f"{result.margin:+.2f}"
-                    for s, result in zip(sorted(runs, key=lambda s: s.seed), results, strict=True)
+                    for seed, result in zip(seeds, results, strict=True)
                 )
                 unmarked += not any(result.inconclusive or result.close_flag for result in results)
                 flips.append(f"  {model}: {detail}")

@@ -109,6 +109,11 @@ class ScanReport:
         return decide_verdict(self.labels, self.mad, self.judged, self.config.reverse.attack_success_threshold)[1]
 
     @property
+    def close_flag(self) -> bool:
+        """Infected, but only just: the decision's flag lies in the close band (DecisionResult.close_flag)."""
+        return self.verdict == INFECTED and self.judged.close_flag
+
+    @property
     def judged(self) -> DecisionResult:
         """The decision's outcome (for a report from before schema 1.4: the paper rule's, from `mad`)."""
         if self.decision is not None:
@@ -231,11 +236,10 @@ def close_call_text(decision: DecisionResult) -> str:
 
 
 def close_flag_text(decision: DecisionResult) -> str:
-    low = decision.threshold**2 / decision.inconclusive_below  # type: ignore[operator]  # close_flag: not None
     return (
-        f"a close call: the model's p-value {decision.score:.3g} lies between {low:g} and the flag threshold "
-        f"{decision.threshold:g}, where another seed may not flag it; rerun with more --starts or another --seed "
-        "before acting on it"
+        f"a close call: the model's p-value {decision.score:.3g} lies between {decision.close_flag_above:g} and the "
+        f"flag threshold {decision.threshold:g}, where another seed may not flag it; rerun with more --starts or "
+        "another --seed before acting on it"
     )
 
 
@@ -506,7 +510,7 @@ def format_summary(report: ScanReport) -> str:
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
         + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else "")
-        + (f" ({close_flag_text(report.judged)})" if report.verdict == INFECTED and report.judged.close_flag else ""),
+        + (f" ({close_flag_text(report.judged)})" if report.close_flag else ""),
         f"time       {report.seconds_total:.1f} s on {report.device} ({report.precision})" + schedule_text(report),
     ]
     return "\n".join(lines)

@@ -76,13 +76,19 @@ class DecisionResult:
         return not self.flagged and self.inconclusive_below is not None and self.score < self.inconclusive_below
 
     @property
+    def close_flag_above(self) -> float | None:
+        """The score above which a flag is close: the threshold over the inconclusive band's factor, the band's
+        mirror on the flagged side (evidence rule: alpha / 10; None where there is no band)."""
+        if self.inconclusive_below is None:
+            return None
+        return self.threshold**2 / self.inconclusive_below
+
+    @property
     def close_flag(self) -> bool:
-        """Labels flagged, but the model's score lies within the same factor of the threshold on the flagged
-        side as the inconclusive band spans on the other (evidence rule: p between alpha / 10 and alpha): a
-        finding that another seed may not repeat."""
-        if not self.flagged or self.inconclusive_below is None:
-            return False
-        return self.score * self.inconclusive_below > self.threshold**2
+        """Labels flagged, but the model's score lies between `close_flag_above` and the threshold: a finding that
+        another seed may not repeat."""
+        above = self.close_flag_above
+        return bool(self.flagged) and above is not None and self.score > above
 
     @property
     def suspect(self) -> int | None:
