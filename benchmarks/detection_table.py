@@ -15,7 +15,8 @@ evidence with each decision rule (so both rules see the same reversed triggers),
 `python -m benchmarks.zoo_scans --starts 2 --scans DIR`), both restricted to the (model, seed) pairs the two
 folders share, so the two reversals are judged on the same models and seeds.
 
-`--pairs DIR` (default .cache/zoo/pairs, from `python -m benchmarks.pair_scans`) adds the source-specific look:
+`--pairs DIR` (default .cache/zoo/pairs, from `python -m benchmarks.pair_scans`; a scan whose report judged pairs
+brings its own) adds the source-specific look:
 the rule `evidence` then judges each scan's labels and its pairs as `cleanse scan` does, `labels-only` the labels
 alone (the evidence rule before the look), on the scans that have pair records.
 
@@ -117,7 +118,14 @@ def saved_evidence(report: ScanReport, folder: Path) -> dict[int, LabelEvidence]
     return label_evidence(report)
 
 
-def saved_pairs(pairs_dir: Path | None, model: str, seed: int) -> dict[tuple[int, int], float] | None:
+def saved_pairs(
+    report: ScanReport, pairs_dir: Path | None, model: str, seed: int
+) -> dict[tuple[int, int], float] | None:
+    """The scan's pair norms: its own where its report judged pairs (a scan since pairs ran in `cleanse scan`),
+    else the pair record of benchmarks/pair_scans.py in `pairs_dir`, if any."""
+    judged = report.decision.pairs if report.decision is not None else []
+    if pairs_dir and judged:
+        return {(pair.source, pair.target): pair.norm for pair in judged}
     record = pairs_dir / model / f"seed{seed}.json" if pairs_dir else None
     if record is None or not record.is_file():
         return None
@@ -140,7 +148,7 @@ def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool, pairs_dir: Pa
         else:
             evidence = saved_evidence(report, folder)
         seed = int(folder.name.removeprefix("seed"))
-        pairs = saved_pairs(pairs_dir, model, seed)
+        pairs = saved_pairs(report, pairs_dir, model, seed)
         if pairs_dir and pairs is None:
             continue  # judged on the scans with pair records only
         family = card.attack["family"] if card.attack else "clean"

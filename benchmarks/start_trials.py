@@ -1,7 +1,7 @@
 """How often one reversal start misses a planted trigger, and which start trial catches it at what cost.
 
     python -m benchmarks.start_trials record [--models gtsrb,digits,NAME,...] [--seeds 0,1,...] [--starts 4]
-        [--data-seed 0] [--out .cache/zoo/start-trials.jsonl]
+        [--data-seed 0] [--initial-mask-max 1] [--out .cache/zoo/start-trials.jsonl]
     python -m benchmarks.start_trials judge [--file .cache/zoo/start-trials.jsonl]
 
 `record` reverses each backdoored model's target label(s) alone, from `--starts` starts for every reversal seed,
@@ -45,7 +45,9 @@ def record(args: argparse.Namespace) -> None:
         chosen = bench_model(name, data_dir)
         model, data, labels = chosen.model, chosen.data, list(chosen.targets)
         settings = {"seed": args.data_seed, "threads": 1, "max_images": 1000, "labels": labels}
-        config = make_config({**settings, "reverse": {"labels_per_batch": 1}})
+        config = make_config(
+            {**settings, "reverse": {"labels_per_batch": 1, "initial_mask_max": args.initial_mask_max}}
+        )
         inputs = scan_inputs(model, data, config)
         for seed in parse_ints(args.seeds):
             session = TriggerReverser(inputs.model, config.reverse, inputs.device, seed).session(inputs.data.images, 1)
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--seeds", default="0,1,2,3,4,5")
     rec.add_argument("--starts", type=int, default=4)
     rec.add_argument("--data-seed", type=int, default=0, help="the seed that draws the 1,000 clean images")
+    rec.add_argument("--initial-mask-max", type=float, default=1.0, help="each start's mask begins on [0, this]")
     rec.add_argument("--data", type=Path, default=None)
     rec.add_argument("--out", type=Path, default=RECORDINGS)
     rec.set_defaults(run=record)

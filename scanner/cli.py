@@ -263,6 +263,12 @@ shared_scan_options = options(
         "so far goes on (default preset: 10; paper: 0, every start to its end).",
     ),
     click.option(
+        "--initial-mask-max",
+        type=click.FloatRange(0, 1, min_open=True),
+        help="Each start's mask begins uniform on [0, this] (default 1, the reference's; a small one such as 0.1 "
+        "grows the mask where the trigger is, see docs/measurements.md, Initial mask).",
+    ),
+    click.option(
         "--schedule",
         "schedule_mode",
         type=click.Choice(SCHEDULES),

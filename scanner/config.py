@@ -55,6 +55,11 @@ class ReverseConfig:
     # with several starts, every start first runs this many steps; then only the start with the smallest trigger
     # so far goes on (0: every start runs to its own end)
     start_trial_steps: int = 0
+    # each start's mask begins uniform on [0, initial_mask_max] (the reference: 1, a mask half open everywhere). From
+    # a small mask the reversal grows the mask where pixels move the label most; from a large one Adam shrinks every
+    # pixel at the same pace once the cost starts, and a patch whose pattern has not yet formed fades with the rest.
+    # Measured, not yet the default (docs/measurements.md, "Initial mask")
+    initial_mask_max: float = 1.0
     # the model's forward/backward in float32, or bfloat16 (autocast); "auto" = bfloat16 where the device has
     # native bfloat16 arithmetic (AVX512-BF16/AMX CPUs, CUDA GPUs that support it), else float32
     precision: str = "float32"
@@ -83,6 +88,8 @@ class ReverseConfig:
             raise ConfigError(f"reverse.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.labels_per_batch < 0:
             raise ConfigError("reverse.labels_per_batch must be 0 (auto) or positive")
+        if not 0 < self.initial_mask_max <= 1:
+            raise ConfigError(f"reverse.initial_mask_max must be in (0, 1], not {self.initial_mask_max}")
         if self.start_trial_steps < 0:
             raise ConfigError("reverse.start_trial_steps must be 0 (every start to its end) or positive")
         return self

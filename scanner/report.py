@@ -23,14 +23,15 @@ from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.10"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.11"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
 # 1.6: config reverse.start_trial_steps; 1.7: config inconclusive_factor, decision "inconclusive_below" and
 # "inconclusive" (the evidence rule's close calls); 1.8: config schedule.screen_starts (older reports: 0, every start)
 # 1.9: config "pairs", "pair_stage" (pairs reversed, images, seconds) and decision "pairs" (the evidence rule's
-# source-specific look; older reports: none); 1.10: decision "close_flag" (flagged, but within the close band)
+# source-specific look; older reports: none); 1.10: decision "close_flag" (flagged, but within the close band);
+# 1.11: config reverse.initial_mask_max (older reports: 1, as they ran)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).

@@ -546,7 +546,7 @@ class ReverseSession:
             while pending and len(active) < self.width:
                 run = pending.pop(0)
                 if run.saved is None:
-                    params.append(run.rng, height, width, channels)
+                    params.append(run.rng, height, width, channels, self.reverser.config.initial_mask_max)
                 else:
                     params.resume(run.saved)
                 active.append(run)
@@ -593,9 +593,9 @@ class _SlotTensors:
         self.moments += [torch.zeros_like(self.pattern_tanh) for _ in range(2)]
         self.steps = torch.zeros(0, device=device)
 
-    def append(self, rng: np.random.Generator, height: int, width: int, channels: int) -> None:
-        """A new slot initialized as the reference does: uniform random mask and pattern."""
-        mask = to_tanh(rng.random((1, 1, height, width))).astype(np.float32)
+    def append(self, rng: np.random.Generator, height: int, width: int, channels: int, mask_max: float) -> None:
+        """A new slot initialized as the reference does: uniform random mask (on [0, mask_max]) and pattern."""
+        mask = to_tanh(mask_max * rng.random((1, 1, height, width))).astype(np.float32)
         pattern = to_tanh(rng.random((1, channels, height, width))).astype(np.float32)
         self.mask_tanh = torch.cat([self.mask_tanh.detach(), torch.from_numpy(mask).to(self.device)])
         self.pattern_tanh = torch.cat([self.pattern_tanh.detach(), torch.from_numpy(pattern).to(self.device)])

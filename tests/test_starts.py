@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from cleanse_base.errors import ConfigError
+from scanner.cli import scan_settings
 from scanner.config import ReverseConfig, make_config
 from scanner.report import format_summary
-from scanner.reverse import LabelRun, StartRun, TriggerReverser
+from scanner.reverse import LabelRun, StartRun, TriggerReverser, _SlotTensors, mask_from_tanh, pattern_from_tanh
 from scanner.run_scan import scan
 from tests.test_schedule import PlantedLinear
 
@@ -67,6 +68,33 @@ def test_a_start_trial_keeps_the_smallest_trigger_once_every_start_has_run_its_s
 def test_a_start_trial_drops_a_start_with_a_smaller_bound_but_no_smaller_trigger():
     kept, dropped = start([30.0]), start([20.0], best=False)  # a bound of 20 yet no mask at success
     assert LabelRun(0, [dropped, kept]).end_trial(1) is kept
+
+
+def test_the_initial_mask_range_is_checked_and_the_paper_keeps_the_reference():
+    for wrong in (0.0, -0.1, 1.5, math.nan):
+        with pytest.raises(ConfigError, match="initial_mask_max"):
+            ReverseConfig(initial_mask_max=wrong)
+    assert scan_settings({"initial_mask_max": 0.5}) == {"reverse": {"initial_mask_max": 0.5}}
+    assert make_config(scan_settings({"initial_mask_max": 0.5})).reverse.initial_mask_max == 0.5
+    for preset in ("paper", "default"):  # uniform on [0, 1], as the reference
+        assert make_config({"preset": preset}).reverse.initial_mask_max == 1.0
+
+
+def test_a_start_s_mask_begins_on_its_range_scaled_from_the_same_draw():
+    """The range scales the start's uniform draw: the pattern and the start's later draws (its image order) stay
+    those of the reference's start."""
+    drawn = {}
+    for top in (1.0, 0.1):
+        params = _SlotTensors(torch.device("cpu"), 3, 8, 8)
+        rng = np.random.default_rng(5)
+        params.append(rng, 8, 8, 3, top)
+        mask, pattern = mask_from_tanh(params.mask_tanh), pattern_from_tanh(params.pattern_tanh)
+        drawn[top] = (mask.numpy(), pattern.numpy(), rng.random())
+    (mask, pattern, after), (small_mask, small_pattern, small_after) = drawn[1.0], drawn[0.1]
+    assert small_mask.max() <= 0.1 + 1e-6 and mask.max() > 0.5
+    np.testing.assert_allclose(small_mask, 0.1 * mask, atol=1e-5)
+    np.testing.assert_array_equal(small_pattern, pattern)
+    assert small_after == after
 
 
 def test_start_trial_steps_must_not_be_negative():
