@@ -11,12 +11,11 @@ norm. `gtsrb` is the GTSRB replica, `digits` the digits fixture, any other name 
 fixtures.build zoo`). Reversing a start alone gives what it gives inside a scan (each start has its own
 seeded stream of images and its own state).
 
-`judge` replays start trials on the recordings without reversing anything: K starts, each runs T steps, the one
-with the smallest best norm at step T goes on to its end (T = "end": every start to its end, the smallest trigger
-kept); K = 1 is today's single start. A start MISSES when its final norm is more than twice the smallest that
-any start reached for that label (the planted trigger's size as the reversal finds it). Prints, per rule, the
-misses and the steps spent relative to one start.
-"""
+`judge` replays start trials on the recordings (one `--initial-mask-max` a file) without reversing anything: K
+starts, each runs T steps, the one with the smallest best norm at step T goes on to its end (T = "end": every start
+to its end, the smallest trigger kept); K = 1 is today's single start. A start MISSES when its final norm is more
+than twice the smallest that any start reached for that label (the planted trigger's size as the reversal finds it).
+Prints, per rule, the misses and the steps spent relative to one start."""
 
 from __future__ import annotations
 
@@ -58,6 +57,7 @@ def record(args: argparse.Namespace) -> None:
                     line = {
                         "model": name,
                         "data_seed": args.data_seed,
+                        "initial_mask_max": args.initial_mask_max,
                         "seed": seed,
                         "label": label,
                         "start": k,
@@ -87,6 +87,9 @@ def trial_outcome(starts: list[dict], trial_steps: int) -> tuple[dict, int]:
 
 def judge(args: argparse.Namespace) -> None:
     lines = [json.loads(line) for line in args.file.read_text().splitlines() if line.strip()]
+    inits = {line.get("initial_mask_max", 1.0) for line in lines}  # lines from before the option: the reference's
+    if len(inits) > 1:
+        raise SystemExit(f"{args.file} mixes initial masks {sorted(inits)}: record each to its own --out")
     groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
     smallest: dict[tuple, float] = defaultdict(lambda: math.inf)
     for line in lines:
