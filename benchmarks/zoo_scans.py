@@ -1,13 +1,14 @@
 """Scan the model zoo with the real CLI: one subprocess per (model, seed), reports kept for the detection table.
 
     python -m benchmarks.zoo_scans [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--max-images 1000]
-        [--starts N] [--start-trial-steps T] [--schedule full|screened] [--labels-per-batch K] [--scans DIR]
+        [--starts N] [--start-trial-steps T] [--schedule full|screened] [--labels-per-batch K]
+        [--initial-mask-max M] [--scans DIR]
 
 For each built zoo model (`python -m fixtures.build zoo`) and seed, runs
 
     python -m scanner.cli scan <model>.onnx --data <the data set's test file> --max-images N
         --seed K --threads 1 --labels-per-batch 1 --schedule full --starts 2 --start-trial-steps 10
-        --out .cache/zoo/scans/<name>/seed<K>
+        [--initial-mask-max M] --out .cache/zoo/scans/<name>/seed<K>
 
 with OMP_NUM_THREADS=1, at most --jobs at once (by default one label a pass: a convolution's round-off depends on the
 batch, so this way a label's trajectory is the same under both schedules, on any CPU), skipping scans whose
@@ -55,6 +56,7 @@ class ScanJob:
     start_trial_steps: int = DEFAULT.start_trial_steps  # steps after which only the best start goes on
     labels_per_batch: int = 1  # 1: the same trajectory on any CPU, as schedule recordings need; 0: the device's
     screen_starts: int = ScheduleConfig().screen_starts  # the screened schedule's starts per label in the screen
+    initial_mask_max: str = ""  # the CLI's --initial-mask-max (empty: the preset's)
 
     @property
     def record(self) -> Path:
@@ -86,6 +88,7 @@ class ScanJob:
             str(self.start_trial_steps),
             "--screen-starts",
             str(self.screen_starts),
+            *(["--initial-mask-max", self.initial_mask_max] if self.initial_mask_max else []),
             "--out",
             str(self.out),
             "--quiet",
@@ -125,6 +128,7 @@ def scan_jobs(
     schedule: str = "full",
     start_trial_steps: int = DEFAULT.start_trial_steps,
     labels_per_batch: int = 1,
+    initial_mask_max: str = "",
 ) -> tuple[list[ScanJob], list[str]]:
     """(jobs ordered seed by seed, so every model gets its first seed before any gets a second; zoo models
     not built yet)."""
@@ -152,6 +156,7 @@ def scan_jobs(
                     starts,
                     start_trial_steps,
                     labels_per_batch,
+                    initial_mask_max=initial_mask_max,
                 )
             )
     return sorted(jobs, key=lambda job: job.seed), missing
@@ -262,6 +267,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="labels a forward pass (default: 1, as recordings need; 0: auto)",
     )
+    parser.add_argument(
+        "--initial-mask-max",
+        default="",
+        help="the scan's --initial-mask-max, e.g. 1,0.1: each start's initial mask range (default: the preset's)",
+    )
     args = parser.parse_args(argv)
     if (
         args.jobs < 1
@@ -293,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             args.schedule,
             args.start_trial_steps,
             args.labels_per_batch,
+            args.initial_mask_max,
         )
     except FileNotFoundError as error:  # a prepared data set's test file missing and not preparable
         raise SystemExit(f"error: {error}") from None

@@ -264,9 +264,10 @@ shared_scan_options = options(
     ),
     click.option(
         "--initial-mask-max",
-        type=click.FloatRange(0, 1, min_open=True),
-        help="Each start's mask begins uniform on [0, this] (default 1, the reference's; a small one such as 0.1 "
-        "grows the mask where the trigger is, see docs/measurements.md, Initial mask).",
+        type=NumberList(float),
+        help="Each start's mask begins uniform on [0, this], in (0, 1] (default 1, the reference's; a small one such "
+        "as 0.1 grows the mask where the trigger is, see docs/measurements.md, Initial mask). A list gives each start "
+        "its own (1,0.1: the reference's start and a small one; the last for the starts past its end).",
     ),
     click.option(
         "--schedule",

@@ -58,8 +58,9 @@ class ReverseConfig:
     # each start's mask begins uniform on [0, initial_mask_max] (the reference: 1, a mask half open everywhere). From
     # a small mask the reversal grows the mask where pixels move the label most; from a large one Adam shrinks every
     # pixel at the same pace once the cost starts, and a patch whose pattern has not yet formed fades with the rest.
-    # Measured, not yet the default (docs/measurements.md, "Initial mask")
-    initial_mask_max: float = 1.0
+    # Measured, not yet the default (docs/measurements.md, "Initial mask"). A list gives each start its own, start k
+    # the k-th (the last for the starts past its end): [1, 0.1] runs the reference's start beside a small one
+    initial_mask_max: float | tuple[float, ...] = 1.0
     # the model's forward/backward in float32, or bfloat16 (autocast); "auto" = bfloat16 where the device has
     # native bfloat16 arithmetic (AVX512-BF16/AMX CPUs, CUDA GPUs that support it), else float32
     precision: str = "float32"
@@ -70,6 +71,16 @@ class ReverseConfig:
     @property
     def batches_per_step(self) -> int:
         return max(1, self.images_per_step // self.mini_batch)
+
+    @property
+    def initial_mask_maxima(self) -> tuple[float, ...]:
+        value = self.initial_mask_max
+        return value if isinstance(value, tuple) else (value,)
+
+    def initial_mask_max_of(self, start: int) -> float:
+        """Start `start`'s initial mask range: its own entry, or the last one past the list's end."""
+        maxima = self.initial_mask_maxima
+        return maxima[min(start, len(maxima) - 1)]
 
     def validate(self) -> ReverseConfig:
         positive = (
@@ -88,7 +99,12 @@ class ReverseConfig:
             raise ConfigError(f"reverse.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.labels_per_batch < 0:
             raise ConfigError("reverse.labels_per_batch must be 0 (auto) or positive")
-        if not 0 < self.initial_mask_max <= 1:
+        if isinstance(self.initial_mask_max, tuple):
+            if not self.initial_mask_max:
+                raise ConfigError("reverse.initial_mask_max must not be an empty list")
+            if len(self.initial_mask_max) == 1:  # one value for every start: the plain number
+                object.__setattr__(self, "initial_mask_max", self.initial_mask_max[0])
+        if not all(0 < value <= 1 for value in self.initial_mask_maxima):
             raise ConfigError(f"reverse.initial_mask_max must be in (0, 1], not {self.initial_mask_max}")
         if self.start_trial_steps < 0:
             raise ConfigError("reverse.start_trial_steps must be 0 (every start to its end) or positive")

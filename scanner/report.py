@@ -23,7 +23,7 @@ from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.11"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.12"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -31,7 +31,8 @@ SCHEMA_VERSION = "1.11"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # "inconclusive" (the evidence rule's close calls); 1.8: config schedule.screen_starts (older reports: 0, every start)
 # 1.9: config "pairs", "pair_stage" (pairs reversed, images, seconds) and decision "pairs" (the evidence rule's
 # source-specific look; older reports: none); 1.10: decision "close_flag" (flagged, but within the close band);
-# 1.11: config reverse.initial_mask_max (older reports: 1, as they ran)
+# 1.11: config reverse.initial_mask_max (older reports: 1, as they ran); 1.12: reverse.initial_mask_max may be a list,
+# one range per start
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).

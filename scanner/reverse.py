@@ -175,6 +175,7 @@ class StartRun:
 
     label: int
     rng: np.random.Generator
+    index: int = 0  # which of its label's starts (ReverseConfig.initial_mask_max_of)
     schedule: CostSchedule = field(default_factory=CostSchedule)
     order: np.ndarray | None = None
     cursor: int = 0
@@ -497,13 +498,13 @@ class ReverseSession:
         """A run of `label` with its first `starts` starts open (0: all the config's); the others open with
         `open_starts`."""
         count = min(starts, self.reverser.config.starts) if starts > 0 else self.reverser.config.starts
-        return LabelRun(label, [StartRun(label, start_rng(self.reverser.seed, label, k)) for k in range(count)])
+        return LabelRun(label, [StartRun(label, start_rng(self.reverser.seed, label, k), k) for k in range(count)])
 
     def start_pair(self, source: int, label: int, pool: np.ndarray) -> LabelRun:
         """A run of `label` over the clean images at `pool` only (those of class `source`), every start open."""
         seed = self.reverser.seed
         starts = range(self.reverser.config.starts)
-        return LabelRun(label, [StartRun(label, start_rng(seed, label, k, source), pool=pool) for k in starts])
+        return LabelRun(label, [StartRun(label, start_rng(seed, label, k, source), k, pool=pool) for k in starts])
 
     def open_starts(self, run: LabelRun) -> None:
         """Open an unfinished run's remaining starts: each runs its start trial from step 0 while the run's first
@@ -511,7 +512,7 @@ class ReverseSession:
         if run.finished:
             return
         for k in range(len(run.starts), self.reverser.config.starts):
-            run.starts.append(StartRun(run.label, start_rng(self.reverser.seed, run.label, k), late=True))
+            run.starts.append(StartRun(run.label, start_rng(self.reverser.seed, run.label, k), k, late=True))
 
     def advance(
         self,
@@ -546,7 +547,7 @@ class ReverseSession:
             while pending and len(active) < self.width:
                 run = pending.pop(0)
                 if run.saved is None:
-                    params.append(run.rng, height, width, channels, self.reverser.config.initial_mask_max)
+                    params.append(run.rng, height, width, channels, self.reverser.config.initial_mask_max_of(run.index))
                 else:
                     params.resume(run.saved)
                 active.append(run)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cleanse_base.errors import ConfigError
-from scanner.cli import scan_settings
+from scanner.cli import NumberList, scan_settings
 from scanner.config import ReverseConfig, make_config
 from scanner.report import format_summary
 from scanner.reverse import LabelRun, StartRun, TriggerReverser, _SlotTensors, mask_from_tanh, pattern_from_tanh
@@ -78,6 +78,39 @@ def test_the_initial_mask_range_is_checked_and_the_paper_keeps_the_reference():
     assert make_config(scan_settings({"initial_mask_max": 0.5})).reverse.initial_mask_max == 0.5
     for preset in ("paper", "default"):  # uniform on [0, 1], as the reference
         assert make_config({"preset": preset}).reverse.initial_mask_max == 1.0
+
+
+def test_a_list_gives_each_start_its_own_initial_mask_range():
+    config = ReverseConfig(starts=3, initial_mask_max=(1.0, 0.1))
+    assert [config.initial_mask_max_of(k) for k in range(3)] == [1.0, 0.1, 0.1]  # the last past the list's end
+    assert ReverseConfig(initial_mask_max=(0.3,)).initial_mask_max == 0.3  # one value: the plain number
+    for wrong in ((), (1.0, 0.0), (0.1, 1.5), (1.0, math.nan)):
+        with pytest.raises(ConfigError, match="initial_mask_max"):
+            ReverseConfig(initial_mask_max=wrong)
+    from_flag = make_config(scan_settings({"initial_mask_max": NumberList(float).convert("1,0.1", None, None)}))
+    assert from_flag.reverse.initial_mask_max == (1.0, 0.1)
+    from_file = make_config({"reverse": {"initial_mask_max": [1, 0.1]}})  # a config file's list (TOML: ints too)
+    assert from_file.reverse.initial_mask_maxima == (1.0, 0.1)
+
+
+def test_each_start_of_a_session_opens_on_its_own_range(monkeypatch):
+    ranges = []
+    original = _SlotTensors.append
+
+    def recording(self, rng, height, width, channels, mask_max):
+        ranges.append(mask_max)
+        original(self, rng, height, width, channels, mask_max)
+
+    monkeypatch.setattr(_SlotTensors, "append", recording)
+    images = np.random.default_rng(0).uniform(0, 255, (32, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(mini_batch=16, images_per_step=32, max_steps=2, starts=3, initial_mask_max=(1.0, 0.25))
+    session = TriggerReverser(PlantedLinear(), config, torch.device("cpu"), seed=0).session(images, 20)
+    run = session.start(3, starts=1)  # start 0 first; starts 1 and 2 open late, as the screened schedule opens them
+    session.advance([run], steps=1)
+    session.open_starts(run)
+    assert [start.index for start in run.starts] == [0, 1, 2]
+    session.advance([run], steps=1)
+    assert ranges == [1.0, 0.25, 0.25]
 
 
 def test_a_start_s_mask_begins_on_its_range_scaled_from_the_same_draw():
