@@ -6,6 +6,7 @@ labels a pass as `cleanse scan` (checked by `--check REPORT`: a scan's report.js
 
     python -m benchmarks.pair_scans --seeds 0,1,2            # every built zoo model but Tiny-ImageNet's
     python -m benchmarks.pair_scans --check scan/report.json --only NAME --seeds 0
+    python -m benchmarks.pair_scans --only NAME,... --max-pairs 2000 --pairs DIR   # whole tables past 10 classes
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.zoo_scans import ScanJob, add_selection_arguments, parse_ints, scan_jobs, single_thread_env
 from fixtures.paths import REPO_ROOT, shared_data_dir
-from scanner.config import ScanConfig
+from scanner.config import PairConfig, ScanConfig
 from scanner.pairs import reverse_pairs
 from scanner.run_scan import scan_inputs
 
@@ -28,9 +29,9 @@ PAIRS_DIR = REPO_ROOT / ".cache" / "zoo" / "pairs"
 SKIPPED_PREFIXES = ("tiny-",)  # Tiny-ImageNet models: the 126-scan zoo table leaves them out
 
 
-def pair_record(model: Path, data: Path, seed: int, max_images: int) -> dict[str, object]:
+def pair_record(model: Path, data: Path, seed: int, max_images: int, max_pairs: int) -> dict[str, object]:
     """What the scan's pair stage finds on one model: the pairs' norms, the images and seconds it took."""
-    config = ScanConfig(seed=seed, threads=1, max_images=max_images)
+    config = ScanConfig(seed=seed, threads=1, max_images=max_images, pairs=PairConfig(max_pairs=max_pairs))
     inputs = scan_inputs(model, data, config)
     started = time.perf_counter()
     triggers = reverse_pairs(
@@ -50,12 +51,12 @@ def record_path(pairs_dir: Path, job: ScanJob) -> Path:
     return pairs_dir / job.name / f"seed{job.seed}.json"
 
 
-def run_job(job: ScanJob, pairs_dir: Path) -> tuple[str, bool]:
+def run_job(job: ScanJob, pairs_dir: Path, max_pairs: int) -> tuple[str, bool]:
     """One model and seed in a single-threaded child process (as the zoo scans ran): a line saying what it found,
     and whether it ran."""
     out = record_path(pairs_dir, job)
     command = [sys.executable, "-m", "benchmarks.pair_scans", "--one", str(job.model), str(job.data), str(job.seed)]
-    command += ["--max-images", str(job.max_images), "--out", str(out)]
+    command += ["--max-images", str(job.max_images), "--max-pairs", str(max_pairs), "--out", str(out)]
     done = subprocess.run(command, env=single_thread_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     if done.returncode:
         return f"{job.name} seed {job.seed}: failed ({done.stderr.strip().splitlines()[-1:]})", False
@@ -78,13 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pair_scans", description=__doc__.splitlines()[0])
     add_selection_arguments(parser)
     parser.add_argument("--pairs", type=Path, default=PAIRS_DIR, help="where records go (%(default)s)")
+    parser.add_argument(
+        "--max-pairs",
+        type=int,
+        default=PairConfig().max_pairs,
+        help="the scan's --pairs: the largest table reversed (default: %(default)s)",
+    )
     parser.add_argument("--check", type=Path, default=None, help="a scan's report.json to compare with (one job)")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         model, data, seed = args.one
-        record = pair_record(Path(model), Path(data), int(seed), args.max_images)
+        record = pair_record(Path(model), Path(data), int(seed), args.max_images, args.max_pairs)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record))
         return 0
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
     if args.check:
         for job in jobs:
-            line, ran = run_job(job, args.pairs)
+            line, ran = run_job(job, args.pairs, args.max_pairs)
             if not ran:
                 print(line)
                 continue
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     pending = [job for job in jobs if not record_path(args.pairs, job).is_file()]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in as_completed([pool.submit(run_job, job, args.pairs) for job in pending]):
+        for future in as_completed([pool.submit(run_job, job, args.pairs, args.max_pairs) for job in pending]):
             print(future.result()[0], flush=True)
     print(f"{len(pending)} runs ({len(jobs) - len(pending)} kept); {time.perf_counter() - started:.0f} s")
     return 0
