@@ -66,6 +66,8 @@ class ReverseConfig:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
+        if isinstance(self.initial_mask_max, tuple) and len(self.initial_mask_max) == 1:
+            object.__setattr__(self, "initial_mask_max", self.initial_mask_max[0])  # one range for every start
         self.validate()
 
     @property
@@ -99,11 +101,8 @@ class ReverseConfig:
             raise ConfigError(f"reverse.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.labels_per_batch < 0:
             raise ConfigError("reverse.labels_per_batch must be 0 (auto) or positive")
-        if isinstance(self.initial_mask_max, tuple):
-            if not self.initial_mask_max:
-                raise ConfigError("reverse.initial_mask_max must not be an empty list")
-            if len(self.initial_mask_max) == 1:  # one value for every start: the plain number
-                object.__setattr__(self, "initial_mask_max", self.initial_mask_max[0])
+        if self.initial_mask_max == ():
+            raise ConfigError("reverse.initial_mask_max must not be an empty list")
         if not all(0 < value <= 1 for value in self.initial_mask_maxima):
             raise ConfigError(f"reverse.initial_mask_max must be in (0, 1], not {self.initial_mask_max}")
         if self.start_trial_steps < 0:
