@@ -20,6 +20,10 @@ brings its own) adds the source-specific look:
 the rule `evidence` then judges each scan's labels and its pairs as `cleanse scan` does, `labels-only` the labels
 alone (the evidence rule before the look), on the scans that have pair records.
 
+`--additive DIR` (default .cache/zoo/additive, from `python -m benchmarks.additive_scans`; a scan whose report judged
+the additive look brings its own) adds the additive look the same way: `evidence` judges labels, pairs and the
+additive look as `cleanse scan` does, `no-additive` the labels and pairs alone, on the scans that have records.
+
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
 measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
 later runs read it.
@@ -35,10 +39,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.additive_scans import ADDITIVE_DIR
 from benchmarks.pair_scans import PAIRS_DIR
 from benchmarks.zoo_scans import SCANS_DIR
 from fixtures.paths import DEFAULT_CACHE
 from fixtures.zoo import ZooCard, model_paths
+from scanner.decision.additive import AdditiveMeasurement
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
 from scanner.mitigate.report_folder import read_scan_report
@@ -55,6 +61,7 @@ class ZooScan:
     evidence: dict[int, LabelEvidence]
     report: ScanReport
     pairs: dict[tuple[int, int], float] | None = None  # (source, target) -> L1 norm, from benchmarks.pair_scans
+    additive: dict[int, AdditiveMeasurement] | None = None  # label -> its look, from benchmarks.additive_scans
 
 
 def decision_norms(report: ScanReport) -> dict[int, float]:
@@ -132,7 +139,33 @@ def saved_pairs(
     return {(p["source"], p["target"]): p["l1_norm"] for p in json.loads(record.read_text())["pairs"]}
 
 
-def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool, pairs_dir: Path | None = None) -> list[ZooScan]:
+def saved_additive(
+    report: ScanReport, additive_dir: Path | None, model: str, seed: int
+) -> dict[int, AdditiveMeasurement] | None:
+    """The scan's additive look: its own where its report judged one, else the record of
+    benchmarks/additive_scans.py in `additive_dir`, if any."""
+    if not additive_dir:
+        return None
+    stage = report.additive_stage
+    if stage.labels and report.decision is not None:
+        return {
+            item.label: AdditiveMeasurement(item.success, item.evaluated, item.mimicry)
+            for item in report.decision.additive
+        }
+    record = additive_dir / model / f"seed{seed}.json"
+    if not record.is_file():
+        return None
+    probes = json.loads(record.read_text())["probes"]
+    return {p["label"]: AdditiveMeasurement(p["success"], p["evaluated"], p["mimicry"]) for p in probes}
+
+
+def load_scans(
+    scans_dir: Path,
+    models_dir: Path,
+    remeasure: bool,
+    pairs_dir: Path | None = None,
+    additive_dir: Path | None = None,
+) -> list[ZooScan]:
     scans = []
     for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
         folder, model = report_path.parent, report_path.parent.parent.name
@@ -151,6 +184,9 @@ def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool, pairs_dir: Pa
         pairs = saved_pairs(report, pairs_dir, model, seed)
         if pairs_dir and pairs is None:
             continue  # judged on the scans with pair records only
+        additive = saved_additive(report, additive_dir, model, seed)
+        if additive_dir and additive is None:
+            continue
         family = card.attack["family"] if card.attack else "clean"
         if card.attack and mean_success(card) < MIN_ATTACK_SUCCESS:
             family = "failed_attack"  # the attack did not take: neither a backdoored nor a clean model
@@ -164,6 +200,7 @@ def load_scans(scans_dir: Path, models_dir: Path, remeasure: bool, pairs_dir: Pa
                 evidence=evidence,
                 report=report,
                 pairs=pairs,
+                additive=additive,
             )
         )
     return scans
@@ -182,9 +219,14 @@ def roc_auc(positives: list[float], negatives: list[float]) -> float:
 
 
 def judge_all(scans: list[ZooScan], rules: dict[str, object]) -> dict[tuple[str, str, int], DecisionResult]:
-    """Every scan judged by every rule; the `evidence` rule with the scan's pairs where it has them."""
+    """Every scan judged by every rule; the `evidence` rule with the scan's pairs and additive look where it has
+    them, `no-additive` with its pairs alone."""
     return {
-        (name, s.model, s.seed): rule.judge(s.evidence, s.pairs if name == "evidence" else None)  # type: ignore[attr-defined]
+        (name, s.model, s.seed): rule.judge(  # type: ignore[attr-defined]
+            s.evidence,
+            s.pairs if name in ("evidence", "no-additive") else None,
+            s.additive if name == "evidence" else None,
+        )
         for name, rule in rules.items()
         for s in scans
     }
@@ -319,15 +361,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", action="store_true", help="print the targets' evidence per scan")
     parser.add_argument("--compare", type=Path, help="another scans folder, judged beside --scans on shared scans")
     parser.add_argument("--pairs", type=Path, nargs="?", const=PAIRS_DIR, help="pair records (%(const)s)")
+    parser.add_argument(
+        "--additive", type=Path, nargs="?", const=ADDITIVE_DIR, help="additive look records (%(const)s)"
+    )
     args = parser.parse_args(argv)
     folders = [args.scans, *([args.compare] if args.compare else [])]
-    loaded = [load_scans(folder, args.models, args.remeasure, args.pairs) for folder in folders]
+    loaded = [load_scans(folder, args.models, args.remeasure, args.pairs, args.additive) for folder in folders]
     for folder, scans in zip(folders, loaded, strict=True):
         if not scans:
             raise SystemExit(f"no scans under {folder}: run python -m benchmarks.zoo_scans first")
     shared = set.intersection(*({(scan.model, scan.seed) for scan in scans} for scans in loaded))
     rules = {"evidence": EvidenceDecision(args.alpha), "paper": PaperDecision()}
-    if args.pairs:
+    if args.additive:
+        rules = {"evidence": rules["evidence"], "no-additive": EvidenceDecision(args.alpha), "paper": rules["paper"]}
+    elif args.pairs:
         rules = {"evidence": rules["evidence"], "labels-only": EvidenceDecision(args.alpha), "paper": rules["paper"]}
     for folder, scans in zip(folders, loaded, strict=True):
         scans = [scan for scan in scans if (scan.model, scan.seed) in shared]

@@ -38,12 +38,14 @@ from cleanse_base.limits import Limits, set_limits
 from cleanse_base.text import one_line, printable
 from cleanse_base.version import __version__
 from converters.contract import LAYOUTS, OUTPUT_KINDS, ContractOverrides
+from scanner.additive import AdditiveProbe, AdditiveProgress
 from scanner.config import (
     DECISIONS,
     PRECISIONS,
     PRESETS,
     SCHEDULES,
     SEED_MAX,
+    AdditiveConfig,
     PairConfig,
     ReverseConfig,
     ScanConfig,
@@ -170,6 +172,10 @@ def pair_settings(options: dict[str, Any]) -> dict[str, Any]:
     return given(PairConfig, {"max_pairs": options.get("pairs")})  # --pairs sets how many
 
 
+def additive_settings(options: dict[str, Any]) -> dict[str, Any]:
+    return given(AdditiveConfig, {"steps": options.get("additive_steps"), "epsilon": options.get("additive_epsilon")})
+
+
 def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
     """The scan settings the flags give, in make_config's nested form (what a config file holds)."""
     tables = {
@@ -177,6 +183,7 @@ def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
         "contract": contract_settings(options),
         "schedule": schedule_settings(options),
         "pairs": pair_settings(options),
+        "additive": additive_settings(options),
     }
     settings = {key: value for key, value in given(ScanConfig, options).items() if key not in tables}
     for table, values in tables.items():
@@ -296,6 +303,17 @@ shared_scan_options = options(
         "for backdoors only one class carries (default 90, every pair of 10 classes; 0: none).",
     ),
     click.option(
+        "--additive-steps",
+        type=click.IntRange(min=0),
+        help="evidence rule: steps of the additive look, a small universal perturbation optimized towards each "
+        "label, for blended and SIG backdoors (default 60; 0: none).",
+    ),
+    click.option(
+        "--additive-epsilon",
+        type=click.FloatRange(min=0, max=255, min_open=True),
+        help="evidence rule: the additive look's bound on every pixel's change, 0-255 scale (default 6).",
+    ),
+    click.option(
         "--mad-threshold",
         type=float,
         help="paper rule: anomaly index above which a label is flagged (default 2; must be a positive number).",
@@ -387,6 +405,18 @@ def pair_progress(quiet: bool) -> Callable[[int, int], None]:
     return show
 
 
+def additive_progress(quiet: bool) -> AdditiveProgress:
+    """The additive look's progress callback: one Progress line over the labels at each bound tried."""
+    shown: list[Progress] = []
+
+    def show(probe: AdditiveProbe, done: int, total: int) -> None:
+        if done == 1:  # a new bound
+            shown[:] = [Progress(total, f"labels at epsilon {probe.epsilon:g}", quiet)]
+        shown[0].advance(f"label {probe.label}: success {probe.success:.2f}")
+
+    return show
+
+
 def show_scan_result(report: ScanReport, out: Path | None, as_json: bool) -> NoReturn:
     """The summary (stdout; stderr with --json, but for an inconclusive verdict whose one stderr line is the
     reason), report.json with --json, and the verdict's exit code."""
@@ -438,7 +468,13 @@ def scan(
     if out:
         check_report_folder(out, [model, data, config_file])
     report = run_scan(
-        model, data, config, progress=label_progress(quiet), require_verdict=True, pair_progress=pair_progress(quiet)
+        model,
+        data,
+        config,
+        progress=label_progress(quiet),
+        require_verdict=True,
+        pair_progress=pair_progress(quiet),
+        additive_progress=additive_progress(quiet),
     )
     if out:
         write_report(report, out, [config_file])

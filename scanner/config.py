@@ -192,6 +192,29 @@ class PairConfig:
 
 
 @dataclass(frozen=True)
+class AdditiveConfig:
+    """The additive look (scanner/additive.py): per label, a universal additive perturbation bounded by `epsilon`
+    raw pixels, optimized for `steps` steps of `mini_batch` images; its attack success is judged against the other
+    labels' (blended and SIG backdoors). The evidence rule only."""
+
+    steps: int = 60  # 0: no additive look
+    epsilon: float = 6.0  # largest change of any pixel, on the 0-255 scale
+    mini_batch: int = 64
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> AdditiveConfig:
+        if self.steps < 0:
+            raise ConfigError(f"additive.steps must be 0 (no additive look) or positive, not {self.steps}")
+        if not (math.isfinite(self.epsilon) and 0 < self.epsilon <= 255):
+            raise ConfigError(f"additive.epsilon must be in (0, 255] (raw pixels), not {self.epsilon}")
+        if self.mini_batch <= 0:
+            raise ConfigError(f"additive.mini_batch must be positive, not {self.mini_batch}")
+        return self
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     """A scan's settings. `reverse` left out (None) takes the numbers of `preset`, so that
     `ScanConfig(preset="paper")` is a paper scan; given, it wins over the preset."""
@@ -218,6 +241,7 @@ class ScanConfig:
     contract: ContractOverrides = field(default_factory=ContractOverrides)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
+    additive: AdditiveConfig = field(default_factory=AdditiveConfig)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

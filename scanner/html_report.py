@@ -203,6 +203,24 @@ def pair_images(images: list[str]) -> str:
     return f'{caption}<div class="grid">{"".join(images)}</div>'
 
 
+def additive_section(report: ScanReport) -> str:
+    """The additive look: every label's success under the same bound, most suspicious first."""
+    judged, stage = report.judged.additive, report.additive_stage
+    if not judged:
+        return ""
+    rows = [
+        [str(a.label), f"{a.success:.3f}", f"{a.z:+.2f}", f"{a.p_value:.3g}", "flagged" if a.flagged else ""]
+        for a in judged
+    ]
+    return f"""<h2 id="additive">Additive look</h2>
+<p>Per label, a universal perturbation of at most {stage.epsilon:g} per pixel (0-255 scale) optimized to send the
+clean images to the label ({stage.images:,} images, {stage.seconds:.1f} s), for blended and SIG backdoors, whose
+faint full-image trigger Neural Cleanse's mask cannot express cheaply. Each label's success (on held-out images) as
+a log-odds and a robust z-score against the other labels'; the p-value is corrected for the {len(judged)} labels.
+Flagged below {report.judged.threshold:g}.</p>
+{table(["label", "success", "z", "p-value", ""], rows, {1, 2, 3})}"""
+
+
 def render_report(report: ScanReport, folder: Path) -> str:
     mad = report.mad
     cutoff = threshold_norm(mad.median, mad.mad, mad.threshold)
@@ -237,6 +255,7 @@ MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 {bar_chart_svg(norms, report.flagged, mad.median, cutoff)}
 {evidence_section(report)}
 {pairs_section(report, folder)}
+{additive_section(report)}
 <h2>Reversed triggers</h2>
 {trigger_grid(report, folder)}
 <h2>Labels</h2>

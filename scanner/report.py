@@ -17,13 +17,14 @@ from cleanse_base.plain import from_plain
 from cleanse_base.text import printable
 from converters.contract import ModelContract
 from scanner.config import ScanConfig
+from scanner.decision.additive import AdditiveJudgement
 from scanner.decision.pairs import PairJudgement
 from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.12"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.13"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -32,7 +33,8 @@ SCHEMA_VERSION = "1.12"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # 1.9: config "pairs", "pair_stage" (pairs reversed, images, seconds) and decision "pairs" (the evidence rule's
 # source-specific look; older reports: none); 1.10: decision "close_flag" (flagged, but within the close band);
 # 1.11: config reverse.initial_mask_max (older reports: 1, as they ran); 1.12: reverse.initial_mask_max may be a list,
-# one range per start
+# one range per start; 1.13: config "additive", "additive_stage" (bound, images, seconds) and decision "additive" (the
+# evidence rule's additive look; older reports: none)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -78,6 +80,16 @@ class PairStage:
 
 
 @dataclass
+class AdditiveStage:
+    """What the additive look (scanner/additive.py) cost, and the bound its perturbations were judged at."""
+
+    labels: int = 0  # labels probed (0: the look did not run)
+    epsilon: float = 0.0  # the bound on every pixel's change, 0-255 scale
+    images: int = 0  # images pushed forward and backward over every bound tried
+    seconds: float = 0.0
+
+
+@dataclass
 class ScanReport:
     tool_version: str
     model_path: str
@@ -100,6 +112,7 @@ class ScanReport:
     pair_stage: PairStage = field(default_factory=PairStage)
     # the flagged pairs' triggers and the most suspicious pair's (run_scan.shown_pairs); not in the JSON
     pair_triggers: list[PairTrigger] = field(default_factory=list, repr=False)
+    additive_stage: AdditiveStage = field(default_factory=AdditiveStage)
 
     @property
     def verdict(self) -> str:
@@ -151,6 +164,7 @@ class ScanReport:
                 "precision": self.precision,
                 "schedule": self.schedule,
                 "pair_stage": dataclasses.asdict(self.pair_stage),
+                "additive_stage": dataclasses.asdict(self.additive_stage),
                 "seconds_total": self.seconds_total,
                 "started_at": self.started_at,
             }
@@ -192,6 +206,7 @@ class ScanReport:
             started_at=document.started_at,
             schedule=document.schedule,
             pair_stage=document.pair_stage,
+            additive_stage=document.additive_stage,
             decision=_decision_from_json(document.decision, flagged, f"{where}.decision")
             if document.decision
             else None,
@@ -299,6 +314,7 @@ class _ReportDocument:
     schedule: dict[str, Any] = field(default_factory=dict)  # absent before schema 1.3
     decision: dict[str, Any] = field(default_factory=dict)  # absent before schema 1.4
     pair_stage: PairStage = field(default_factory=PairStage)  # absent before schema 1.9
+    additive_stage: AdditiveStage = field(default_factory=AdditiveStage)  # absent before schema 1.13
 
 
 @dataclass(frozen=True)
@@ -312,6 +328,7 @@ class _DecisionJson:
     labels: list[LabelJudgement] = field(default_factory=list)
     inconclusive_below: float | None = None  # absent before schema 1.7
     pairs: list[dict[str, Any]] = field(default_factory=list)  # absent before schema 1.9
+    additive: list[AdditiveJudgement] = field(default_factory=list)  # absent before schema 1.13
 
 
 def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -> DecisionResult:
@@ -329,6 +346,7 @@ def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -
         document.measures,
         document.inconclusive_below,
         [_pair_from_json(item, f"{where}.pairs") for item in document.pairs],
+        document.additive,
     )
 
 
@@ -492,6 +510,29 @@ def pairs_lines(report: ScanReport) -> list[str]:
     ]
 
 
+def additive_text(item: AdditiveJudgement) -> str:
+    return f"label {item.label}: success {item.success:.2f}, z {item.z:.2f}, p {item.p_value:.3g}"
+
+
+def additive_lines(report: ScanReport) -> list[str]:
+    """The additive look: its bound and cost, its flagged labels or its most suspicious one."""
+    stage, judged = report.additive_stage, report.judged.additive
+    if not stage.labels:
+        return []
+    flagged = [item for item in judged if item.flagged]
+    shown = (
+        "flagged " + "; ".join(map(additive_text, flagged))
+        if flagged
+        else "most suspicious " + additive_text(judged[0])
+        if judged
+        else "too few labels to judge"
+    )
+    return [
+        f"additive   a universal perturbation of at most {stage.epsilon:g} per pixel towards each of {stage.labels} "
+        f"labels ({stage.images:,} images, {stage.seconds:.1f} s); {shown}"
+    ]
+
+
 def format_summary(report: ScanReport) -> str:
     scaling = report.scaling
     accuracy = f", clean accuracy {scaling.accuracy:.3f}" if scaling.accuracy is not None else ""
@@ -509,6 +550,7 @@ def format_summary(report: ScanReport) -> str:
         f"(threshold {report.mad.threshold:g})",
         f"decision   {rule_text(report.judged)}",
         *pairs_lines(report),
+        *additive_lines(report),
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
         + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else "")

@@ -16,15 +16,17 @@ from cleanse_base.errors import ConfigError, DataError
 from cleanse_base.version import __version__
 from converters.intake import IntakeResult, intake_model
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
+from scanner.additive import AdditiveProgress, AdditiveSearch, probe_labels
 from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
+from scanner.decision.additive import AdditiveMeasurement
 from scanner.decision.evidence import EvidenceMeter
 from scanner.decision.rules import DecisionResult, make_decision, norms_of
 from scanner.mad import MIN_LABELS, mad_outliers
 from scanner.model import ScoringModel, accuracy
 from scanner.pairs import PairProgress, PairSearch, PairTrigger, reverse_pairs
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
-from scanner.report import LabelResult, PairStage, ScalingChoice, ScanReport
+from scanner.report import AdditiveStage, LabelResult, PairStage, ScalingChoice, ScanReport
 from scanner.reverse import LabelTrigger, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
@@ -147,12 +149,14 @@ def scan(
     progress: Callable[[LabelTrigger, int, int], None] | None = None,
     require_verdict: bool = False,
     pair_progress: PairProgress | None = None,
+    additive_progress: AdditiveProgress | None = None,
 ) -> ScanReport:
     """Scan an ONNX image classifier for backdoors with Neural Cleanse.
 
     `data` is a path (.npz, .npy, .h5 or a folder of class subfolders) or a CleanData. `progress`, when
     given, is called as each label finishes with (result, labels done, labels total), `pair_progress` as each
-    source-specific pair does with (pairs done, pairs total). With fewer than 3 labels
+    source-specific pair does with (pairs done, pairs total), `additive_progress` as each label's additive probe does
+    (scanner/additive.py). With fewer than 3 labels
     scanned the report's verdict is "inconclusive"; `require_verdict` refuses such a scan before it runs.
     """
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
@@ -184,7 +188,16 @@ def scan(
     search = source_specific_pairs(inputs, config, pair_progress)
     pairs = search.triggers
     pair_stage = PairStage(len(pairs), sum(p.images for p in pairs), time.perf_counter() - pair_started, search.needed)
-    judged = decision.judge(evidence, {(p.source, p.target): p.norm for p in pairs})
+    additive_started = time.perf_counter()
+    additive = additive_look(inputs, config, meter, additive_progress)
+    additive_stage = AdditiveStage(
+        len(additive.probes), additive.epsilon, additive.images, time.perf_counter() - additive_started
+    )
+    judged = decision.judge(
+        evidence,
+        {(p.source, p.target): p.norm for p in pairs},
+        {p.label: AdditiveMeasurement(p.success, p.evaluated, p.mimicry) for p in additive.probes},
+    )
     label_results = [
         LabelResult(
             label=t.label,
@@ -234,6 +247,7 @@ def scan(
         triggers=triggers,
         pair_stage=pair_stage,
         pair_triggers=shown_pairs(pairs, judged),
+        additive_stage=additive_stage,
     )
 
 
@@ -263,3 +277,13 @@ def source_specific_pairs(inputs: ScanInputs, config: ScanConfig, progress: Pair
         config.seed,
         progress,
     )
+
+
+def additive_look(
+    inputs: ScanInputs, config: ScanConfig, meter: EvidenceMeter, progress: AdditiveProgress | None = None
+) -> AdditiveSearch:
+    """The evidence rule's additive look (scanner/additive.py), unless `--additive-steps 0`: the paper rule has none."""
+    if config.decision != "evidence":
+        return AdditiveSearch([], 0.0, 0)
+    images, labels = inputs.data.images, inputs.labels
+    return probe_labels(inputs.model, images, labels, config.additive, meter, config.seed, progress=progress)

@@ -39,3 +39,12 @@ def shared_data() -> Path:
     if not (folder / "gtsrb_test.npz").exists():
         pytest.skip(f"real datasets not found at {folder} (set CLEANSE_DATA_DIR)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def digits_blended(tmp_path_factory) -> Path:
+    """A digits model with a blended backdoor (a noise image at alpha 0.2 sends any digit to 4)."""
+    from fixtures.digits import build_digits_blended
+
+    cache = os.environ.get("CLEANSE_TEST_FIXTURES")
+    return build_digits_blended(Path(cache) if cache else tmp_path_factory.mktemp("digits_blended"))

@@ -30,7 +30,7 @@ from scanner.html_report import REPORT_HTML
 
 # A small budget under which the verdicts hold at the default seed 0 with one thread per worker: the infected
 # models' anomaly index is 4.3, the clean model's 1.3 (threshold 2); see fixtures/audit_models.py.
-CHEAP = ["--images-per-step", "64", "--max-steps", "100", "--threads", "1", "--pairs", "0"]
+CHEAP = ["--images-per-step", "64", "--max-steps", "100", "--threads", "1", "--pairs", "0", "--additive-steps", "0"]
 CLEANSE = [sys.executable, "-c", "from scanner.cli import main; main()"]
 
 

@@ -17,7 +17,12 @@ from scanner.audit.jobs import plan_job, run_job
 from scanner.audit.manifest import ModelEntry
 from scanner.audit.store import DONE, ERROR
 
-CHEAP = {"labels": [0, 1, 2, 7], "threads": 1, "reverse": {"max_steps": 5, "images_per_step": 16}}
+CHEAP = {
+    "labels": [0, 1, 2, 7],
+    "threads": 1,
+    "reverse": {"max_steps": 5, "images_per_step": 16},
+    "additive": {"steps": 0},
+}
 DATA_NAME = "weights.bin"
 
 

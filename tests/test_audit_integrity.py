@@ -25,7 +25,12 @@ from scanner.audit.store import DONE, ERROR, STORE_NAME, AuditRow, AuditStore, M
 from scanner.audit.summary import format_table
 from scanner.progress import Progress
 
-CHEAP = {"labels": [0, 1, 2, 7], "threads": 1, "reverse": {"max_steps": 5, "images_per_step": 16}}
+CHEAP = {
+    "labels": [0, 1, 2, 7],
+    "threads": 1,
+    "reverse": {"max_steps": 5, "images_per_step": 16},
+    "additive": {"steps": 0},
+}
 
 
 def closed_port() -> int:

@@ -20,7 +20,7 @@ from scanner.audit.store import ERROR, INFECTED, STORE_NAME, AuditStore
 
 pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
 
-CHEAP = ["--images-per-step", "64", "--max-steps", "100", "--threads", "1", "--pairs", "0"]
+CHEAP = ["--images-per-step", "64", "--max-steps", "100", "--threads", "1", "--pairs", "0", "--additive-steps", "0"]
 CLEANSE = [sys.executable, "-c", "from scanner.cli import main; main()"]
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
 START_TIMEOUT = 90

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from scanner.cli import main
 from scanner.report import SCHEMA_VERSION
 
-FAST = ["--max-steps", "200", "--seed", "1", "--pairs", "0"]  # the source-specific look: tests/test_pairs.py
+# the source-specific look: tests/test_pairs.py; the additive look: tests/test_additive.py
+FAST = ["--max-steps", "200", "--seed", "1", "--pairs", "0", "--additive-steps", "0"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -36,6 +36,7 @@ def test_cuda_reversal_follows_the_cpu_one_in_float32(digits):
         "seed": 3,
         "reverse": {"precision": "float32", "max_steps": 4, "labels_per_batch": 2, "early_stop": False},
         "pairs": {"max_pairs": 0},
+        "additive": {"steps": 0},
     }
     model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
     reports = {device: scan(model, data, make_config({**settings, "device": device})) for device in ("cpu", "cuda")}
@@ -48,7 +49,7 @@ def test_cuda_reversal_follows_the_cpu_one_in_float32(digits):
 def cuda_report(digits, tmp_path_factory) -> Path:
     """A CUDA scan of the target alone (the mitigation names its label)."""
     folder = tmp_path_factory.mktemp("report")
-    config = make_config({"labels": [TARGET], "device": "cuda", "pairs": {"max_pairs": 0}})
+    config = make_config({"labels": [TARGET], "device": "cuda", "pairs": {"max_pairs": 0}, "additive": {"steps": 0}})
     write_report(scan(digits["digits_infected.onnx"], digits["digits_test.npz"], config), folder)
     return folder
 

@@ -24,7 +24,7 @@ from scanner import make_config, scan
 from scanner.cli import EXIT_ERROR, main
 
 TARGET = 7
-E2E_CONFIG = {"seed": 0, "threads": 1, "pairs": {"max_pairs": 0}}
+E2E_CONFIG = {"seed": 0, "threads": 1, "pairs": {"max_pairs": 0}, "additive": {"steps": 0}}
 
 
 class WritesFileWhenUnpickled:

@@ -123,7 +123,7 @@ def test_keras_model_goes_through_scan_and_unlearn(tmp_path):
 
     files = build_keras_digits(tmp_path / "keras")
     model, data = files["keras_digits_infected.onnx"], files["keras_digits_test.npz"]
-    report = scan(model, data, make_config({"seed": 1, "pairs": {"max_pairs": 0}}))
+    report = scan(model, data, make_config({"seed": 1, "pairs": {"max_pairs": 0}, "additive": {"steps": 0}}))
     assert report.flagged == [TARGET]
     write_report(report, tmp_path / "report")
     out = tmp_path / "patched.onnx"

@@ -15,9 +15,9 @@ from scanner.run_scan import minimum_accuracy
 
 TARGET = 7
 FAST = {"reverse": {"max_steps": 200}}
-NO_PAIRS = {
-    "pairs": {"max_pairs": 0}
-}  # scans about other things leave out the source-specific look (tests/test_pairs.py)
+# scans about other things leave out the source-specific look (tests/test_pairs.py) and the additive look
+# (tests/test_additive.py)
+NO_PAIRS = {"pairs": {"max_pairs": 0}, "additive": {"steps": 0}}
 
 
 @pytest.mark.slow

@@ -240,7 +240,12 @@ def test_a_label_keeps_the_smallest_trigger_of_its_starts_and_the_first_start_is
 def test_a_several_start_scan_flags_the_digits_backdoor_and_reports_each_label_once(digits, starts, trial, said):
     seen: list[int] = []
     config = make_config(
-        {"seed": 1, "reverse": {"starts": starts, "start_trial_steps": trial}, "pairs": {"max_pairs": 0}}
+        {
+            "seed": 1,
+            "reverse": {"starts": starts, "start_trial_steps": trial},
+            "pairs": {"max_pairs": 0},
+            "additive": {"steps": 0},
+        }
     )
     model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
     report = scan(model, data, config, lambda trigger, *_: seen.append(trigger.label))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -151,6 +151,7 @@ class EvidenceMeter:
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.permutation(len(images))[:EVALUATION_IMAGES])
         self.model, self.device, self.bfloat16 = model, device, bfloat16
+        self.chosen = chosen  # indices of the images triggers are tried on
         self.images = torch.from_numpy(np.ascontiguousarray(images[chosen], dtype=np.float32)).to(device)
         self.layer = last_linear(model)
         with self._forward_only(), captured_inputs(self.layer) as features:
@@ -186,11 +187,22 @@ class EvidenceMeter:
         self, label: int, mask: np.ndarray, pattern: np.ndarray
     ) -> tuple[float, torch.Tensor | None, float | None]:
         """(attack success, mean rise of the features, cosine of the triggered features to the label's mean)."""
+        return self.outcome(label, lambda images: stamp_arrays(images, mask, pattern))
+
+    def victims(self, label: int) -> int:
+        """How many of the images a trigger for `label` is tried on (those the model does not already give it)."""
+        return int((self.clean_predictions != label).sum())
+
+    def outcome(
+        self, label: int, trigger: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[float, torch.Tensor | None, float | None]:
+        """What `trigger` (raw images in, triggered raw images out) does to the images not already of `label`:
+        (attack success, mean rise of the features, cosine of the triggered features to the label's mean)."""
         victims = self.clean_predictions != label
         if not bool(victims.any()):
             return 0.0, None, None
         with self._forward_only(), captured_inputs(self.layer) as features:
-            predictions = self.model(stamp_arrays(self.images[victims], mask, pattern)).argmax(dim=1)
+            predictions = self.model(trigger(self.images[victims])).argmax(dim=1)
         stamped_features = joined(features, len(predictions))
         rise, mimicry = None, None
         if stamped_features is not None and self.clean_features is not None:

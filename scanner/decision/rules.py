@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from scanner.decision.additive import AdditiveJudgement, AdditiveMeasurement, judge_additive
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.pairs import PairJudgement, judge_pairs
 from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
@@ -68,6 +69,8 @@ class DecisionResult:
     inconclusive_below: float | None = None
     # the evidence rule's source-specific look (scanner/decision/pairs.py), most suspicious first
     pairs: list[PairJudgement] = field(default_factory=list)
+    # the evidence rule's additive look (scanner/decision/additive.py), most suspicious first
+    additive: list[AdditiveJudgement] = field(default_factory=list)
 
     @property
     def inconclusive(self) -> bool:
@@ -92,12 +95,15 @@ class DecisionResult:
 
     @property
     def suspect(self) -> int | None:
-        """Evidence rule: the label whose p-value is the model's score, or the target of the pair whose is (None
-        where none's is)."""
+        """Evidence rule: the label whose p-value is the model's score, or the target of the pair whose is, or the
+        label whose additive look's is (None where none's is)."""
         pair = self.suspect_pair
         if pair is not None:
             return pair.target
-        return next((label for label, item in self.judgements.items() if item.p_value == self.score), None)
+        label = next((label for label, item in self.judgements.items() if item.p_value == self.score), None)
+        if label is not None:
+            return label
+        return next((item.label for item in self.additive if item.p_value == self.score), None)
 
     @property
     def suspect_pair(self) -> PairJudgement | None:
@@ -134,6 +140,7 @@ class DecisionResult:
             "measures": self.measures,
             "labels": [self.judgements[label].to_dict() for label in sorted(self.judgements)],
             "pairs": [pair.to_dict() for pair in self.pairs],
+            "additive": [item.to_dict() for item in self.additive],
         }
 
 
@@ -141,7 +148,10 @@ class Decision(Protocol):
     name: str
 
     def judge(
-        self, evidence: Mapping[int, LabelEvidence], pairs: Mapping[tuple[int, int], float] | None = None
+        self,
+        evidence: Mapping[int, LabelEvidence],
+        pairs: Mapping[tuple[int, int], float] | None = None,
+        additive: Mapping[int, AdditiveMeasurement] | None = None,
     ) -> DecisionResult: ...
 
     def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
@@ -162,9 +172,12 @@ class PaperDecision:
     name: str = "paper"
 
     def judge(
-        self, evidence: Mapping[int, LabelEvidence], pairs: Mapping[tuple[int, int], float] | None = None
+        self,
+        evidence: Mapping[int, LabelEvidence],
+        pairs: Mapping[tuple[int, int], float] | None = None,
+        additive: Mapping[int, AdditiveMeasurement] | None = None,
     ) -> DecisionResult:
-        """The paper's rule judges labels only: `pairs` are not looked at."""
+        """The paper's rule judges labels only: `pairs` and `additive` are not looked at."""
         return paper_result(mad_outliers(norms_of(evidence), self.threshold))
 
     def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
@@ -242,10 +255,15 @@ class EvidenceDecision:
         )
 
     def judge(
-        self, evidence: Mapping[int, LabelEvidence], pairs: Mapping[tuple[int, int], float] | None = None
+        self,
+        evidence: Mapping[int, LabelEvidence],
+        pairs: Mapping[tuple[int, int], float] | None = None,
+        additive: Mapping[int, AdditiveMeasurement] | None = None,
     ) -> DecisionResult:
         """Judge every label, and with `pairs` ((source, target) -> the L1 norm of the trigger reversed from the
-        source's images, scanner/pairs.py) every pair: a flagged pair flags its target."""
+        source's images, scanner/pairs.py) every pair: a flagged pair flags its target; with `additive` (label ->
+        what its additive perturbation did, scanner/additive.py) every label's additive look: a flagged look flags
+        its label."""
         judgements, measures = self._judgements(evidence, evidence)
         flagged = [
             label
@@ -254,10 +272,13 @@ class EvidenceDecision:
         ]
         pair_judgements = judge_pairs(pairs, self.alpha, self.candidate_z) if pairs else []
         flagged += list(dict.fromkeys(p.target for p in pair_judgements if p.flagged and p.target not in flagged))
-        # the model's score: its most suspicious label that could be flagged, or pair
+        additive_judgements = judge_additive(additive, self.alpha, self.candidate_z) if additive else []
+        flagged += [a.label for a in additive_judgements if a.flagged and a.label not in flagged]
+        # the model's score: its most suspicious label that could be flagged, pair, or additive look
         score = min(
             [j.p_value for j in judgements.values() if self._small(j.z_scores)]
-            + [p.p_value for p in pair_judgements if p.z > self.candidate_z],
+            + [p.p_value for p in pair_judgements if p.z > self.candidate_z]
+            + [a.p_value for a in additive_judgements if a.z_success > self.candidate_z],
             default=1.0,
         )
         return DecisionResult(
@@ -270,6 +291,7 @@ class EvidenceDecision:
             measures,
             inconclusive_below=self.alpha * self.inconclusive_factor,
             pairs=pair_judgements,
+            additive=additive_judgements,
         )
 
     def _small(self, z_scores: Mapping[str, float]) -> bool:

@@ -1,0 +1,158 @@
+"""The additive look: how far a small universal additive perturbation carries the model's images to each label.
+
+Blended and SIG backdoors answer a faint signal spread over the whole image (noise at alpha 0.15, a sinusoid of
+amplitude 20), which Neural Cleanse's mask cannot express cheaply: a mask that covers the image at 0.15 has an L1
+norm of 15% of the pixels, as large as any natural trigger. The model has learned that direction, though, so a
+universal perturbation `delta` bounded by `epsilon` in every pixel (`x' = clip(x + delta)`, raw 0-255 pixels)
+optimized towards the target moves far more images there than the same budget moves towards a clean label
+(a targeted universal adversarial perturbation, Moosavi-Dezfooli et al. 2017, as a per-label probe). Every label
+gets the same budget; the decision judges each label's success against the model's other labels
+(scanner/decision/additive.py).
+
+How small a bound moves images depends on the model (an MNIST network barely moves at 6 of 255 where a CIFAR-10
+one sends a third of its images anywhere), and a success of 0 everywhere says nothing, so the bound starts at
+`epsilon` and doubles (at most `MAX_DOUBLINGS` times) until the median label's success reaches
+`MIN_MEDIAN_SUCCESS`; every label is judged at the same bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scanner.config import AdditiveConfig
+from scanner.decision.evidence import EvidenceMeter
+from scanner.model import predict_labels
+from scanner.reverse import auto_labels_per_batch
+
+LEARNING_RATE = 0.1  # Adam on the tanh parameter, as the reversal's
+STREAM_OFFSET = 7_919  # the look's random stream is its own, apart from the reversal's and the evidence's
+MIN_MEDIAN_SUCCESS = 0.1
+MAX_DOUBLINGS = 3
+
+
+@dataclass(frozen=True)
+class AdditiveProbe:
+    label: int
+    success: float  # share of the held-out images (not predicted as the label) the perturbation sends to it
+    evaluated: int  # held-out images it was tried on
+    mimicry: float | None  # cosine of the perturbed images' features to the label's clean mean (EvidenceMeter)
+    images: int  # images pushed forward and backward while it was optimized
+    epsilon: float  # the bound it was optimized under
+
+
+# called as each label's probe is done: (that probe, labels done at its bound, labels in all)
+AdditiveProgress = Callable[[AdditiveProbe, int, int], None]
+
+
+@dataclass(frozen=True)
+class AdditiveSearch:
+    probes: list[AdditiveProbe]  # at the bound judged, one per label
+    epsilon: float  # that bound (0: the look did not run)
+    images: int  # images pushed forward and backward over every bound tried
+
+
+def optimized_on(count: int, held_out: np.ndarray) -> np.ndarray:
+    """The indices of the `count` images the perturbations are optimized on: every image but the `held_out` ones
+    they are judged on, unless that leaves none (then all)."""
+    rest = np.setdiff1d(np.arange(count), held_out)
+    return rest if len(rest) else np.arange(count)
+
+
+def perturbed(images: torch.Tensor, weights: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """`images` (K, B, C, H, W) plus each of the K perturbations `epsilon * tanh(weights)` (K, C, H, W), clipped to
+    the pixel range."""
+    return (images + epsilon * torch.tanh(weights).unsqueeze(1)).clamp(0.0, 255.0)
+
+
+def adding(weights: torch.Tensor, epsilon: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The perturbation of `weights` (1, C, H, W) as a trigger: raw images (N, C, H, W) in, perturbed images out."""
+    return lambda images: perturbed(images.unsqueeze(0), weights, epsilon)[0]
+
+
+def probe_labels(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: Sequence[int],
+    config: AdditiveConfig,
+    meter: EvidenceMeter,
+    seed: int = 0,
+    labels_per_batch: int = 0,
+    progress: AdditiveProgress | None = None,
+) -> AdditiveSearch:
+    """Every label's probe at the smallest bound of the ladder where the median label's success reaches
+    MIN_MEDIAN_SUCCESS (the largest tried where none does), `labels_per_batch` labels sharing each forward pass (0:
+    as many as the reversal would stack at this mini-batch)"""
+    if config.steps == 0 or not labels:
+        return AdditiveSearch([], 0.0, 0)
+    device = meter.device
+    clean = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
+    predictions = predict_labels(model, images, device)
+    train = optimized_on(len(images), meter.chosen)
+    pixels = int(np.prod(images.shape[2:]))
+    width = labels_per_batch or auto_labels_per_batch(device, config.mini_batch, len(labels), pixels)
+    images_used = 0
+    for doubling in range(MAX_DOUBLINGS + 1):
+        epsilon = min(255.0, config.epsilon * 2**doubling)
+        last = doubling == MAX_DOUBLINGS or epsilon >= 255
+        probes: list[AdditiveProbe] = []
+        for start in range(0, len(labels), width):
+            group = list(labels[start : start + width])
+            for probe in probe_group(model, clean, predictions, group, train, config, epsilon, meter, seed):
+                probes.append(probe)
+                if progress:
+                    progress(probe, len(probes), len(labels))
+            if not last and median_is_below(probes, len(labels)):
+                break  # the rest cannot lift the median: on to the next bound
+        images_used += sum(probe.images for probe in probes)
+        if last or np.median([probe.success for probe in probes]) >= MIN_MEDIAN_SUCCESS:
+            break
+    return AdditiveSearch(probes, epsilon, images_used)
+
+
+def median_is_below(probes: Sequence[AdditiveProbe], labels: int) -> bool:
+    """Whether the median success over all `labels` is below MIN_MEDIAN_SUCCESS whatever the labels not yet probed
+    reach: more than half of them already lie below."""
+    return sum(probe.success < MIN_MEDIAN_SUCCESS for probe in probes) > labels // 2
+
+
+def probe_group(
+    model: torch.nn.Module,
+    clean: torch.Tensor,
+    predictions: np.ndarray,
+    group: list[int],
+    train: np.ndarray,
+    config: AdditiveConfig,
+    epsilon: float,
+    meter: EvidenceMeter,
+    seed: int,
+) -> list[AdditiveProbe]:
+    """One pass's labels, optimized together (each its own perturbation, images and loss), then judged by `meter`
+    on its held-out images."""
+    device = meter.device
+    pools = [train[predictions[train] != label] for label in group]
+    pools = [pool if len(pool) else train for pool in pools]  # a model that predicts one label everywhere
+    streams = [np.random.default_rng([seed, STREAM_OFFSET, label]) for label in group]
+    weights = torch.zeros((len(group), *clean.shape[1:]), device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([weights], lr=LEARNING_RATE)
+    targets = torch.tensor(group, device=device).view(-1, 1)
+    for _ in range(config.steps):
+        chosen = np.stack(
+            [pool[rng.integers(0, len(pool), config.mini_batch)] for pool, rng in zip(pools, streams, strict=True)]
+        )
+        batch = clean[torch.from_numpy(chosen).to(device)]  # (K, B, C, H, W)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=meter.bfloat16):
+            log_probs = model(perturbed(batch, weights, epsilon).flatten(0, 1)).float()
+        log_probs = log_probs.view(len(group), config.mini_batch, -1)
+        loss = -log_probs.gather(2, targets.unsqueeze(2).expand(-1, config.mini_batch, 1)).mean(dim=(1, 2)).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    probes, images = [], config.steps * config.mini_batch
+    for index, label in enumerate(group):
+        success, _, mimicry = meter.outcome(label, adding(weights[index : index + 1].detach(), epsilon))
+        probes.append(AdditiveProbe(label, success, meter.victims(label), mimicry, images, epsilon))
+    return probes

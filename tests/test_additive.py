@@ -1,0 +1,245 @@
+"""The additive look: universal additive perturbations per label (scanner/additive.py) and their statistics
+(scanner/decision/additive.py)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cleanse_base.errors import ConfigError
+from scanner.additive import (
+    MIN_MEDIAN_SUCCESS,
+    AdditiveProbe,
+    median_is_below,
+    optimized_on,
+    perturbed,
+    probe_labels,
+)
+from scanner.config import AdditiveConfig, ScanConfig
+from scanner.decision.additive import AdditiveMeasurement, judge_additive, log_odds
+from scanner.decision.evidence import EvidenceMeter, LabelEvidence
+from scanner.decision.rules import EvidenceDecision, PaperDecision
+
+CPU = torch.device("cpu")
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_log_odds_is_finite_at_both_ends_and_increases_with_success():
+    values = [log_odds(success, 200) for success in (0.0, 0.01, 0.2, 0.5, 0.99, 1.0)]
+    assert all(math.isfinite(value) for value in values)
+    assert values == sorted(values) and values[3] == pytest.approx(0.0)
+    assert log_odds(0.0, 200) == pytest.approx(-log_odds(1.0, 200))
+
+
+NATURAL = [0.21, 0.18, 0.25, 0.30, 0.15, 0.22, 0.27, 0.19, 0.24, 0.20]
+
+
+def successes(
+    values: list[float], evaluated: int = 230, mimicries: list[float] | None = None
+) -> dict[int, AdditiveMeasurement]:
+    return {
+        label: AdditiveMeasurement(value, evaluated, mimicries[label] if mimicries else None)
+        for label, value in enumerate(values)
+    }
+
+
+def test_a_label_whose_perturbation_sends_nearly_every_image_is_flagged_and_natural_spread_is_not():
+    planted = list(NATURAL)
+    planted[4] = 0.97
+    judged = judge_additive(successes(planted), alpha=0.001, candidate_z=1.0)
+    assert judged[0].label == 4 and judged[0].flagged and judged[0].z > 4
+    assert [item.label for item in judged if item.flagged] == [4]
+    assert not any(item.flagged for item in judge_additive(successes(NATURAL), 0.001, 1.0))
+    assert judged[0].z == judged[0].z_success and judged[0].z_mimicry == 0.0  # no mimicry measured
+    assert judged[0].to_dict() == {
+        "label": 4,
+        "success": 0.97,
+        "evaluated": 230,
+        "mimicry": None,
+        "z_success": round(judged[0].z_success, 4),
+        "z_mimicry": 0.0,
+        "z": round(judged[0].z, 4),
+        "p_value": judged[0].p_value,
+        "flagged": True,
+    }
+
+
+MIMICRIES = [0.88, 0.90, 0.87, 0.89, 0.91, 0.86, 0.90, 0.88, 0.89, 0.87]
+
+
+def test_a_perturbation_that_makes_images_look_like_the_label_is_natural_and_a_shortcut_is_not():
+    """Faint ink everywhere turns any MNIST digit into an 8: high success, and the perturbed images' features close
+    to the 8s' own; a blended trigger's target is reached by a shortcut, far from its clean images."""
+    planted = list(NATURAL)
+    planted[4] = 0.97
+    natural = judge_additive(successes(planted, mimicries=[*MIMICRIES[:4], 0.96, *MIMICRIES[5:]]), 0.001, 1.0)
+    assert natural[0].label == 4 and natural[0].z_mimicry < 0 and not natural[0].flagged
+    assert natural[0].z < natural[0].z_success
+    shortcut = judge_additive(successes(planted, mimicries=[*MIMICRIES[:4], 0.72, *MIMICRIES[5:]]), 0.001, 1.0)
+    assert shortcut[0].label == 4 and shortcut[0].flagged and shortcut[0].z_mimicry > 3
+    assert shortcut[0].z == pytest.approx((shortcut[0].z_success + shortcut[0].z_mimicry) / math.sqrt(2))
+    few = [None] * 10
+    few[0] = 0.5  # mimicry measured for too few labels: success alone
+    sparse = {label: AdditiveMeasurement(v, 230, few[label]) for label, v in enumerate(planted)}
+    assert judge_additive(sparse, 0.001, 1.0)[0].z_mimicry == 0.0
+
+
+def test_a_few_images_moved_where_no_label_moves_any_are_not_a_finding():
+    """A robust model moves next to nothing at the largest bound: the MAD is 0 there, and the floor keeps one label's
+    three images out of 230 from looking like a backdoor."""
+    quiet = [0.0] * 10
+    quiet[2] = 3 / 230
+    judged = judge_additive(successes(quiet), 0.001, 1.0)
+    assert judged[0].label == 2 and not judged[0].flagged and judged[0].p_value > 0.001
+
+
+def test_the_additive_look_needs_three_labels_with_images():
+    assert judge_additive(successes([0.9, 0.1]), 0.001, 1.0) == []
+    assert judge_additive({**successes([0.9, 0.1, 0.2], evaluated=0), 3: AdditiveMeasurement(0.3, 100)}, 0.001, 1) == []
+
+
+def label_evidence(norms: list[float]) -> dict[int, LabelEvidence]:
+    return {label: LabelEvidence(label, norm, 1.0, 0.5, 0.3, 0.2) for label, norm in enumerate(norms)}
+
+
+NATURAL_NORMS = [40.0, 44.0, 38.0, 51.0, 47.0, 35.0, 42.0, 49.0, 39.0, 45.0]
+
+
+def test_a_flagged_additive_look_flags_its_label_and_gives_the_model_its_score():
+    planted = list(NATURAL)
+    planted[4] = 0.97
+    result = EvidenceDecision().judge(label_evidence(NATURAL_NORMS), None, successes(planted))
+    assert result.flagged == [4] and result.score == result.additive[0].p_value < 0.001
+    assert result.suspect == 4 and result.suspect_pair is None
+    assert result.to_dict()["additive"][0]["label"] == 4
+    without = EvidenceDecision().judge(label_evidence(NATURAL_NORMS))
+    assert without.flagged == [] and without.additive == []
+    assert PaperDecision().judge(label_evidence(NATURAL_NORMS), None, successes(planted)).additive == []
+
+
+# ---------------------------------------------------------------- the perturbations
+
+
+def test_perturbations_are_optimized_on_the_images_the_meter_does_not_judge_them_on():
+    held = np.array([1, 4, 7])
+    assert list(optimized_on(10, held)) == [0, 2, 3, 5, 6, 8, 9]
+    assert list(optimized_on(3, np.array([0, 1, 2]))) == [0, 1, 2]  # no image left apart: all of them
+
+
+def test_a_perturbation_stays_within_its_bound_and_the_pixel_range():
+    images = torch.tensor([0.0, 3.0, 128.0, 254.0, 255.0]).view(1, 1, 1, 1, 5).expand(2, 3, 1, 1, 5)
+    weights = torch.tensor([10.0, -10.0]).view(2, 1, 1, 1).expand(2, 1, 1, 5)
+    out = perturbed(images, weights, epsilon=6.0)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+    assert torch.allclose(out[0, 0, 0, 0], torch.tensor([6.0, 9.0, 134.0, 255.0, 255.0]))
+    assert torch.allclose(out[1, 0, 0, 0], torch.tensor([0.0, 0.0, 122.0, 248.0, 249.0]))
+
+
+def test_the_bound_climbs_only_while_more_than_half_the_labels_lie_below_the_median_success():
+    low = [AdditiveProbe(label, 0.0, 10, None, 1, 6.0) for label in range(5)]
+    high = [AdditiveProbe(label, 0.5, 10, None, 1, 6.0) for label in range(5, 10)]
+    assert not median_is_below(low, 10)  # 5 of 10 below: the other 5 could still lift the median
+    assert median_is_below([*low, AdditiveProbe(5, MIN_MEDIAN_SUCCESS / 2, 10, None, 1, 6.0)], 10)
+    assert not median_is_below(low + high, 10) and median_is_below(low[:3], 5)
+
+
+class OffsetSensitive(nn.Module):
+    """Three classes scored from the image's mean brightness: label 2 wins when the mean rises past 140, label 1
+    when it falls below 60, label 0 in between; log-probabilities out, as the scanner's models give."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images.mean(dim=(1, 2, 3))
+        scores = torch.stack([torch.zeros_like(mean), (60 - mean) / 4, (mean - 140) / 4], dim=1)
+        return torch.log_softmax(scores, dim=1)
+
+
+def test_probes_send_images_where_the_bound_allows_and_climb_until_the_median_label_moves():
+    images = np.random.default_rng(0).uniform(90, 110, (300, 1, 4, 4)).astype(np.float32)  # every image label 0
+    config = AdditiveConfig(steps=40, epsilon=6.0, mini_batch=16)
+    model = OffsetSensitive()
+    meter = EvidenceMeter(model, images, CPU, seed=0)
+    search = probe_labels(model, images, [0, 1, 2], config, meter, seed=0)
+    by_label = {probe.label: probe for probe in search.probes}
+    # at 6 and 12 neither mean threshold is in reach (the median label moves nothing); 48 reaches both
+    assert search.epsilon == 48.0
+    assert by_label[1].success == 1.0 and by_label[2].success == 1.0
+    assert by_label[0].evaluated == 0  # every held-out image is already label 0
+    assert by_label[1].evaluated == 256 and all(probe.epsilon == 48.0 for probe in search.probes)
+    assert by_label[1].mimicry is None  # no last linear layer to read features from
+    assert search.images >= 2 * 40 * 16
+    again = probe_labels(model, images, [0, 1, 2], config, meter, seed=0)
+    assert [(p.label, p.success) for p in again.probes] == [(p.label, p.success) for p in search.probes]
+    assert probe_labels(model, images, [0, 1, 2], AdditiveConfig(steps=0), meter).probes == []
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"steps": -1}, {"epsilon": 0.0}, {"epsilon": 256.0}, {"epsilon": math.nan}, {"mini_batch": 0}],
+)
+def test_additive_settings_out_of_range_are_refused(settings):
+    with pytest.raises(ConfigError, match="additive"):
+        AdditiveConfig(**settings)
+
+
+def test_the_additive_flags_and_a_config_table_map_onto_the_config(tmp_path):
+    from click.testing import CliRunner
+
+    from scanner.cli import additive_settings, main
+    from scanner.config import make_config
+
+    assert additive_settings({"additive_steps": 0, "additive_epsilon": 8.0}) == {"steps": 0, "epsilon": 8.0}
+    assert additive_settings({}) == {}
+    config = make_config({"additive": {"steps": 20, "epsilon": 12}})
+    assert config.additive == AdditiveConfig(steps=20, epsilon=12.0) and ScanConfig().additive == AdditiveConfig()
+    refused = CliRunner().invoke(main, ["scan", "model.onnx", "--data", "d.npz", "--additive-epsilon", "0"])
+    assert refused.exit_code == 2 and "additive-epsilon" in refused.output
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_the_additive_look_finds_a_blended_digits_backdoor_that_the_label_scan_misses(digits, digits_blended, tmp_path):
+    """Noise blended at alpha 0.2 sends any digit to 4: its reversed mask is no smaller than natural triggers, the
+    additive look flags it; on the clean digits model it flags nothing."""
+    from fixtures.digits import BLENDED
+    from scanner import make_config, scan
+    from scanner.html_report import write_html_report
+    from scanner.report import ScanReport, format_summary, write_report
+
+    settings = {"pairs": {"max_pairs": 0}, "reverse": {"max_steps": 60}}
+    report = scan(digits_blended, digits["digits_test.npz"], make_config(settings))
+    additive = report.judged.additive
+    assert additive[0].label == BLENDED.target and additive[0].flagged and additive[0].success > 0.9
+    assert BLENDED.target in report.flagged and report.verdict == "infected"
+    assert report.additive_stage.labels == 10 and report.additive_stage.images > 0
+    assert f"flagged label {BLENDED.target}: success" in format_summary(report)
+    written = write_report(report, tmp_path / "out")
+    assert 'id="additive"' in write_html_report(report, tmp_path / "out").read_text()
+    again = ScanReport.from_json(json.loads(written.read_text()))
+    assert [a.to_dict() for a in again.judged.additive] == [a.to_dict() for a in additive]
+    assert again.additive_stage == report.additive_stage
+    clean = scan(digits["digits_clean.onnx"], digits["digits_test.npz"], make_config(settings))
+    assert not any(item.flagged for item in clean.judged.additive) and len(clean.judged.additive) == 10
+    off = scan(digits_blended, digits["digits_test.npz"], make_config({**settings, "additive": {"steps": 0}}))
+    assert off.judged.additive == [] and off.additive_stage.labels == 0 and "additive " not in format_summary(off)
+
+
+def test_a_perturbation_that_moves_no_image_is_not_a_finding_however_strange_its_features():
+    """Towards a thin MNIST 1 a bounded perturbation moves almost nothing, and the unmoved images' features are far
+    from the 1s' own: a mimicry z-score of 6 to 8 on the zoo, which says nothing of a trigger."""
+    values = [0.10, 0.12, 0.08, 0.11, 0.00, 0.09, 0.13, 0.10, 0.12, 0.11]
+    judged = judge_additive(successes(values, mimicries=[*MIMICRIES[:4], 0.40, *MIMICRIES[5:]]), 0.001, 1.0)
+    quiet = next(item for item in judged if item.label == 4)
+    assert quiet.z_mimicry > 6 and quiet.z_success < 0 and not quiet.flagged
+    result = EvidenceDecision().judge(
+        label_evidence(NATURAL_NORMS), None, successes(values, mimicries=[*MIMICRIES[:4], 0.40, *MIMICRIES[5:]])
+    )
+    assert result.flagged == [] and result.score > quiet.p_value  # nor is it the model's score
