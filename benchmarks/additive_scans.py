@@ -74,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     defaults = AdditiveConfig()
     parser.add_argument("--steps", type=int, default=defaults.steps, help="the scan's --additive-steps")
     parser.add_argument("--epsilon", type=float, default=defaults.epsilon, help="the scan's --additive-epsilon")
+    parser.add_argument("--mini-batch", type=int, default=defaults.mini_batch, help="images a step")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    additive = AdditiveConfig(steps=args.steps, epsilon=args.epsilon)
+    additive = AdditiveConfig(steps=args.steps, epsilon=args.epsilon, mini_batch=args.mini_batch)
     if args.one:
         model, data, seed = args.one
         record = additive_record(Path(model), Path(data), int(seed), args.max_images, additive)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
     pending = [job for job in jobs if not record_path(args.additive, job).is_file()]
-    extra = ["--steps", str(args.steps), "--epsilon", str(args.epsilon)]
+    extra = ["--steps", str(args.steps), "--epsilon", str(args.epsilon), "--mini-batch", str(args.mini_batch)]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for future in as_completed([pool.submit(run_job, job, args.additive, extra) for job in pending]):

@@ -350,6 +350,9 @@ def test_a_report_reads_back_as_it_was_written(report_payload):
         (("contract", "num_classes"), float("nan"), "contract.num_classes: expected int, not float"),
         (("median",), float("nan"), "median: nan is not a finite number"),
         (("model",), None, "model: expected a table, not null"),
+        (("additive_stage", "images"), "many", "additive_stage.images: expected int, not str"),
+        (("decision", "additive"), [{"label": 1, "success": 0.5}], "decision.additive\\[0\\]: missing field"),
+        (("decision", "additive"), "[]", "decision.additive: expected a list, not str"),
     ],
 )
 def test_a_tampered_report_is_refused_with_one_line(report_payload, path, value, message):
