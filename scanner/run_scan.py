@@ -189,7 +189,9 @@ def scan(
     pairs = search.triggers
     pair_stage = PairStage(len(pairs), sum(p.images for p in pairs), time.perf_counter() - pair_started, search.needed)
     additive_started = time.perf_counter()
-    additive = additive_look(inputs, config, meter, additive_progress)
+    # as many images a pass as the reversal's width held (on a GPU, fitted to its memory)
+    additive_width = max(1, session.width * config.reverse.mini_batch // config.additive.mini_batch)
+    additive = additive_look(inputs, config, meter, additive_width, additive_progress)
     additive_stage = AdditiveStage(
         len(additive.probes), additive.epsilon, additive.images, time.perf_counter() - additive_started
     )
@@ -280,10 +282,14 @@ def source_specific_pairs(inputs: ScanInputs, config: ScanConfig, progress: Pair
 
 
 def additive_look(
-    inputs: ScanInputs, config: ScanConfig, meter: EvidenceMeter, progress: AdditiveProgress | None = None
+    inputs: ScanInputs,
+    config: ScanConfig,
+    meter: EvidenceMeter,
+    labels_per_batch: int = 0,
+    progress: AdditiveProgress | None = None,
 ) -> AdditiveSearch:
     """The evidence rule's additive look (scanner/additive.py), unless `--additive-steps 0`: the paper rule has none."""
     if config.decision != "evidence":
         return AdditiveSearch([], 0.0, 0)
     images, labels = inputs.data.images, inputs.labels
-    return probe_labels(inputs.model, images, labels, config.additive, meter, config.seed, progress=progress)
+    return probe_labels(inputs.model, images, labels, config.additive, meter, config.seed, labels_per_batch, progress)
