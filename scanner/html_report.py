@@ -204,21 +204,32 @@ def pair_images(images: list[str]) -> str:
 
 
 def additive_section(report: ScanReport) -> str:
-    """The additive look: every label's success under the same bound, most suspicious first."""
+    """The additive look: every label's success and mimicry under the same bound, most suspicious first."""
     judged, stage = report.judged.additive, report.additive_stage
     if not judged:
         return ""
     rows = [
-        [str(a.label), f"{a.success:.3f}", f"{a.z:+.2f}", f"{a.p_value:.3g}", "flagged" if a.flagged else ""]
+        [
+            str(a.label),
+            f"{a.success:.3f}",
+            "" if a.mimicry is None else f"{a.mimicry:.3f}",
+            f"{a.z_success:+.2f}",
+            f"{a.z_mimicry:+.2f}",
+            f"{a.z:+.2f}",
+            f"{a.p_value:.3g}",
+            "flagged" if a.flagged else "",
+        ]
         for a in judged
     ]
+    headers = ["label", "success", "mimicry", "z success", "z mimicry", "z", "p-value", ""]
     return f"""<h2 id="additive">Additive look</h2>
 <p>Per label, a universal perturbation of at most {stage.epsilon:g} per pixel (0-255 scale) optimized to send the
 clean images to the label ({stage.images:,} images, {stage.seconds:.1f} s), for blended and SIG backdoors, whose
-faint full-image trigger Neural Cleanse's mask cannot express cheaply. Each label's success (on held-out images) as
-a log-odds and a robust z-score against the other labels'; the p-value is corrected for the {len(judged)} labels.
-Flagged below {report.judged.threshold:g}.</p>
-{table(["label", "success", "z", "p-value", ""], rows, {1, 2, 3})}"""
+faint full-image trigger Neural Cleanse's mask cannot express cheaply. Its success on held-out images (as a
+log-odds) and its mimicry (how much the perturbed images look like the label's own: a natural direction adds the
+label's look) as robust z-scores against the other labels', combined; the p-value is corrected for the
+{len(judged)} labels. A label is flagged below {report.judged.threshold:g} where its success's z-score is above 1.</p>
+{table(headers, rows, set(range(1, len(headers) - 1)))}"""
 
 
 def render_report(report: ScanReport, folder: Path) -> str:
