@@ -18,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from benchmarks.pair_scans import SKIPPED_PREFIXES
-from benchmarks.zoo_scans import ScanJob, add_selection_arguments, parse_ints, scan_jobs, single_thread_env
-from fixtures.paths import REPO_ROOT, shared_data_dir
+from benchmarks.pair_scans import stage_jobs
+from benchmarks.zoo_scans import ScanJob, add_selection_arguments, single_thread_env
+from fixtures.paths import REPO_ROOT
 from scanner.additive import probe_labels
 from scanner.config import AdditiveConfig, ScanConfig
 from scanner.decision.evidence import EvidenceMeter
@@ -85,13 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record))
         return 0
-    only = args.only.split(",") if args.only else None
-    jobs, missing = scan_jobs(
-        only, parse_ints(args.seeds), args.max_images, args.models, args.data or shared_data_dir(), args.additive
-    )
-    jobs = [job for job in jobs if not job.name.startswith(SKIPPED_PREFIXES) or only]
-    if missing:
-        print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
+    jobs = stage_jobs(args, args.additive)
     pending = [job for job in jobs if not record_path(args.additive, job).is_file()]
     extra = ["--steps", str(args.steps), "--epsilon", str(args.epsilon), "--mini-batch", str(args.mini_batch)]
     started = time.perf_counter()

@@ -47,6 +47,18 @@ def pair_record(model: Path, data: Path, seed: int, max_images: int, max_pairs: 
     }
 
 
+def stage_jobs(args: argparse.Namespace, records_dir: Path) -> list[ScanJob]:
+    """The jobs of a stage run alone on the zoo (add_selection_arguments' options, one record each in
+    `records_dir`): every built model but Tiny-ImageNet's unless named; prints the models not built."""
+    only = args.only.split(",") if args.only else None
+    jobs, missing = scan_jobs(
+        only, parse_ints(args.seeds), args.max_images, args.models, args.data or shared_data_dir(), records_dir
+    )
+    if missing:
+        print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
+    return [job for job in jobs if not job.name.startswith(SKIPPED_PREFIXES) or only]
+
+
 def record_path(pairs_dir: Path, job: ScanJob) -> Path:
     return pairs_dir / job.name / f"seed{job.seed}.json"
 
@@ -95,13 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record))
         return 0
-    only = args.only.split(",") if args.only else None
-    jobs, missing = scan_jobs(
-        only, parse_ints(args.seeds), args.max_images, args.models, args.data or shared_data_dir(), args.pairs
-    )
-    jobs = [job for job in jobs if not job.name.startswith(SKIPPED_PREFIXES) or only]
-    if missing:
-        print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}", flush=True)
+    jobs = stage_jobs(args, args.pairs)
     if args.check:
         for job in jobs:
             line, ran = run_job(job, args.pairs, args.max_pairs)

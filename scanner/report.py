@@ -482,6 +482,14 @@ def schedule_text(report: ScanReport) -> str:
     return f", {schedule['mode']} schedule{per_label}: {schedule['images']:,} images{stopped}"
 
 
+def findings_text(flagged: list[str], most_suspicious: str, nothing: str) -> str:
+    """A look's findings in a summary line: its flagged items, else its most suspicious one ("": none), else
+    `nothing`."""
+    if flagged:
+        return "flagged " + "; ".join(flagged)
+    return f"most suspicious {most_suspicious}" if most_suspicious else nothing
+
+
 def pair_text(pair: PairJudgement) -> str:
     return f"{pair.source} -> {pair.target}: L1 {pair.norm:.2f}, z {pair.z:.2f}, p {pair.p_value:.3g}"
 
@@ -496,14 +504,8 @@ def pairs_lines(report: ScanReport) -> list[str]:
         ]
     if not stage.pairs:
         return []
-    flagged = [pair for pair in pairs if pair.flagged]
-    shown = (
-        "flagged " + "; ".join(map(pair_text, flagged))
-        if flagged
-        else "most suspicious " + pair_text(pairs[0])
-        if pairs
-        else "too few to judge"
-    )
+    top = pair_text(pairs[0]) if pairs else ""
+    shown = findings_text([pair_text(p) for p in pairs if p.flagged], top, "too few to judge")
     return [
         f"pairs      {stage.pairs} source -> target pairs reversed from one class's images "
         f"({stage.images:,} images, {stage.seconds:.1f} s); {shown}"
@@ -519,14 +521,8 @@ def additive_lines(report: ScanReport) -> list[str]:
     stage, judged = report.additive_stage, report.judged.additive
     if not stage.labels:
         return []
-    flagged = [item for item in judged if item.flagged]
-    shown = (
-        "flagged " + "; ".join(map(additive_text, flagged))
-        if flagged
-        else "most suspicious " + additive_text(judged[0])
-        if judged
-        else "too few labels to judge"
-    )
+    top = additive_text(judged[0]) if judged else ""
+    shown = findings_text([additive_text(item) for item in judged if item.flagged], top, "too few labels to judge")
     return [
         f"additive   a universal perturbation of at most {stage.epsilon:g} per pixel towards each of {stage.labels} "
         f"labels ({stage.images:,} images, {stage.seconds:.1f} s); {shown}"
