@@ -41,9 +41,16 @@ def additive_record(model: Path, data: Path, seed: int, max_images: int, additiv
     return {
         "seconds": time.perf_counter() - started,
         "epsilon": search.epsilon,
+        "epsilons": list(search.epsilons),
         "images": search.images,
         "probes": [
-            {"label": p.label, "success": p.success, "evaluated": p.evaluated, "mimicry": p.mimicry}
+            {
+                "label": p.label,
+                "epsilon": p.epsilon,
+                "success": p.success,
+                "evaluated": p.evaluated,
+                "mimicry": p.mimicry,
+            }
             for p in search.probes
         ],
     }
@@ -62,9 +69,11 @@ def run_job(job: ScanJob, folder: Path, extra: list[str]) -> str:
     if done.returncode:
         return f"{job.name} seed {job.seed}: failed ({done.stderr.strip().splitlines()[-1:]})"
     record = json.loads(out.read_text())
-    best = max(record["probes"], key=lambda p: p["success"], default=None)
+    settled = [p for p in record["probes"] if p["epsilon"] == record["epsilon"]]
+    best = max(settled, key=lambda p: p["success"], default=None)
     top = f", top label {best['label']} at {best['success']:.2f}" if best else ""
-    return f"{job.name} seed {job.seed}: epsilon {record['epsilon']:g}{top}, {record['seconds']:.0f} s"
+    bounds = " and ".join(f"{epsilon:g}" for epsilon in record["epsilons"])
+    return f"{job.name} seed {job.seed}: epsilon {bounds}{top}, {record['seconds']:.0f} s"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,8 @@ alone (the evidence rule before the look), on the scans that have pair records.
 
 `--additive DIR` (default .cache/zoo/additive, from `python -m benchmarks.additive_scans`; a scan whose report judged
 the additive look brings its own) adds the additive look the same way: `evidence` judges labels, pairs and the
-additive look as `cleanse scan` does, `no-additive` the labels and pairs alone, on the scans that have records.
+additive look as `cleanse scan` does, `one-rung` with the additive look at its settled bound alone (`--additive-rungs
+1`, the look before schema 1.14), `no-additive` the labels and pairs alone, on the scans that have records.
 
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
 measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
@@ -44,7 +45,7 @@ from benchmarks.pair_scans import PAIRS_DIR
 from benchmarks.zoo_scans import SCANS_DIR
 from fixtures.paths import DEFAULT_CACHE
 from fixtures.zoo import ZooCard, model_paths
-from scanner.decision.additive import AdditiveMeasurement
+from scanner.decision.additive import AdditiveLooks, AdditiveMeasurement, looks_by_bound
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
 from scanner.mitigate.report_folder import read_scan_report
@@ -61,7 +62,7 @@ class ZooScan:
     evidence: dict[int, LabelEvidence]
     report: ScanReport
     pairs: dict[tuple[int, int], float] | None = None  # (source, target) -> L1 norm, from benchmarks.pair_scans
-    additive: dict[int, AdditiveMeasurement] | None = None  # label -> its look, from benchmarks.additive_scans
+    additive: AdditiveLooks | None = None  # bound -> label -> its look, from benchmarks.additive_scans
 
 
 def decision_norms(report: ScanReport) -> dict[int, float]:
@@ -139,24 +140,29 @@ def saved_pairs(
     return {(p["source"], p["target"]): p["l1_norm"] for p in json.loads(record.read_text())["pairs"]}
 
 
-def saved_additive(
-    report: ScanReport, additive_dir: Path | None, model: str, seed: int
-) -> dict[int, AdditiveMeasurement] | None:
+def saved_additive(report: ScanReport, additive_dir: Path | None, model: str, seed: int) -> AdditiveLooks | None:
     """The scan's additive look: its own where its report judged one, else the record of
-    benchmarks/additive_scans.py in `additive_dir`, if any."""
+    benchmarks/additive_scans.py in `additive_dir`, if any (records before the second bound: the settled one)."""
     if not additive_dir:
         return None
     stage = report.additive_stage
     if stage.labels and report.decision is not None:
-        return {
-            item.label: AdditiveMeasurement(item.success, item.evaluated, item.mimicry)
+        return looks_by_bound(
+            (item.epsilon, item.label, AdditiveMeasurement(item.success, item.evaluated, item.mimicry))
             for item in report.decision.additive
-        }
+        )
     record = additive_dir / model / f"seed{seed}.json"
     if not record.is_file():
         return None
-    probes = json.loads(record.read_text())["probes"]
-    return {p["label"]: AdditiveMeasurement(p["success"], p["evaluated"], p["mimicry"]) for p in probes}
+    saved = json.loads(record.read_text())
+    return looks_by_bound(
+        (
+            p.get("epsilon", saved["epsilon"]),
+            p["label"],
+            AdditiveMeasurement(p["success"], p["evaluated"], p["mimicry"]),
+        )
+        for p in saved["probes"]
+    )
 
 
 def load_scans(
@@ -218,14 +224,20 @@ def roc_auc(positives: list[float], negatives: list[float]) -> float:
     return wins / (len(positives) * len(negatives))
 
 
+def settled_bound(looks: AdditiveLooks | None) -> AdditiveLooks | None:
+    """The additive look at its settled bound (the smallest judged) alone."""
+    return {min(looks): looks[min(looks)]} if looks else looks
+
+
 def judge_all(scans: list[ZooScan], rules: dict[str, object]) -> dict[tuple[str, str, int], DecisionResult]:
     """Every scan judged by every rule; the `evidence` rule with the scan's pairs and additive look where it has
-    them, `no-additive` with its pairs alone."""
+    them, `one-rung` with the look at its settled bound alone, `no-additive` with its pairs alone."""
+    additive = {"evidence": lambda scan: scan.additive, "one-rung": lambda scan: settled_bound(scan.additive)}
     return {
         (name, s.model, s.seed): rule.judge(  # type: ignore[attr-defined]
             s.evidence,
-            s.pairs if name in ("evidence", "no-additive") else None,
-            s.additive if name == "evidence" else None,
+            s.pairs if name in ("evidence", "one-rung", "no-additive") else None,
+            additive[name](s) if name in additive else None,
         )
         for name, rule in rules.items()
         for s in scans
@@ -373,7 +385,12 @@ def main(argv: list[str] | None = None) -> None:
     shared = set.intersection(*({(scan.model, scan.seed) for scan in scans} for scans in loaded))
     rules = {"evidence": EvidenceDecision(args.alpha), "paper": PaperDecision()}
     if args.additive:
-        rules = {"evidence": rules["evidence"], "no-additive": EvidenceDecision(args.alpha), "paper": rules["paper"]}
+        rules = {
+            "evidence": rules["evidence"],
+            "one-rung": EvidenceDecision(args.alpha),
+            "no-additive": EvidenceDecision(args.alpha),
+            "paper": rules["paper"],
+        }
     elif args.pairs:
         rules = {"evidence": rules["evidence"], "labels-only": EvidenceDecision(args.alpha), "paper": rules["paper"]}
     for folder, scans in zip(folders, loaded, strict=True):

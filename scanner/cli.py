@@ -173,7 +173,14 @@ def pair_settings(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def additive_settings(options: dict[str, Any]) -> dict[str, Any]:
-    return given(AdditiveConfig, {"steps": options.get("additive_steps"), "epsilon": options.get("additive_epsilon")})
+    return given(
+        AdditiveConfig,
+        {
+            "steps": options.get("additive_steps"),
+            "epsilon": options.get("additive_epsilon"),
+            "rungs": options.get("additive_rungs"),
+        },
+    )
 
 
 def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
@@ -312,6 +319,12 @@ shared_scan_options = options(
         "--additive-epsilon",
         type=click.FloatRange(min=0, max=255, min_open=True),
         help="evidence rule: the additive look's bound on every pixel's change, 0-255 scale (default 6).",
+    ),
+    click.option(
+        "--additive-rungs",
+        type=click.IntRange(min=1),
+        help="evidence rule: bounds the additive look judges, the settled one and the rungs above it (default 2; "
+        "1: the settled one alone, half the look's cost past it).",
     ),
     click.option(
         "--mad-threshold",

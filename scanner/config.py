@@ -200,6 +200,8 @@ class AdditiveConfig:
     steps: int = 60  # 0: no additive look
     epsilon: float = 6.0  # largest change of any pixel, on the 0-255 scale
     mini_batch: int = 32  # on the zoo the verdicts of 64 (126 scans), at half the images
+    # bounds judged: the settled one and the rungs above it (within the ladder); 1 judges the settled one alone
+    rungs: int = 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -207,6 +209,8 @@ class AdditiveConfig:
     def validate(self) -> AdditiveConfig:
         if self.steps < 0:
             raise ConfigError(f"additive.steps must be 0 (no additive look) or positive, not {self.steps}")
+        if self.rungs < 1:
+            raise ConfigError(f"additive.rungs must be at least 1 (the settled bound), not {self.rungs}")
         if not (math.isfinite(self.epsilon) and 0 < self.epsilon <= 255):
             raise ConfigError(f"additive.epsilon must be in (0, 255] (raw pixels), not {self.epsilon}")
         if self.mini_batch <= 0:

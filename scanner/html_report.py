@@ -204,13 +204,14 @@ def pair_images(images: list[str]) -> str:
 
 
 def additive_section(report: ScanReport) -> str:
-    """The additive look: every label's success and mimicry under the same bound, most suspicious first."""
+    """The additive look: every label's success and mimicry at each bound judged, most suspicious first."""
     judged, stage = report.judged.additive, report.additive_stage
     if not judged:
         return ""
     rows = [
         [
             str(a.label),
+            f"{a.epsilon:g}",
             f"{a.success:.3f}",
             "" if a.mimicry is None else f"{a.mimicry:.3f}",
             f"{a.z_success:+.2f}",
@@ -221,14 +222,22 @@ def additive_section(report: ScanReport) -> str:
         ]
         for a in judged
     ]
-    headers = ["label", "success", "mimicry", "z success", "z mimicry", "z", "p-value", ""]
+    headers = ["label", "bound", "success", "mimicry", "z success", "z mimicry", "z", "p-value", ""]
+    bounds = stage.bounds()
+    where = (
+        f"at most {bounds[0]:g} per pixel (0-255 scale), the bound at which the median label first moved 10% of the "
+        f"images, and at {' and '.join(f'{bound:g}' for bound in bounds[1:])} above it (the next doublings),"
+        if len(bounds) > 1
+        else f"at most {stage.epsilon:g} per pixel (0-255 scale)"
+    )
     return f"""<h2 id="additive">Additive look</h2>
-<p>Per label, a universal perturbation of at most {stage.epsilon:g} per pixel (0-255 scale) optimized to send the
-clean images to the label ({stage.images:,} images, {stage.seconds:.1f} s), for blended and SIG backdoors, whose
-faint full-image trigger Neural Cleanse's mask cannot express cheaply. Its success on held-out images (as a
-log-odds) and its mimicry (how much the perturbed images look like the label's own: a natural direction adds the
-label's look) as robust z-scores against the other labels', combined; the p-value is corrected for the
-{len(judged)} labels. A label is flagged below {report.judged.threshold:g} where its success's z-score is above 1.</p>
+<p>Per label, a universal perturbation of {where} optimized to send the clean images to the label
+({stage.images:,} images, {stage.seconds:.1f} s), for blended and SIG backdoors, whose faint full-image trigger
+Neural Cleanse's mask cannot express cheaply. Its success on held-out images (as a log-odds) and its mimicry (how
+much the perturbed images look like the label's own: a natural direction adds the label's look) as robust z-scores
+against the other labels' at the same bound, combined; the p-value is corrected for the {stage.labels} labels and
+the {len(bounds)} bound(s). A label is flagged below {report.judged.threshold:g} where its success's z-score is
+above 1.</p>
 {table(headers, rows, set(range(1, len(headers) - 1)))}"""
 
 

@@ -24,7 +24,7 @@ from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.13"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.14"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -34,7 +34,9 @@ SCHEMA_VERSION = "1.13"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # source-specific look; older reports: none); 1.10: decision "close_flag" (flagged, but within the close band);
 # 1.11: config reverse.initial_mask_max (older reports: 1, as they ran); 1.12: reverse.initial_mask_max may be a list,
 # one range per start; 1.13: config "additive", "additive_stage" (bound, images, seconds) and decision "additive" (the
-# evidence rule's additive look; older reports: none)
+# evidence rule's additive look; older reports: none); 1.14: config additive.rungs, "additive_stage.epsilons" and per
+# look "epsilon" (every label judged at the settled bound and the next rung up; older reports: the settled bound
+# alone, rungs 1)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -84,9 +86,14 @@ class AdditiveStage:
     """What the additive look (scanner/additive.py) cost, and the bound its perturbations were judged at."""
 
     labels: int = 0  # labels probed (0: the look did not run)
-    epsilon: float = 0.0  # the bound on every pixel's change, 0-255 scale
+    epsilon: float = 0.0  # the settled bound on every pixel's change, 0-255 scale
     images: int = 0  # images pushed forward and backward over every bound tried
     seconds: float = 0.0
+    epsilons: list[float] = field(default_factory=list)  # every bound judged: the settled one, the next rung up
+
+    def bounds(self) -> list[float]:
+        """Every bound judged (reports before schema 1.14 judged the settled one alone)."""
+        return self.epsilons or ([self.epsilon] if self.labels else [])
 
 
 @dataclass
@@ -174,7 +181,7 @@ class ScanReport:
     def from_json(cls, payload: Any, where: str = "report.json") -> ScanReport:
         """The report `to_json_dict` wrote, every value's type checked (a report folder is untrusted input):
         a one-line ConfigError naming the first bad field. The trigger arrays stay on disk."""
-        document = from_plain(_ReportDocument, payload, where, ConfigError, allow_unknown=True)
+        document = from_plain(_ReportDocument, _as_they_ran(payload), where, ConfigError, allow_unknown=True)
         labels = [_label_from_json(entry, f"{where}.labels[{i}]") for i, entry in enumerate(document.labels)]
         flagged = document.flagged_labels
         classes = document.contract.num_classes
@@ -207,7 +214,9 @@ class ScanReport:
             schedule=document.schedule,
             pair_stage=document.pair_stage,
             additive_stage=document.additive_stage,
-            decision=_decision_from_json(document.decision, flagged, f"{where}.decision")
+            decision=_decision_from_json(
+                document.decision, flagged, f"{where}.decision", document.additive_stage.epsilon
+            )
             if document.decision
             else None,
         )
@@ -331,7 +340,19 @@ class _DecisionJson:
     additive: list[AdditiveJudgement] = field(default_factory=list)  # absent before schema 1.13
 
 
-def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -> DecisionResult:
+def _as_they_ran(payload: Any) -> Any:
+    """Settings older reports leave out, as those scans ran: before schema 1.14 the additive look judged one bound."""
+    config = payload.get("config") if isinstance(payload, dict) else None
+    additive = config.get("additive") if isinstance(config, dict) else None
+    if not isinstance(additive, dict) or "rungs" in additive:
+        return payload
+    return {**payload, "config": {**config, "additive": {**additive, "rungs": 1}}}
+
+
+def _decision_from_json(
+    entry: dict[str, Any], flagged: list[int], where: str, settled_epsilon: float = 0.0
+) -> DecisionResult:
+    """The decision; additive looks of reports before schema 1.14 were all judged at the settled bound."""
     document = from_plain(_DecisionJson, entry, where, ConfigError, allow_unknown=True)
     if document.flagged != flagged:
         raise ConfigError(f"{where}.flagged {document.flagged[:10]} differs from flagged_labels {flagged[:10]}")
@@ -346,7 +367,7 @@ def _decision_from_json(entry: dict[str, Any], flagged: list[int], where: str) -
         document.measures,
         document.inconclusive_below,
         [_pair_from_json(item, f"{where}.pairs") for item in document.pairs],
-        document.additive,
+        [item if item.epsilon else dataclasses.replace(item, epsilon=settled_epsilon) for item in document.additive],
     )
 
 
@@ -513,18 +534,23 @@ def pairs_lines(report: ScanReport) -> list[str]:
 
 
 def additive_text(item: AdditiveJudgement) -> str:
-    return f"label {item.label}: success {item.success:.2f}, z {item.z:.2f}, p {item.p_value:.3g}"
+    return f"label {item.label} at {item.epsilon:g}: success {item.success:.2f}, z {item.z:.2f}, p {item.p_value:.3g}"
 
 
 def additive_lines(report: ScanReport) -> list[str]:
-    """The additive look: its bound and cost, its flagged labels or its most suspicious one."""
+    """The additive look: its bounds and cost, its flagged labels (each at its most suspicious bound) or its most
+    suspicious one."""
     stage, judged = report.additive_stage, report.judged.additive
     if not stage.labels:
         return []
     top = additive_text(judged[0]) if judged else ""
-    shown = findings_text([additive_text(item) for item in judged if item.flagged], top, "too few labels to judge")
+    flagged = {item.label: item for item in reversed(judged) if item.flagged}  # each label's most suspicious look
+    shown = findings_text(
+        [additive_text(item) for item in sorted(flagged.values(), key=judged.index)], top, "too few labels to judge"
+    )
+    bounds = " and ".join(f"{epsilon:g}" for epsilon in stage.bounds())
     return [
-        f"additive   a universal perturbation of at most {stage.epsilon:g} per pixel towards each of {stage.labels} "
+        f"additive   a universal perturbation of at most {bounds} per pixel towards each of {stage.labels} "
         f"labels ({stage.images:,} images, {stage.seconds:.1f} s); {shown}"
     ]
 

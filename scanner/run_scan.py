@@ -19,7 +19,6 @@ from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softm
 from scanner.additive import AdditiveProgress, AdditiveSearch, probe_labels
 from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
-from scanner.decision.additive import AdditiveMeasurement
 from scanner.decision.evidence import EvidenceMeter
 from scanner.decision.rules import DecisionResult, make_decision, norms_of
 from scanner.mad import MIN_LABELS, mad_outliers
@@ -193,13 +192,13 @@ def scan(
     additive_width = max(1, session.width * config.reverse.mini_batch // config.additive.mini_batch)
     additive = additive_look(inputs, config, meter, additive_width, additive_progress)
     additive_stage = AdditiveStage(
-        len(additive.probes), additive.epsilon, additive.images, time.perf_counter() - additive_started
+        len({p.label for p in additive.probes}),
+        additive.epsilon,
+        additive.images,
+        time.perf_counter() - additive_started,
+        list(additive.epsilons),
     )
-    judged = decision.judge(
-        evidence,
-        {(p.source, p.target): p.norm for p in pairs},
-        {p.label: AdditiveMeasurement(p.success, p.evaluated, p.mimicry) for p in additive.probes},
-    )
+    judged = decision.judge(evidence, {(p.source, p.target): p.norm for p in pairs}, additive.looks())
     label_results = [
         LabelResult(
             label=t.label,
@@ -290,6 +289,6 @@ def additive_look(
 ) -> AdditiveSearch:
     """The evidence rule's additive look (scanner/additive.py), unless `--additive-steps 0`: the paper rule has none."""
     if config.decision != "evidence":
-        return AdditiveSearch([], 0.0, 0)
+        return AdditiveSearch([], (), 0)
     images, labels = inputs.data.images, inputs.labels
     return probe_labels(inputs.model, images, labels, config.additive, meter, config.seed, labels_per_batch, progress)

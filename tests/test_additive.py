@@ -19,7 +19,7 @@ from scanner.additive import (
     probe_labels,
 )
 from scanner.config import AdditiveConfig, ScanConfig
-from scanner.decision.additive import AdditiveMeasurement, judge_additive, log_odds
+from scanner.decision.additive import AdditiveMeasurement, judge_additive, log_odds, looks_by_bound
 from scanner.decision.evidence import EvidenceMeter, LabelEvidence
 from scanner.decision.rules import EvidenceDecision, PaperDecision
 
@@ -39,11 +39,14 @@ NATURAL = [0.21, 0.18, 0.25, 0.30, 0.15, 0.22, 0.27, 0.19, 0.24, 0.20]
 
 
 def successes(
-    values: list[float], evaluated: int = 230, mimicries: list[float] | None = None
-) -> dict[int, AdditiveMeasurement]:
+    values: list[float], evaluated: int = 230, mimicries: list[float] | None = None, epsilon: float = 6.0
+) -> dict[float, dict[int, AdditiveMeasurement]]:
+    """One bound's looks: label i's perturbation sent `values[i]` of `evaluated` images."""
     return {
-        label: AdditiveMeasurement(value, evaluated, mimicries[label] if mimicries else None)
-        for label, value in enumerate(values)
+        epsilon: {
+            label: AdditiveMeasurement(value, evaluated, mimicries[label] if mimicries else None)
+            for label, value in enumerate(values)
+        }
     }
 
 
@@ -57,6 +60,7 @@ def test_a_label_whose_perturbation_sends_nearly_every_image_is_flagged_and_natu
     assert judged[0].z == judged[0].z_success and judged[0].z_mimicry == 0.0  # no mimicry measured
     assert judged[0].to_dict() == {
         "label": 4,
+        "epsilon": 6.0,
         "success": 0.97,
         "evaluated": 230,
         "mimicry": None,
@@ -84,7 +88,7 @@ def test_a_perturbation_that_makes_images_look_like_the_label_is_natural_and_a_s
     assert shortcut[0].z == pytest.approx((shortcut[0].z_success + shortcut[0].z_mimicry) / math.sqrt(2))
     few = [None] * 10
     few[0] = 0.5  # mimicry measured for too few labels: success alone
-    sparse = {label: AdditiveMeasurement(v, 230, few[label]) for label, v in enumerate(planted)}
+    sparse = {6.0: {label: AdditiveMeasurement(v, 230, few[label]) for label, v in enumerate(planted)}}
     assert judge_additive(sparse, 0.001, 1.0)[0].z_mimicry == 0.0
 
 
@@ -99,7 +103,37 @@ def test_a_few_images_moved_where_no_label_moves_any_are_not_a_finding():
 
 def test_the_additive_look_needs_three_labels_with_images():
     assert judge_additive(successes([0.9, 0.1]), 0.001, 1.0) == []
-    assert judge_additive({**successes([0.9, 0.1, 0.2], evaluated=0), 3: AdditiveMeasurement(0.3, 100)}, 0.001, 1) == []
+    assert (
+        judge_additive(
+            {6.0: {**successes([0.9, 0.1, 0.2], evaluated=0)[6.0], 3: AdditiveMeasurement(0.3, 100)}}, 0.001, 1
+        )
+        == []
+    )
+
+
+def test_every_bound_is_judged_on_its_own_and_the_p_values_pay_for_the_bounds():
+    """A blend stronger than the settled bound carries stands out only at the next rung up (gtsrb-blended-bn on the
+    zoo: 0.92 of the images at 6 against a median of 0.29, all of them at 12): judged there against the other labels
+    at 12, flagged, its p-value doubled for the two bounds judged."""
+    settled = [0.21, 0.18, 0.25, 0.30, 0.55, 0.22, 0.27, 0.19, 0.24, 0.20]
+    stronger = [0.61, 0.58, 0.66, 0.70, 1.00, 0.62, 0.69, 0.57, 0.64, 0.60]
+    looks = {**successes(settled, epsilon=6.0), **successes(stronger, epsilon=12.0)}
+    judged = judge_additive(looks, 0.001, 1.0)
+    assert len(judged) == 20 and {item.epsilon for item in judged} == {6.0, 12.0}
+    assert (judged[0].label, judged[0].epsilon) == (4, 12.0) and judged[0].flagged
+    alone = judge_additive(successes(stronger, epsilon=12.0), 0.001, 1.0)[0]
+    assert judged[0].p_value == pytest.approx(2 * alone.p_value) and judged[0].z == alone.z
+    at_settled = next(item for item in judged if item.epsilon == 6.0 and item.label == 4)
+    assert not at_settled.flagged  # 0.55 at 6 is no finding: only the stronger bound shows it
+    assert not any(item.flagged for item in judge_additive(successes(settled), 0.001, 1.0))
+    # a bound with too few labels to judge costs the others nothing
+    thin = judge_additive({**successes(stronger, epsilon=12.0), **successes([0.9, 0.1], epsilon=24.0)}, 0.001, 1.0)
+    assert thin[0].p_value == alone.p_value
+
+
+def test_looks_group_by_bound():
+    one, two = AdditiveMeasurement(0.5, 10), AdditiveMeasurement(0.2, 10)
+    assert looks_by_bound([(6.0, 1, one), (12.0, 1, two), (6.0, 2, two)]) == {6.0: {1: one, 2: two}, 12.0: {1: two}}
 
 
 def label_evidence(norms: list[float]) -> dict[int, LabelEvidence]:
@@ -164,8 +198,9 @@ def test_probes_send_images_where_the_bound_allows_and_climb_until_the_median_la
     meter = EvidenceMeter(model, images, CPU, seed=0)
     search = probe_labels(model, images, [0, 1, 2], config, meter, seed=0)
     by_label = {probe.label: probe for probe in search.probes}
-    # at 6 and 12 neither mean threshold is in reach (the median label moves nothing); 48 reaches both
-    assert search.epsilon == 48.0
+    # at 6 and 12 neither mean threshold is in reach (the median label moves nothing); 48 reaches both, and as the
+    # ladder's top it is the one bound judged
+    assert search.epsilon == 48.0 and search.epsilons == (48.0,)
     assert by_label[1].success == 1.0 and by_label[2].success == 1.0
     assert by_label[0].evaluated == 0  # every held-out image is already label 0
     assert by_label[1].evaluated == 256 and all(probe.epsilon == 48.0 for probe in search.probes)
@@ -176,12 +211,33 @@ def test_probes_send_images_where_the_bound_allows_and_climb_until_the_median_la
     assert probe_labels(model, images, [0, 1, 2], AdditiveConfig(steps=0), meter).probes == []
 
 
+def test_a_bound_below_the_ladders_top_is_judged_with_the_next_rung_up():
+    images = np.random.default_rng(0).uniform(90, 110, (300, 1, 4, 4)).astype(np.float32)
+    config = AdditiveConfig(steps=40, epsilon=48.0, mini_batch=16)  # the ladder 48, 96, 192, 255
+    model = OffsetSensitive()
+    meter = EvidenceMeter(model, images, CPU, seed=0)
+    search = probe_labels(model, images, [0, 1, 2], config, meter, seed=0)
+    assert search.epsilons == (48.0, 96.0) and search.epsilon == 48.0
+    assert sorted((probe.epsilon, probe.label) for probe in search.probes) == [
+        (epsilon, label) for epsilon in (48.0, 96.0) for label in range(3)
+    ]
+    assert search.images == 2 * 3 * 40 * 16  # every label at both bounds, nothing tried below
+    looks = search.looks()
+    assert set(looks) == {48.0, 96.0} and looks[96.0][2].success == 1.0
+    one = probe_labels(model, images, [0, 1, 2], AdditiveConfig(steps=40, epsilon=48.0, mini_batch=16, rungs=1), meter)
+    assert one.epsilons == (48.0,) and one.images == 3 * 40 * 16
+    three = probe_labels(
+        model, images, [0, 1, 2], AdditiveConfig(steps=40, epsilon=48.0, mini_batch=16, rungs=3), meter
+    )
+    assert three.epsilons == (48.0, 96.0, 192.0) and len(three.probes) == 9
+
+
 # ---------------------------------------------------------------- settings
 
 
 @pytest.mark.parametrize(
     "settings",
-    [{"steps": -1}, {"epsilon": 0.0}, {"epsilon": 256.0}, {"epsilon": math.nan}, {"mini_batch": 0}],
+    [{"steps": -1}, {"epsilon": 0.0}, {"epsilon": 256.0}, {"epsilon": math.nan}, {"mini_batch": 0}, {"rungs": 0}],
 )
 def test_additive_settings_out_of_range_are_refused(settings):
     with pytest.raises(ConfigError, match="additive"):
@@ -195,6 +251,7 @@ def test_the_additive_flags_and_a_config_table_map_onto_the_config(tmp_path):
     from scanner.config import make_config
 
     assert additive_settings({"additive_steps": 0, "additive_epsilon": 8.0}) == {"steps": 0, "epsilon": 8.0}
+    assert additive_settings({"additive_rungs": 1}) == {"rungs": 1}
     assert additive_settings({}) == {}
     config = make_config({"additive": {"steps": 20, "epsilon": 12}})
     assert config.additive == AdditiveConfig(steps=20, epsilon=12.0) and ScanConfig().additive == AdditiveConfig()
@@ -220,12 +277,21 @@ def test_the_additive_look_finds_a_blended_digits_backdoor_that_the_label_scan_m
     assert additive[0].label == BLENDED.target and additive[0].flagged and additive[0].success > 0.9
     assert BLENDED.target in report.flagged and report.verdict == "infected"
     assert report.additive_stage.labels == 10 and report.additive_stage.images > 0
-    assert f"flagged label {BLENDED.target}: success" in format_summary(report)
+    assert f"flagged label {BLENDED.target} at {additive[0].epsilon:g}: success" in format_summary(report)
     written = write_report(report, tmp_path / "out")
     assert 'id="additive"' in write_html_report(report, tmp_path / "out").read_text()
     again = ScanReport.from_json(json.loads(written.read_text()))
     assert [a.to_dict() for a in again.judged.additive] == [a.to_dict() for a in additive]
     assert again.additive_stage == report.additive_stage
+    older = json.loads(written.read_text())  # as schema 1.13 wrote it: no bound per look, the settled one judged
+    del older["additive_stage"]["epsilons"]
+    for item in older["decision"]["additive"]:
+        del item["epsilon"]
+    settled = report.additive_stage.epsilon
+    del older["config"]["additive"]["rungs"]
+    read = ScanReport.from_json(older)
+    assert {item.epsilon for item in read.judged.additive} == {settled} and read.additive_stage.bounds() == [settled]
+    assert read.config.additive.rungs == 1 and again.config.additive.rungs == 2  # as each scan ran
     clean = scan(digits["digits_clean.onnx"], digits["digits_test.npz"], make_config(settings))
     assert not any(item.flagged for item in clean.judged.additive) and len(clean.judged.additive) == 10
     off = scan(digits_blended, digits["digits_test.npz"], make_config({**settings, "additive": {"steps": 0}}))

@@ -8,14 +8,15 @@ adds the label's own look (faint ink everywhere turns any MNIST digit into an 8,
 MNIST models), a blended or SIG trigger reaches its target by a shortcut (0.66 to 0.77 on the MNIST and CIFAR-10
 ones). They are combined
 (Stouffer, equal weights); the p-value is the combined z-score's normal tail, corrected for the number of labels
-(Sidak). docs/measurements.md ("The additive look") gives its calibration on the clean zoo models.
+(Sidak) and for the number of bounds the labels were judged at (Bonferroni: the settled bound and the next rung up,
+scanner/additive.py). docs/measurements.md ("The additive look") gives its calibration on the clean zoo models.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
 
@@ -33,6 +34,20 @@ class AdditiveMeasurement:
     mimicry: float | None = None  # None where the model has no last linear layer or the label too few images
 
 
+# bound (0-255 scale) -> label -> what its perturbation did there
+AdditiveLooks = Mapping[float, Mapping[int, AdditiveMeasurement]]
+
+
+def looks_by_bound(
+    entries: Iterable[tuple[float, int, AdditiveMeasurement]],
+) -> dict[float, dict[int, AdditiveMeasurement]]:
+    """(bound, label, measurement) entries as AdditiveLooks."""
+    looks: dict[float, dict[int, AdditiveMeasurement]] = {}
+    for epsilon, label, measurement in entries:
+        looks.setdefault(epsilon, {})[label] = measurement
+    return looks
+
+
 @dataclass(frozen=True)
 class AdditiveJudgement:
     label: int
@@ -42,12 +57,14 @@ class AdditiveJudgement:
     z_success: float  # positive = more images sent than the other labels' perturbations send
     z_mimicry: float  # positive = less like the label's own images than the others' are (0: not measured)
     z: float  # the two combined
-    p_value: float  # family-wise, corrected for the number of labels
+    p_value: float  # family-wise, corrected for the number of labels and of bounds
     flagged: bool
+    epsilon: float = 0.0  # the bound the perturbation was optimized under (0: not recorded, reports before 1.14)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "label": self.label,
+            "epsilon": self.epsilon,
             "success": round(self.success, 4),
             "evaluated": self.evaluated,
             "mimicry": None if self.mimicry is None else round(self.mimicry, 4),
@@ -65,14 +82,26 @@ def log_odds(success: float, evaluated: int) -> float:
     return math.log((sent + 0.5) / (evaluated - sent + 0.5))
 
 
-def judge_additive(
-    measured: Mapping[int, AdditiveMeasurement], alpha: float, candidate_z: float
-) -> list[AdditiveJudgement]:
-    """Every label's judgement, most suspicious first: flagged when its p-value is below `alpha` and its success's
-    z-score above `candidate_z` (the mimicry weighs a perturbation that works; of one that moves no image it says
-    nothing: on the zoo's MNIST models, perturbations towards a thin 1 that moved 0 to 5% of the images scored
-    mimicry z-scores of 6 to 8); [] with fewer than MIN_LABELS labels with images. The mimicry joins where most
-    labels have one."""
+def judge_additive(looks: AdditiveLooks, alpha: float, candidate_z: float) -> list[AdditiveJudgement]:
+    """Every label's judgement at every bound, most suspicious first: each bound's labels are judged against each
+    other (judge_bound), the p-values corrected for the number of bounds judged; flagged when the p-value is below
+    `alpha` and the success's z-score above `candidate_z` (the mimicry weighs a perturbation that works; of one that
+    moves no image it says nothing: on the zoo's MNIST models, perturbations towards a thin 1 that moved 0 to 5% of
+    the images scored mimicry z-scores of 6 to 8)."""
+    judged = [judge_bound(measured, epsilon) for epsilon, measured in looks.items()]
+    judged = [bound for bound in judged if bound]
+    judgements = []
+    for bound in judged:
+        for item in bound:
+            p_value = min(1.0, item.p_value * len(judged))
+            flagged = p_value < alpha and item.z_success > candidate_z
+            judgements.append(replace(item, p_value=p_value, flagged=flagged))
+    return sorted(judgements, key=lambda judgement: (judgement.p_value, -judgement.z, judgement.epsilon))
+
+
+def judge_bound(measured: Mapping[int, AdditiveMeasurement], epsilon: float) -> list[AdditiveJudgement]:
+    """The judgements of one bound's labels against each other, p-values corrected for the number of labels (none
+    flagged yet); [] with fewer than MIN_LABELS labels with images. The mimicry joins where most labels have one."""
     judged = {label: item for label, item in measured.items() if item.evaluated > 0}
     if len(judged) < MIN_LABELS:
         return []
@@ -95,7 +124,8 @@ def judge_additive(
                 z_mimicry.get(label, 0.0),
                 z,
                 p_value,
-                p_value < alpha and z_success[label] > candidate_z,
+                False,
+                epsilon,
             )
         )
-    return sorted(judgements, key=lambda judgement: (judgement.p_value, -judgement.z))
+    return judgements

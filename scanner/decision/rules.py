@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from scanner.decision.additive import AdditiveJudgement, AdditiveMeasurement, judge_additive
+from scanner.decision.additive import AdditiveJudgement, AdditiveLooks, judge_additive
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.pairs import PairJudgement, judge_pairs
 from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
@@ -151,7 +151,7 @@ class Decision(Protocol):
         self,
         evidence: Mapping[int, LabelEvidence],
         pairs: Mapping[tuple[int, int], float] | None = None,
-        additive: Mapping[int, AdditiveMeasurement] | None = None,
+        additive: AdditiveLooks | None = None,
     ) -> DecisionResult: ...
 
     def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
@@ -175,7 +175,7 @@ class PaperDecision:
         self,
         evidence: Mapping[int, LabelEvidence],
         pairs: Mapping[tuple[int, int], float] | None = None,
-        additive: Mapping[int, AdditiveMeasurement] | None = None,
+        additive: AdditiveLooks | None = None,
     ) -> DecisionResult:
         """The paper's rule judges labels only: `pairs` and `additive` are not looked at."""
         return paper_result(mad_outliers(norms_of(evidence), self.threshold))
@@ -258,12 +258,12 @@ class EvidenceDecision:
         self,
         evidence: Mapping[int, LabelEvidence],
         pairs: Mapping[tuple[int, int], float] | None = None,
-        additive: Mapping[int, AdditiveMeasurement] | None = None,
+        additive: AdditiveLooks | None = None,
     ) -> DecisionResult:
         """Judge every label, and with `pairs` ((source, target) -> the L1 norm of the trigger reversed from the
-        source's images, scanner/pairs.py) every pair: a flagged pair flags its target; with `additive` (label ->
-        what its additive perturbation did, scanner/additive.py) every label's additive look: a flagged look flags
-        its label."""
+        source's images, scanner/pairs.py) every pair: a flagged pair flags its target; with `additive` (bound ->
+        label -> what its additive perturbation did, scanner/additive.py) every label's additive look at every
+        bound: a flagged look flags its label."""
         judgements, measures = self._judgements(evidence, evidence)
         flagged = [
             label
