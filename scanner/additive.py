@@ -21,7 +21,7 @@ at 12 all of them: docs/measurements.md, "The additive look").
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ class AdditiveProbe:
     mimicry: float | None  # cosine of the perturbed images' features to the label's clean mean (EvidenceMeter)
     images: int  # images pushed forward and backward while it was optimized
     epsilon: float  # the bound it was optimized under
+    # the perturbation itself, (C, H, W) raw-pixel offsets within +-epsilon (None: not kept); not compared
+    delta: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 # called as each label's probe is done: (that probe, labels done at its bound, labels in all)
@@ -186,6 +188,8 @@ def probe_group(
         optimizer.step()
     probes, images = [], config.steps * config.mini_batch
     for index, label in enumerate(group):
-        success, _, mimicry = meter.outcome(label, adding(weights[index : index + 1].detach(), epsilon))
-        probes.append(AdditiveProbe(label, success, meter.victims(label), mimicry, images, epsilon))
+        kept = weights[index : index + 1].detach()
+        success, _, mimicry = meter.outcome(label, adding(kept, epsilon))
+        delta = (epsilon * torch.tanh(kept[0])).float().cpu().numpy()
+        probes.append(AdditiveProbe(label, success, meter.victims(label), mimicry, images, epsilon, delta))
     return probes

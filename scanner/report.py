@@ -16,6 +16,7 @@ from cleanse_base.files import atomic_output, check_writable_folder, real_folder
 from cleanse_base.plain import from_plain
 from cleanse_base.text import printable
 from converters.contract import ModelContract
+from scanner.additive import AdditiveProbe
 from scanner.config import ScanConfig
 from scanner.decision.additive import AdditiveJudgement
 from scanner.decision.pairs import PairJudgement
@@ -119,6 +120,8 @@ class ScanReport:
     pair_stage: PairStage = field(default_factory=PairStage)
     # the flagged pairs' triggers and the most suspicious pair's (run_scan.shown_pairs); not in the JSON
     pair_triggers: list[PairTrigger] = field(default_factory=list, repr=False)
+    # the flagged additive looks' perturbations and the most suspicious look's (run_scan.shown_additive); not in JSON
+    additive_triggers: list[AdditiveProbe] = field(default_factory=list, repr=False)
     additive_stage: AdditiveStage = field(default_factory=AdditiveStage)
 
     @property
@@ -425,6 +428,24 @@ def write_trigger(folder: Path, trigger: LabelTrigger | PairTrigger) -> None:
         _save_atomic(Path(f"{paths[kind]}.npy"), lambda file, array=array: np.save(file, array))
 
 
+def additive_path(folder: Path, label: int) -> Path:
+    """The stem of a label's additive perturbation files (.npy: H x W x C raw-pixel offsets; .png to look at)."""
+    return folder / TRIGGER_FOLDER / f"label_{label:03d}_additive"
+
+
+def write_additive(folder: Path, probe: AdditiveProbe) -> None:
+    """A label's additive perturbation as .npy (H, W, C) raw-pixel offsets, the format `cleanse mitigate` reads, and
+    as a PNG where mid-grey is no change and black and white the bound either way."""
+    if probe.delta is None:
+        return
+    stem = additive_path(folder, probe.label)
+    real_folder(stem.parent)
+    delta_hwc = probe.delta.transpose(1, 2, 0).astype(np.float32)
+    shown = 127.5 + delta_hwc * (127.5 / probe.epsilon)
+    _save_atomic(Path(f"{stem}.png"), lambda file: _to_image(shown).save(file, "PNG"))
+    _save_atomic(Path(f"{stem}.npy"), lambda file: np.save(file, delta_hwc))
+
+
 def read_trigger(folder: str | Path, label: int) -> tuple[np.ndarray, np.ndarray]:
     """(mask (H, W), pattern (H, W, C)) of a label from a report folder."""
     paths = trigger_paths(Path(folder), label)
@@ -454,6 +475,8 @@ def write_report(report: ScanReport, folder: str | Path, inputs: Iterable[str | 
     real_folder(folder)
     for trigger in [*report.triggers, *report.pair_triggers]:
         write_trigger(folder, trigger)
+    for probe in report.additive_triggers:
+        write_additive(folder, probe)
     path = folder / REPORT_FILES[0]
     write_json_atomic(path, report.to_json_dict())
     return path

@@ -16,7 +16,7 @@ from cleanse_base.errors import ConfigError, DataError
 from cleanse_base.version import __version__
 from converters.intake import IntakeResult, intake_model
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
-from scanner.additive import AdditiveProgress, AdditiveSearch, probe_labels
+from scanner.additive import AdditiveProbe, AdditiveProgress, AdditiveSearch, probe_labels
 from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
 from scanner.decision.evidence import EvidenceMeter
@@ -248,6 +248,7 @@ def scan(
         triggers=triggers,
         pair_stage=pair_stage,
         pair_triggers=shown_pairs(pairs, judged),
+        additive_triggers=shown_additive(additive.probes, judged),
         additive_stage=additive_stage,
     )
 
@@ -256,6 +257,16 @@ def shown_pairs(pairs: list[PairTrigger], judged: DecisionResult) -> list[PairTr
     """The pair triggers a report keeps: the flagged pairs' and the most suspicious pair's."""
     kept = {(j.source, j.target) for j in judged.pairs[:1] + [j for j in judged.pairs if j.flagged]}
     return [p for p in pairs if (p.source, p.target) in kept]
+
+
+def shown_additive(probes: list[AdditiveProbe], judged: DecisionResult) -> list[AdditiveProbe]:
+    """The additive perturbations a report keeps, for mitigation to remove and people to see: each flagged label's
+    at its most suspicious flagged bound, and the most suspicious look's."""
+    wanted: dict[int, float] = {}
+    for rank, look in enumerate(judged.additive):  # most suspicious first
+        if (look.flagged or rank == 0) and look.label not in wanted:
+            wanted[look.label] = look.epsilon
+    return [probe for probe in probes if wanted.get(probe.label) == probe.epsilon]
 
 
 def pairs_wanted(config: ScanConfig) -> bool:

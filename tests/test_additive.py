@@ -298,6 +298,42 @@ def test_the_additive_look_finds_a_blended_digits_backdoor_that_the_label_scan_m
     assert off.judged.additive == [] and off.additive_stage.labels == 0 and "additive " not in format_summary(off)
 
 
+@pytest.mark.slow
+def test_a_flagged_additive_look_keeps_its_perturbation_and_mitigation_removes_it(digits, digits_blended, tmp_path):
+    """The report folder keeps the flagged look's perturbation; `cleanse mitigate` then removes it beside the
+    label's reversed mask: the real blend (noise at alpha 0.2) stops working after unlearning."""
+    from fixtures.digits import BLENDED
+    from scanner import make_config, scan
+    from scanner.mitigate import MitigationConfig, mitigate
+    from scanner.report import write_report
+
+    settings = {"pairs": {"max_pairs": 0}, "reverse": {"max_steps": 60}}
+    report = scan(digits_blended, digits["digits_test.npz"], make_config(settings))
+    folder = tmp_path / "scan"
+    write_report(report, folder)
+    kept = sorted(path.name for path in (folder / "triggers").glob("*additive*"))
+    assert kept == ["label_004_additive.npy", "label_004_additive.png"]  # the flagged look, also the most suspicious
+    delta = np.load(folder / "triggers" / "label_004_additive.npy")
+    flagged = next(item for item in report.judged.additive if item.flagged)
+    assert delta.shape == (8, 8, 1) and np.abs(delta).max() <= flagged.epsilon
+    real = BLENDED.trigger((8, 8, 1))
+    np.save(tmp_path / "mask.npy", real.mask)
+    np.save(tmp_path / "pattern.npy", real.pattern)
+    result, _ = mitigate(
+        digits_blended,
+        folder,
+        digits["digits_test.npz"],
+        MitigationConfig(method="unlearn"),
+        tmp_path / "patched.onnx",
+        trigger=(tmp_path / "mask.npy", tmp_path / "pattern.npy"),
+        trigger_target=BLENDED.target,
+    )
+    additive = "label 4 (additive)"
+    assert set(result.before.attack_success) == {"label 4 (reversed)", additive, "real"}
+    assert result.before.attack_success[additive] > 0.9 and result.after.attack_success[additive] < 0.1
+    assert result.before.attack_success["real"] > 0.9 and result.after.attack_success["real"] < 0.1
+
+
 def test_a_perturbation_that_moves_no_image_is_not_a_finding_however_strange_its_features():
     """Towards a thin MNIST 1 a bounded perturbation moves almost nothing, and the unmoved images' features are far
     from the 1s' own: a mimicry z-score of 6 to 8 on the zoo, which says nothing of a trigger."""

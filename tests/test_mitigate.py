@@ -25,7 +25,13 @@ from scanner.mitigate import METHODS, MitigationConfig, MitigationMethod, mitiga
 from scanner.mitigate.methods import method_named
 from scanner.mitigate.prune import interleaved_order
 from scanner.mitigate.reattack import reattack_success, within_budget
-from scanner.mitigate.triggers import load_trigger_files, require_labels, reversed_trigger
+from scanner.mitigate.triggers import (
+    AdditiveTrigger,
+    load_trigger_files,
+    require_labels,
+    reversed_additive_trigger,
+    reversed_trigger,
+)
 from scanner.model import ScoringModel
 from scanner.preprocess import make_scaling
 from scanner.report import ScanReport
@@ -421,6 +427,43 @@ def test_tampered_trigger_arrays_are_refused(tmp_path, which, plant, message):
         load_trigger_files(files["mask"], files["pattern"], (1, 8, 8))
     assert "\n" not in str(caught.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("plant", "message"),
+    [
+        (lambda p, m: np.save(p, np.full((8, 8, 1), 7.0, np.float32)), "within the bound \\+-6"),
+        (lambda p, m: np.save(p, np.full((8, 8, 1), np.nan, np.float32)), "must be finite"),
+        (lambda p, m: np.save(p, np.zeros((8, 8), np.float32)), "additive perturbation has shape \\[8, 8\\]"),
+        (write_pickled_npy, "must be a numeric array, not object"),
+        (lambda p, m: write_npy_header_only(p, (100_000, 100_000)), "over the limit image_elements"),
+        (lambda p, m: os.mkfifo(p), "must be a regular file"),
+    ],
+)
+def test_tampered_additive_perturbations_are_refused(tmp_path, plant, message):
+    """A report folder is untrusted: a label's additive perturbation is checked (shape, no pickle, size, values
+    within the bound the report states) before mitigation uses it."""
+    path = tmp_path / "triggers" / "label_004_additive.npy"
+    path.parent.mkdir()
+    marker = tmp_path / "marker"
+    plant(path, marker)
+    with pytest.raises(DataError, match=message) as caught:
+        reversed_additive_trigger(tmp_path, 4, 6.0, (1, 8, 8))
+    assert "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_an_additive_trigger_adds_its_perturbation_within_the_pixel_range(tmp_path):
+    delta = np.linspace(-6, 6, 64, dtype=np.float32).reshape(8, 8, 1)
+    (tmp_path / "triggers").mkdir()
+    np.save(tmp_path / "triggers" / "label_004_additive.npy", delta)
+    trigger = reversed_additive_trigger(tmp_path, 4, 6.0, (1, 8, 8))
+    assert trigger.name == "label 4 (additive)" and trigger.target == 4 and trigger.delta.shape == (1, 8, 8)
+    images = np.stack([np.full((1, 8, 8), 2.0), np.full((1, 8, 8), 253.0)]).astype(np.float32)
+    stamped = trigger.apply(images)
+    assert stamped.dtype == np.float32 and stamped.min() == 0.0 and stamped.max() == 255.0
+    np.testing.assert_allclose(stamped[0, 0, 4, 4], 2.0 + delta[4, 4, 0])
+    assert AdditiveTrigger("t", np.zeros((1, 8, 8), np.float32), 6.0, 1).apply(images).tolist() == images.tolist()
 
 
 def test_a_valid_trigger_loads_as_chw(tmp_path):

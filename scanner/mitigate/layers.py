@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from cleanse_base.errors import ConfigError
-from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.triggers import AnyTrigger
 from scanner.mitigate.workbench import Workbench
 from scanner.mitigate.writeback import INITIALIZER_CONTAINER, tensor_at
 
@@ -124,7 +124,7 @@ def neuron_activations(bench: Workbench, layer: Layer, images: np.ndarray) -> np
     return np.concatenate(rows)
 
 
-def trigger_elevation(bench: Workbench, layer: Layer, images: np.ndarray, triggers: list[Trigger]) -> np.ndarray:
+def trigger_elevation(bench: Workbench, layer: Layer, images: np.ndarray, triggers: list[AnyTrigger]) -> np.ndarray:
     """How much more each neuron fires on triggered images than on the same images clean, on average."""
     clean = neuron_activations(bench, layer, images).mean(axis=0)
     triggered = [neuron_activations(bench, layer, t.apply(images)).mean(axis=0) for t in triggers]

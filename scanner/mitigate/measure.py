@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.triggers import AnyTrigger, Trigger
 from scanner.model import predict_labels
 
 # raw NCHW images -> a bool flag per image (True: rejected as triggered)
@@ -34,7 +34,7 @@ def measure(
     model: nn.Module,
     images: np.ndarray,
     labels: np.ndarray,
-    triggers: list[Trigger],
+    triggers: list[AnyTrigger],
     device: torch.device,
     screen: Screen | None = None,
 ) -> Measurement:

@@ -16,7 +16,7 @@ from torch import nn
 
 from scanner.data import CleanData
 from scanner.mitigate.measure import victims
-from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.triggers import AdditiveTrigger, AnyTrigger, Trigger
 from scanner.model import predict_labels
 from scanner.reverse import PIXEL_MAX, mask_from_tanh, pattern_from_tanh, stamp, to_tanh
 
@@ -68,9 +68,36 @@ def reattack(
     return Trigger(f"{trigger.name}, re-attacked", mask.cpu().numpy(), pattern.cpu().numpy(), trigger.target)
 
 
+def reattack_additive(
+    model: nn.Module,
+    trigger: AdditiveTrigger,
+    images: np.ndarray,
+    labels: np.ndarray,
+    bound: float,
+    device: torch.device,
+    seed: int,
+) -> AdditiveTrigger:
+    """`trigger` re-optimized against `model` on the clean `images` not of its target, within +-`bound` per pixel
+    (warm-started from its own perturbation)."""
+    start = np.clip(trigger.delta / bound, -1 + SATURATION, 1 - SATURATION)
+    weights = torch.from_numpy(np.arctanh(start).astype(np.float32)).to(device).requires_grad_(True)
+    optimizer = torch.optim.Adam([weights], lr=LEARNING_RATE, betas=BETAS)
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(labels != trigger.target)
+    for _ in range(UPDATES):
+        batch = torch.from_numpy(images[pool[rng.integers(0, len(pool), REATTACK_BATCH)]]).to(device)
+        log_probs = model((batch + bound * torch.tanh(weights)).clamp(0.0, PIXEL_MAX))
+        loss = -log_probs[:, trigger.target].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    delta = (bound * torch.tanh(weights)).detach().cpu().numpy()
+    return AdditiveTrigger(f"{trigger.name}, re-attacked", delta, bound, trigger.target)
+
+
 def reattack_success(
     model: nn.Module,
-    trigger: Trigger,
+    trigger: AnyTrigger,
     repair: CleanData,
     judged: CleanData,
     budget_factor: float,
@@ -78,8 +105,14 @@ def reattack_success(
     seed: int,
 ) -> float:
     """Attack success on the judged images (those not of the target) of `trigger` re-attacked on the repair
-    images, its mask allowed `budget_factor` times the reversed mask's L1 norm."""
-    budget = budget_factor * float(np.abs(trigger.mask).sum())
-    attacked = reattack(model, trigger, repair.images, repair.labels, budget, device, seed)
+    images: a mask allowed `budget_factor` times the reversed mask's L1 norm, an additive perturbation that many
+    times its bound (at most the pixel range)."""
+    attacked: AnyTrigger
+    if isinstance(trigger, AdditiveTrigger):
+        bound = min(PIXEL_MAX, budget_factor * trigger.epsilon)
+        attacked = reattack_additive(model, trigger, repair.images, repair.labels, bound, device, seed)
+    else:
+        budget = budget_factor * float(np.abs(trigger.mask).sum())
+        attacked = reattack(model, trigger, repair.images, repair.labels, budget, device, seed)
     stamped = attacked.apply(victims(judged.images, judged.labels, trigger.target))
     return float(np.mean(predict_labels(model, stamped, device) == trigger.target))

@@ -19,9 +19,12 @@ from scanner.mitigate.methods import method_named
 from scanner.mitigate.report_folder import read_scan_report, report_json, report_scaling
 from scanner.mitigate.result import RESULT_FILE, MitigationResult, write_result
 from scanner.mitigate.triggers import (
+    AnyTrigger,
     Trigger,
+    additive_trigger_file,
     load_trigger_files,
     require_labels,
+    reversed_additive_trigger,
     reversed_trigger,
     reversed_trigger_files,
     split_holdout,
@@ -51,10 +54,35 @@ def check_outputs(
     labels = list(config.labels) or report.flagged
     report_files = [report_json(report_folder)]
     report_files += [path for label in labels for path in reversed_trigger_files(report_folder, label)]
+    report_files += [additive_trigger_file(report_folder, label) for label in additive_bounds(report, labels)]
     data_path = None if isinstance(data, CleanData) else data
     refuse_overlap([model, *report_files, data_path, *(trigger or ())], [out, json_out])
     for path in (out, json_out):
         check_writable_file(path)
+
+
+def additive_bounds(report: ScanReport, labels: list[int]) -> dict[int, float]:
+    """Label -> the bound of its most suspicious flagged additive look, for the `labels` the scan's additive look
+    flagged: the report folder keeps that perturbation (run_scan.shown_additive)."""
+    bounds: dict[int, float] = {}
+    for look in report.judged.additive:  # most suspicious first
+        if look.flagged and look.label in labels:
+            bounds.setdefault(look.label, look.epsilon)
+    return bounds
+
+
+def scan_triggers(
+    report: ScanReport, report_folder: Path, labels: list[int], image_shape: tuple[int, int, int]
+) -> list[AnyTrigger]:
+    """What the scan found for each label: its reversed mask and pattern, and where its additive look flagged it,
+    that perturbation too."""
+    additive = additive_bounds(report, labels)
+    triggers: list[AnyTrigger] = []
+    for label in labels:
+        triggers.append(reversed_trigger(report_folder, label, image_shape))
+        if label in additive:
+            triggers.append(reversed_additive_trigger(report_folder, label, additive[label], image_shape))
+    return triggers
 
 
 def load_model(model_path: Path, report: ScanReport, report_folder: Path) -> ConvertedModel:
@@ -118,14 +146,14 @@ def mitigate(
     converted = load_model(model, report, report_folder)
     contract = converted.contract
     labels = require_labels(config.labels, report.flagged, contract.num_classes)
-    triggers = [reversed_trigger(report_folder, label, contract.image_shape) for label in labels]
+    triggers = scan_triggers(report, report_folder, labels, contract.image_shape)
     repair, holdout = split_holdout(load_data(data, converted, config), config.holdout_fraction, config.seed)
     scaling = report_scaling(report, contract.channels)
     converted.module.to(device)
     scoring = scoring_model(converted, scaling, device)  # trains through the logits of a final Softmax
     weight_map = build_weight_map(converted.module, converted.prepared)
     bench = Workbench(converted, scoring, weight_map, repair, holdout, triggers, config, device)
-    measured = list(triggers)
+    measured: list[AnyTrigger] = list(triggers)
     if trigger is not None:
         measured.append(real_trigger_of(trigger, trigger_target, scoring, holdout.images, device))
     before = measure(scoring, holdout.images, holdout.labels, measured, device)

@@ -1,5 +1,7 @@
 """The data a mitigation works with: clean images split into repair and held-out parts, and triggers
-(reversed ones from a scan report, or the real one the user holds) stamped on them."""
+(reversed ones from a scan report, or the real one the user holds) stamped on them: a mask and pattern, or, where
+the scan's additive look flagged the label, the additive perturbation it found (a blend or a sinusoid over the
+whole image, which no small mask expresses)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from cleanse_base.limits import check_limit
 from cleanse_base.text import one_line
 from scanner.config import check_label_range
 from scanner.data import CleanData
-from scanner.report import trigger_paths
+from scanner.report import additive_path, trigger_paths
 from scanner.reverse import PIXEL_MAX, stamp
 
 NPY_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -31,6 +33,39 @@ class Trigger:
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Raw NCHW images with the trigger stamped on, as the scan stamps them."""
         return stamp(images, self.mask[None, None], self.pattern[None]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AdditiveTrigger:
+    name: str  # "label 7 (additive)"
+    delta: np.ndarray  # float32 (C, H, W) raw-pixel offsets within +-epsilon
+    epsilon: float  # the bound the scan optimized it under
+    target: int
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """Raw NCHW images with the perturbation added, clipped to the pixel range, as the scan added it."""
+        return np.clip(images + self.delta[None], 0.0, PIXEL_MAX).astype(np.float32)
+
+
+AnyTrigger = Trigger | AdditiveTrigger
+
+
+def additive_trigger_file(report_folder: Path, label: int) -> Path:
+    """The .npy of a label's additive perturbation in a scan report folder."""
+    return Path(f"{additive_path(report_folder, label)}.npy")
+
+
+def reversed_additive_trigger(
+    report_folder: Path, label: int, epsilon: float, image_shape: tuple[int, int, int]
+) -> AdditiveTrigger:
+    """A label's additive perturbation from a report folder, checked against the model's image shape and the bound
+    the report says it was optimized under before it is used."""
+    path = additive_trigger_file(report_folder, label)
+    channels, height, width = image_shape
+    delta = read_npy(path, "additive perturbation", (height, width, channels), "[H, W, C] raw-pixel offsets")
+    if not np.abs(delta).max() <= epsilon * (1 + 1e-5):  # also false for NaN
+        raise DataError(f"{path}: additive perturbation values must be finite and within the bound +-{epsilon:g}")
+    return AdditiveTrigger(f"label {label} (additive)", _to_chw(delta), epsilon, label)
 
 
 def reversed_trigger_files(report_folder: Path, label: int) -> tuple[Path, Path]:
@@ -105,7 +140,7 @@ def split_holdout(data: CleanData, holdout_fraction: float, seed: int) -> tuple[
 
 
 def stamp_fraction(
-    images: np.ndarray, triggers: list[Trigger], fraction: float, rng: np.random.Generator
+    images: np.ndarray, triggers: list[AnyTrigger], fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
     """A copy of `images` with a random `fraction` of them stamped, the triggers taking turns."""
     chosen = rng.choice(len(images), size=round(fraction * len(images)), replace=False)

@@ -9,7 +9,7 @@ import torch
 from converters.onnx_to_torch import ConvertedModel
 from scanner.data import CleanData
 from scanner.mitigate.config import MitigationConfig
-from scanner.mitigate.triggers import Trigger
+from scanner.mitigate.triggers import AnyTrigger
 from scanner.mitigate.writeback import WeightMap
 from scanner.model import ScoringModel
 
@@ -21,7 +21,7 @@ class Workbench:
     weight_map: WeightMap
     repair: CleanData
     holdout: CleanData
-    triggers: list[Trigger]  # the reversed ones being removed
+    triggers: list[AnyTrigger]  # the reversed ones being removed
     config: MitigationConfig
     device: torch.device
 
