@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cleanse_base.files import write_bytes_atomic
 from cleanse_base.text import format_number as fmt
-from scanner.report import ScanReport, decision_norm, rule_text, schedule_text, trigger_paths
+from scanner.report import ScanReport, additive_path, decision_norm, rule_text, schedule_text, trigger_paths
 
 REPORT_HTML = "report.html"
 TRIGGER_KINDS = ("mask", "pattern", "fusion")
@@ -203,8 +203,12 @@ def pair_images(images: list[str]) -> str:
     return f'{caption}<div class="grid">{"".join(images)}</div>'
 
 
-def additive_section(report: ScanReport) -> str:
-    """The additive look: every label's success and mimicry at each bound judged, most suspicious first."""
+ADDITIVE_SHOWN = 20  # the most suspicious looks in the table (every look is in report.json)
+
+
+def additive_section(report: ScanReport, folder: Path) -> str:
+    """The additive look: the most suspicious labels' success and mimicry at each bound judged, and the perturbations
+    the report folder keeps."""
     judged, stage = report.judged.additive, report.additive_stage
     if not judged:
         return ""
@@ -220,9 +224,17 @@ def additive_section(report: ScanReport) -> str:
             f"{a.p_value:.3g}",
             "flagged" if a.flagged else "",
         ]
-        for a in judged
+        for a in judged[:ADDITIVE_SHOWN]
     ]
     headers = ["label", "bound", "success", "mimicry", "z success", "z mimicry", "z", "p-value", ""]
+    kept = [Path(f"{additive_path(folder, label)}.png") for label in dict.fromkeys(a.label for a in judged)]
+    images = [f'<img src="{png_data_uri(path)}" alt="{path.stem}">' for path in kept if path.exists()]
+    shown = (
+        "<p>The perturbations kept (mid-grey: no change; black and white: the bound either way), of the flagged "
+        f'looks and the most suspicious one:</p><div class="grid">{"".join(images)}</div>'
+        if images
+        else ""
+    )
     bounds = stage.bounds()
     where = (
         f"at most {bounds[0]:g} per pixel (0-255 scale), the bound at which the median label first moved 10% of the "
@@ -237,8 +249,9 @@ Neural Cleanse's mask cannot express cheaply. Its success on held-out images (as
 much the perturbed images look like the label's own: a natural direction adds the label's look) as robust z-scores
 against the other labels' at the same bound, combined; the p-value is corrected for the {stage.labels} labels and
 the {len(bounds)} bound(s). A label is flagged below {report.judged.threshold:g} where its success's z-score is
-above 1.</p>
-{table(headers, rows, set(range(1, len(headers) - 1)))}"""
+above 1. The {min(ADDITIVE_SHOWN, len(judged))} most suspicious looks:</p>
+{table(headers, rows, set(range(1, len(headers) - 1)))}
+{shown}"""
 
 
 def render_report(report: ScanReport, folder: Path) -> str:
@@ -275,7 +288,7 @@ MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 {bar_chart_svg(norms, report.flagged, mad.median, cutoff)}
 {evidence_section(report)}
 {pairs_section(report, folder)}
-{additive_section(report)}
+{additive_section(report, folder)}
 <h2>Reversed triggers</h2>
 {trigger_grid(report, folder)}
 <h2>Labels</h2>

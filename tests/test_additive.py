@@ -279,7 +279,8 @@ def test_the_additive_look_finds_a_blended_digits_backdoor_that_the_label_scan_m
     assert report.additive_stage.labels == 10 and report.additive_stage.images > 0
     assert f"flagged label {BLENDED.target} at {additive[0].epsilon:g}: success" in format_summary(report)
     written = write_report(report, tmp_path / "out")
-    assert 'id="additive"' in write_html_report(report, tmp_path / "out").read_text()
+    html = write_html_report(report, tmp_path / "out").read_text()
+    assert 'id="additive"' in html and f'alt="label_{BLENDED.target:03d}_additive"' in html  # the kept perturbation
     again = ScanReport.from_json(json.loads(written.read_text()))
     assert [a.to_dict() for a in again.judged.additive] == [a.to_dict() for a in additive]
     assert again.additive_stage == report.additive_stage
