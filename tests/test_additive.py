@@ -3,6 +3,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -333,6 +334,16 @@ def test_a_flagged_additive_look_keeps_its_perturbation_and_mitigation_removes_i
     assert set(result.before.attack_success) == {"label 4 (reversed)", additive, "real"}
     assert result.before.attack_success[additive] > 0.9 and result.after.attack_success[additive] < 0.1
     assert result.before.attack_success["real"] > 0.9 and result.after.attack_success["real"] < 0.1
+    older = tmp_path / "older"  # a report of schema 1.13 kept no perturbation: the label's mask alone is removed
+    shutil.copytree(folder, older)
+    for path in (older / "triggers").glob("*additive*"):
+        path.unlink()
+    payload = json.loads((older / "report.json").read_text())
+    del payload["additive_stage"]["epsilons"]
+    (older / "report.json").write_text(json.dumps(payload))
+    config = MitigationConfig(method="unlearn")
+    before_schema, _ = mitigate(digits_blended, older, digits["digits_test.npz"], config, tmp_path / "older.onnx")
+    assert set(before_schema.before.attack_success) == {"label 4 (reversed)"}
 
 
 def test_a_perturbation_that_moves_no_image_is_not_a_finding_however_strange_its_features():

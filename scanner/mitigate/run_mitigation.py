@@ -63,7 +63,10 @@ def check_outputs(
 
 def additive_bounds(report: ScanReport, labels: list[int]) -> dict[int, float]:
     """Label -> the bound of its most suspicious flagged additive look, for the `labels` the scan's additive look
-    flagged: the report folder keeps that perturbation (run_scan.shown_additive)."""
+    flagged: the report folder keeps that perturbation (run_scan.shown_additive) since schema 1.14, whose reports
+    name the bounds judged (older ones kept none: their labels are removed through their masks alone)."""
+    if not report.additive_stage.epsilons:
+        return {}
     bounds: dict[int, float] = {}
     for look in report.judged.additive:  # most suspicious first
         if look.flagged and look.label in labels:
