@@ -154,6 +154,9 @@ def test_a_flagged_additive_look_flags_its_label_and_gives_the_model_its_score()
     without = EvidenceDecision().judge(label_evidence(NATURAL_NORMS))
     assert without.flagged == [] and without.additive == []
     assert PaperDecision().judge(label_evidence(NATURAL_NORMS), None, successes(planted)).additive == []
+    both = {**successes(planted, epsilon=6.0), **successes(planted, epsilon=12.0)}  # flagged at both bounds
+    twice = EvidenceDecision().judge(label_evidence(NATURAL_NORMS), None, both)
+    assert twice.flagged == [4] and [item.label for item in twice.additive if item.flagged] == [4, 4]
 
 
 # ---------------------------------------------------------------- the perturbations
