@@ -129,10 +129,11 @@ def saved_evidence(report: ScanReport, folder: Path) -> dict[int, LabelEvidence]
 def saved_pairs(
     report: ScanReport, pairs_dir: Path | None, model: str, seed: int
 ) -> dict[tuple[int, int], float] | None:
-    """The scan's pair norms: its own where its report judged pairs (a scan since pairs ran in `cleanse scan`),
-    else the pair record of benchmarks/pair_scans.py in `pairs_dir`, if any."""
+    """The scan's pair norms: its own where its scan ran the pair stage (since pairs ran in `cleanse scan`; none
+    where the whole table exceeded --pairs), else the pair record of benchmarks/pair_scans.py in `pairs_dir`, if
+    any."""
     judged = report.decision.pairs if report.decision is not None else []
-    if pairs_dir and judged:
+    if pairs_dir and (judged or report.pair_stage.needed):
         return {(pair.source, pair.target): pair.norm for pair in judged}
     record = pairs_dir / model / f"seed{seed}.json" if pairs_dir else None
     if record is None or not record.is_file():
