@@ -69,8 +69,9 @@ def test_the_chart_marks_flagged_bars_and_skips_a_threshold_below_zero() -> None
 def test_scan_out_writes_one_self_contained_report_html(scanned: Path) -> None:
     html = (scanned / "reports" / "infected" / REPORT_HTML).read_text()
     sources = re.findall(r'src="([^"]*)"', html)
-    # mask, pattern and fusion of the 10 labels and of the most suspicious source-specific pair
-    assert len(sources) == 33 and all(source.startswith("data:image/png;base64,") for source in sources)
+    # mask, pattern and fusion of the 10 labels and of the most suspicious source-specific pair, and the most
+    # suspicious additive look's perturbation
+    assert len(sources) == 34 and all(source.startswith("data:image/png;base64,") for source in sources)
     assert "<script" not in html and "<link" not in html and 'href="http' not in html
     assert 'id="label-7"' in html and 'class="threshold"' in html
 
@@ -125,7 +126,7 @@ def test_chromium_renders_both_pages_with_the_flagged_label(browser, scanned: Pa
     images_loaded = browser.execute_script(
         "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
     )
-    assert len(images_loaded) == 33 and all(images_loaded)  # 10 labels and the top pair, 3 images each
+    assert len(images_loaded) == 34 and all(images_loaded)  # 10 labels and the top pair, 3 each; 1 additive look
     flagged_bar = browser.find_element(By.CSS_SELECTOR, "svg rect.bar.flagged")
     assert flagged_bar.size["height"] > 0 and browser.find_element(By.CSS_SELECTOR, "svg line.threshold")
     assert severe_console_messages(browser) == []

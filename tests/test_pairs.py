@@ -215,7 +215,8 @@ def test_reverse_pairs_finds_the_planted_source_specific_trigger():
 def test_the_source_specific_look_on_a_label_specific_digits_model(digits, digits_label_specific, tmp_path):
     """A white pixel sends digit 3, and only 3, to 5: no label's trigger is small, the pair 3 -> 5's is the
     smallest its source and target explain (60 steps a pair: at the default 30 the runner-up, 4 -> 6, a natural
-    pair, comes within 0.4 of a z-unit on this 8x8 data)."""
+    pair, comes within 0.4 of a z-unit on this 8x8 data; at 60 its z-score stays 0.4 to 0.6 below the planted
+    pair's, depending on the machine's round-off, and its trigger about three times the planted one's L1 norm)."""
     from fixtures.digits import LABEL_SPECIFIC
     from scanner import make_config, scan
     from scanner.html_report import write_html_report
@@ -226,8 +227,10 @@ def test_the_source_specific_look_on_a_label_specific_digits_model(digits, digit
     assert len(pairs) == 90 and report.pair_stage.pairs == 90 and report.pair_stage.images > 0
     top, runner_up = pairs[0], pairs[1]
     assert (top.source, top.target) == (LABEL_SPECIFIC.source, LABEL_SPECIFIC.target)
-    assert top.z > runner_up.z + 0.5 and top.norm < 3.0
-    assert report.judged.suspect == LABEL_SPECIFIC.target and report.judged.suspect_pair == top
+    assert top.z > runner_up.z and top.norm < 3.0 and top.norm < 0.5 * runner_up.norm
+    # the model's most suspicious finding names the target: through the pair, or where the machine's round-off gives
+    # the target's own label look the smaller p-value (0.04 against the pair's 0.18 on one 2-core AMX machine), there
+    assert report.judged.suspect == LABEL_SPECIFIC.target and report.judged.suspect_pair in (None, top)
     assert f"most suspicious {top.source} -> {top.target}" in format_summary(report)
     written = write_report(report, tmp_path / "out")
     assert (tmp_path / "out" / "triggers" / "pair_003_to_005_mask.npy").is_file()  # the most suspicious pair's
