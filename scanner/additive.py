@@ -30,7 +30,7 @@ from scanner.config import AdditiveConfig
 from scanner.decision.additive import AdditiveLooks, AdditiveMeasurement, looks_by_bound
 from scanner.decision.evidence import EvidenceMeter
 from scanner.model import predict_labels
-from scanner.reverse import auto_labels_per_batch
+from scanner.reverse import PIXEL_MAX, auto_labels_per_batch
 
 LEARNING_RATE = 0.1  # Adam on the tanh parameter, as the reversal's
 STREAM_OFFSET = 7_919  # the look's random stream is its own, apart from the reversal's and the evidence's
@@ -83,7 +83,7 @@ def optimized_on(count: int, held_out: np.ndarray) -> np.ndarray:
 def perturbed(images: torch.Tensor, weights: torch.Tensor, epsilon: float) -> torch.Tensor:
     """`images` (K, B, C, H, W) plus each of the K perturbations `epsilon * tanh(weights)` (K, C, H, W), clipped to
     the pixel range."""
-    return (images + epsilon * torch.tanh(weights).unsqueeze(1)).clamp(0.0, 255.0)
+    return (images + epsilon * torch.tanh(weights).unsqueeze(1)).clamp(0.0, PIXEL_MAX)
 
 
 def adding(weights: torch.Tensor, epsilon: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -136,15 +136,14 @@ def probe_labels(
         if last or np.median([probe.success for probe in probes]) >= MIN_MEDIAN_SUCCESS:
             break
     judged = ladder[rung : rung + config.rungs]
-    for stronger in judged[1:]:
-        probes += probe_all(stronger, climbing=False)
-    images_used += sum(probe.images for probe in probes if probe.epsilon != epsilon)
-    return AdditiveSearch(probes, tuple(judged), images_used)
+    stronger = [probe for bound in judged[1:] for probe in probe_all(bound, climbing=False)]
+    images_used += sum(probe.images for probe in stronger)
+    return AdditiveSearch(probes + stronger, tuple(judged), images_used)
 
 
 def ladder_bounds(epsilon: float) -> list[float]:
     """The bounds the look may try: `epsilon` doubled up to MAX_DOUBLINGS times, up to the pixel range."""
-    bounds = [min(255.0, epsilon * 2**doubling) for doubling in range(MAX_DOUBLINGS + 1)]
+    bounds = [min(PIXEL_MAX, epsilon * 2**doubling) for doubling in range(MAX_DOUBLINGS + 1)]
     return sorted(set(bounds))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cleanse_base.files import write_bytes_atomic
 from cleanse_base.text import format_number as fmt
+from scanner.decision.additive import kept_looks
 from scanner.report import ScanReport, additive_path, decision_norm, rule_text, schedule_text, trigger_paths
 
 REPORT_HTML = "report.html"
@@ -227,7 +228,7 @@ def additive_section(report: ScanReport, folder: Path) -> str:
         for a in judged[:ADDITIVE_SHOWN]
     ]
     headers = ["label", "bound", "success", "mimicry", "z success", "z mimicry", "z", "p-value", ""]
-    kept = [Path(f"{additive_path(folder, label)}.png") for label in dict.fromkeys(a.label for a in judged)]
+    kept = [Path(f"{additive_path(folder, label)}.png") for label in kept_looks(judged)]
     images = [f'<img src="{png_data_uri(path)}" alt="{path.stem}">' for path in kept if path.exists()]
     shown = (
         "<p>The perturbations kept (mid-grey: no change; black and white: the bound either way), of the flagged "

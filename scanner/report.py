@@ -18,7 +18,7 @@ from cleanse_base.text import printable
 from converters.contract import ModelContract
 from scanner.additive import AdditiveProbe
 from scanner.config import ScanConfig
-from scanner.decision.additive import AdditiveJudgement
+from scanner.decision.additive import AdditiveJudgement, flagged_looks
 from scanner.decision.pairs import PairJudgement
 from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
@@ -120,7 +120,7 @@ class ScanReport:
     pair_stage: PairStage = field(default_factory=PairStage)
     # the flagged pairs' triggers and the most suspicious pair's (run_scan.shown_pairs); not in the JSON
     pair_triggers: list[PairTrigger] = field(default_factory=list, repr=False)
-    # the flagged additive looks' perturbations and the most suspicious look's (run_scan.shown_additive); not in JSON
+    # the perturbations of the looks decision.additive.kept_looks names; not in the JSON
     additive_triggers: list[AdditiveProbe] = field(default_factory=list, repr=False)
     additive_stage: AdditiveStage = field(default_factory=AdditiveStage)
 
@@ -567,10 +567,8 @@ def additive_lines(report: ScanReport) -> list[str]:
     if not stage.labels:
         return []
     top = additive_text(judged[0]) if judged else ""
-    flagged = {item.label: item for item in reversed(judged) if item.flagged}  # each label's most suspicious look
-    shown = findings_text(
-        [additive_text(item) for item in sorted(flagged.values(), key=judged.index)], top, "too few labels to judge"
-    )
+    flagged = flagged_looks(judged).values()
+    shown = findings_text([additive_text(item) for item in flagged], top, "too few labels to judge")
     bounds = " and ".join(f"{epsilon:g}" for epsilon in stage.bounds())
     return [
         f"additive   a universal perturbation of at most {bounds} per pixel towards each of {stage.labels} "

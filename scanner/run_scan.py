@@ -19,6 +19,7 @@ from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softm
 from scanner.additive import AdditiveProbe, AdditiveProgress, AdditiveSearch, probe_labels
 from scanner.config import ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
+from scanner.decision.additive import kept_looks
 from scanner.decision.evidence import EvidenceMeter
 from scanner.decision.rules import DecisionResult, make_decision, norms_of
 from scanner.mad import MIN_LABELS, mad_outliers
@@ -260,13 +261,9 @@ def shown_pairs(pairs: list[PairTrigger], judged: DecisionResult) -> list[PairTr
 
 
 def shown_additive(probes: list[AdditiveProbe], judged: DecisionResult) -> list[AdditiveProbe]:
-    """The additive perturbations a report keeps, for mitigation to remove and people to see: each flagged label's
-    at its most suspicious flagged bound, and the most suspicious look's."""
-    wanted: dict[int, float] = {}
-    for rank, look in enumerate(judged.additive):  # most suspicious first
-        if (look.flagged or rank == 0) and look.label not in wanted:
-            wanted[look.label] = look.epsilon
-    return [probe for probe in probes if wanted.get(probe.label) == probe.epsilon]
+    """The additive perturbations a report keeps, for mitigation to remove and people to see (kept_looks)."""
+    kept = kept_looks(judged.additive)
+    return [probe for probe in probes if probe.label in kept and kept[probe.label].epsilon == probe.epsilon]
 
 
 def pairs_wanted(config: ScanConfig) -> bool:

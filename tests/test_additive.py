@@ -20,7 +20,15 @@ from scanner.additive import (
     probe_labels,
 )
 from scanner.config import AdditiveConfig, ScanConfig
-from scanner.decision.additive import AdditiveMeasurement, judge_additive, log_odds, looks_by_bound
+from scanner.decision.additive import (
+    AdditiveJudgement,
+    AdditiveMeasurement,
+    flagged_looks,
+    judge_additive,
+    kept_looks,
+    log_odds,
+    looks_by_bound,
+)
 from scanner.decision.evidence import EvidenceMeter, LabelEvidence
 from scanner.decision.rules import EvidenceDecision, PaperDecision
 
@@ -130,6 +138,21 @@ def test_every_bound_is_judged_on_its_own_and_the_p_values_pay_for_the_bounds():
     # a bound with too few labels to judge costs the others nothing
     thin = judge_additive({**successes(stronger, epsilon=12.0), **successes([0.9, 0.1], epsilon=24.0)}, 0.001, 1.0)
     assert thin[0].p_value == alone.p_value
+
+
+def look(label: int, epsilon: float, p_value: float, flagged: bool) -> AdditiveJudgement:
+    return AdditiveJudgement(label, 0.9, 200, None, 3.0, 0.0, 3.0, p_value, flagged, epsilon)
+
+
+def test_a_report_keeps_each_flagged_labels_flagged_look_and_the_most_suspicious_one():
+    """Most suspicious first: label 2 at 6 tops the list unflagged (its success's z-score too small) while label 2 at
+    12 is flagged; the kept perturbation of label 2 is the flagged one, the one mitigation removes."""
+    judged = [look(2, 6.0, 1e-6, False), look(2, 12.0, 1e-5, True), look(5, 6.0, 2e-4, True), look(5, 12.0, 5e-4, True)]
+    assert {label: item.epsilon for label, item in flagged_looks(judged).items()} == {2: 12.0, 5: 6.0}
+    assert list(flagged_looks(judged)) == [2, 5]  # most suspicious first, each label once
+    assert {label: item.epsilon for label, item in kept_looks(judged).items()} == {2: 12.0, 5: 6.0}
+    quiet = [look(3, 12.0, 0.2, False), look(1, 6.0, 0.4, False)]
+    assert flagged_looks(quiet) == {} and list(kept_looks(quiet)) == [3] and kept_looks([]) == {}
 
 
 def test_looks_group_by_bound():

@@ -15,7 +15,7 @@ scanner/additive.py). docs/measurements.md ("The additive look") gives its calib
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
@@ -129,3 +129,22 @@ def judge_bound(measured: Mapping[int, AdditiveMeasurement], epsilon: float) -> 
             )
         )
     return judgements
+
+
+def flagged_looks(judged: Sequence[AdditiveJudgement]) -> dict[int, AdditiveJudgement]:
+    """Each flagged label's most suspicious flagged look, most suspicious first (`judged` as judge_additive sorts
+    it): a label flagged at two bounds is one finding."""
+    looks: dict[int, AdditiveJudgement] = {}
+    for look in judged:
+        if look.flagged:
+            looks.setdefault(look.label, look)
+    return looks
+
+
+def kept_looks(judged: Sequence[AdditiveJudgement]) -> dict[int, AdditiveJudgement]:
+    """The looks whose perturbations a report keeps: each flagged label's most suspicious flagged look (the one
+    mitigation removes), and the most suspicious look, unless its label is flagged at another bound."""
+    kept = flagged_looks(judged)
+    if judged:
+        kept.setdefault(judged[0].label, judged[0])
+    return kept

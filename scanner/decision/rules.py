@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from scanner.decision.additive import AdditiveJudgement, AdditiveLooks, judge_additive
+from scanner.decision.additive import AdditiveJudgement, AdditiveLooks, flagged_looks, judge_additive
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.pairs import PairJudgement, judge_pairs
 from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
@@ -273,7 +273,7 @@ class EvidenceDecision:
         pair_judgements = judge_pairs(pairs, self.alpha, self.candidate_z) if pairs else []
         flagged += list(dict.fromkeys(p.target for p in pair_judgements if p.flagged and p.target not in flagged))
         additive_judgements = judge_additive(additive, self.alpha, self.candidate_z) if additive else []
-        flagged += list(dict.fromkeys(a.label for a in additive_judgements if a.flagged and a.label not in flagged))
+        flagged += [label for label in flagged_looks(additive_judgements) if label not in flagged]
         # the model's score: its most suspicious label that could be flagged, pair, or additive look
         score = min(
             [j.p_value for j in judgements.values() if self._small(j.z_scores)]

@@ -13,6 +13,7 @@ from cleanse_base.errors import ConfigError, ModelError
 from cleanse_base.files import check_writable_file, file_sha256, refuse_overlap
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier
 from scanner.data import CleanData, load_clean_data
+from scanner.decision.additive import flagged_looks
 from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.measure import likely_target, measure
 from scanner.mitigate.methods import method_named
@@ -63,15 +64,12 @@ def check_outputs(
 
 def additive_bounds(report: ScanReport, labels: list[int]) -> dict[int, float]:
     """Label -> the bound of its most suspicious flagged additive look, for the `labels` the scan's additive look
-    flagged: the report folder keeps that perturbation (run_scan.shown_additive) since schema 1.14, whose reports
-    name the bounds judged (older ones kept none: their labels are removed through their masks alone)."""
+    flagged: the report folder keeps that perturbation (scanner.decision.additive.kept_looks) since schema 1.14,
+    whose reports name the bounds judged (older ones kept none: their labels are removed through their masks
+    alone)."""
     if not report.additive_stage.epsilons:
         return {}
-    bounds: dict[int, float] = {}
-    for look in report.judged.additive:  # most suspicious first
-        if look.flagged and look.label in labels:
-            bounds.setdefault(look.label, look.epsilon)
-    return bounds
+    return {label: look.epsilon for label, look in flagged_looks(report.judged.additive).items() if label in labels}
 
 
 def scan_triggers(
