@@ -5,7 +5,7 @@ benchmarks/zoo_scans.py in benchmarks/detection_table.py (`--additive`) as a who
 clean images, seed and settings as `cleanse scan`.
 
     python -m benchmarks.additive_scans --seeds 0,1,2      # every built zoo model but Tiny-ImageNet's
-    python -m benchmarks.additive_scans --only NAME,... --epsilon 8 --additive DIR
+    python -m benchmarks.additive_scans --only NAME,... --epsilon 8 --rung-steps 0 --additive DIR
 """
 
 from __future__ import annotations
@@ -84,10 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=defaults.steps, help="the scan's --additive-steps")
     parser.add_argument("--epsilon", type=float, default=defaults.epsilon, help="the scan's --additive-epsilon")
     parser.add_argument("--mini-batch", type=int, default=defaults.mini_batch, help="images a step")
+    parser.add_argument(
+        "--rung-steps", type=int, default=defaults.rung_steps, help="the scan's --additive-rung-steps (0: from zero)"
+    )
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    additive = AdditiveConfig(steps=args.steps, epsilon=args.epsilon, mini_batch=args.mini_batch)
+    additive = AdditiveConfig(
+        steps=args.steps, epsilon=args.epsilon, mini_batch=args.mini_batch, rung_steps=args.rung_steps
+    )
     if args.one:
         model, data, seed = args.one
         record = additive_record(Path(model), Path(data), int(seed), args.max_images, additive)
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = stage_jobs(args, args.additive)
     pending = [job for job in jobs if not record_path(args.additive, job).is_file()]
     extra = ["--steps", str(args.steps), "--epsilon", str(args.epsilon), "--mini-batch", str(args.mini_batch)]
+    extra += ["--rung-steps", str(args.rung_steps)]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for future in as_completed([pool.submit(run_job, job, args.additive, extra) for job in pending]):

@@ -21,9 +21,10 @@ the rule `evidence` then judges each scan's labels and its pairs as `cleanse sca
 alone (the evidence rule before the look), on the scans that have pair records.
 
 `--additive DIR` (default .cache/zoo/additive, from `python -m benchmarks.additive_scans`; a scan whose report judged
-the additive look brings its own) adds the additive look the same way: `evidence` judges labels, pairs and the
-additive look as `cleanse scan` does, `one-rung` with the additive look at its settled bound alone (`--additive-rungs
-1`, the look before schema 1.14), `no-additive` the labels and pairs alone, on the scans that have records.
+the additive look brings its own, unless `--additive-records` puts the records first) adds the additive look the
+same way: `evidence` judges labels, pairs and the additive look as `cleanse scan` does, `one-rung` with the additive
+look at its settled bound alone (`--additive-rungs 1`, the look before schema 1.14), `no-additive` the labels and
+pairs alone, on the scans that have records.
 
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
 measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
@@ -141,13 +142,15 @@ def saved_pairs(
     return {(p["source"], p["target"]): p["l1_norm"] for p in json.loads(record.read_text())["pairs"]}
 
 
-def saved_additive(report: ScanReport, additive_dir: Path | None, model: str, seed: int) -> AdditiveLooks | None:
-    """The scan's additive look: its own where its report judged one, else the record of
+def saved_additive(
+    report: ScanReport, additive_dir: Path | None, model: str, seed: int, records_first: bool = False
+) -> AdditiveLooks | None:
+    """The scan's additive look: its own where its report judged one (unless `records_first`), else the record of
     benchmarks/additive_scans.py in `additive_dir`, if any (records before the second bound: the settled one)."""
     if not additive_dir:
         return None
     stage = report.additive_stage
-    if stage.labels and report.decision is not None:
+    if stage.labels and report.decision is not None and not records_first:
         return looks_by_bound(
             (item.epsilon, item.label, AdditiveMeasurement(item.success, item.evaluated, item.mimicry))
             for item in report.decision.additive
@@ -172,6 +175,7 @@ def load_scans(
     remeasure: bool,
     pairs_dir: Path | None = None,
     additive_dir: Path | None = None,
+    additive_records_first: bool = False,
 ) -> list[ZooScan]:
     scans = []
     for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
@@ -191,7 +195,7 @@ def load_scans(
         pairs = saved_pairs(report, pairs_dir, model, seed)
         if pairs_dir and pairs is None:
             continue  # judged on the scans with pair records only
-        additive = saved_additive(report, additive_dir, model, seed)
+        additive = saved_additive(report, additive_dir, model, seed, additive_records_first)
         if additive_dir and additive is None:
             continue
         family = card.attack["family"] if card.attack else "clean"
@@ -377,9 +381,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--additive", type=Path, nargs="?", const=ADDITIVE_DIR, help="additive look records (%(const)s)"
     )
+    parser.add_argument(
+        "--additive-records",
+        action="store_true",
+        help="judge the --additive records even where a scan's report has its own look (another look's settings "
+        "on the same label scans)",
+    )
     args = parser.parse_args(argv)
     folders = [args.scans, *([args.compare] if args.compare else [])]
-    loaded = [load_scans(folder, args.models, args.remeasure, args.pairs, args.additive) for folder in folders]
+    loaded = [
+        load_scans(folder, args.models, args.remeasure, args.pairs, args.additive, args.additive_records)
+        for folder in folders
+    ]
     for folder, scans in zip(folders, loaded, strict=True):
         if not scans:
             raise SystemExit(f"no scans under {folder}: run python -m benchmarks.zoo_scans first")

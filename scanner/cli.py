@@ -179,6 +179,7 @@ def additive_settings(options: dict[str, Any]) -> dict[str, Any]:
             "steps": options.get("additive_steps"),
             "epsilon": options.get("additive_epsilon"),
             "rungs": options.get("additive_rungs"),
+            "rung_steps": options.get("additive_rung_steps"),
         },
     )
 
@@ -325,6 +326,12 @@ shared_scan_options = options(
         type=click.IntRange(min=1),
         help="evidence rule: bounds the additive look judges, the settled one and the rungs above it (default 2; "
         "1: the settled one alone, half the look's cost past it).",
+    ),
+    click.option(
+        "--additive-rung-steps",
+        type=click.IntRange(min=0),
+        help="evidence rule: steps at each rung above the settled bound, every label going on from its perturbation "
+        "at the rung below (default 20; 0: from zero for --additive-steps steps).",
     ),
     click.option(
         "--mad-threshold",

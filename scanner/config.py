@@ -202,6 +202,10 @@ class AdditiveConfig:
     mini_batch: int = 32  # on the zoo the verdicts of 64 (126 scans), at half the images
     # bounds judged: the settled one and the rungs above it (within the ladder); 1 judges the settled one alone
     rungs: int = 2
+    # steps at each rung above the settled bound, every label going on from its perturbation at the rung below
+    # (on the zoo the verdicts of 60 fresh steps: docs/measurements.md, "The additive look"); 0: from zero for
+    # `steps` steps, as schema 1.14's look ran
+    rung_steps: int = 20
 
     def __post_init__(self) -> None:
         self.validate()
@@ -209,6 +213,8 @@ class AdditiveConfig:
     def validate(self) -> AdditiveConfig:
         if self.steps < 0:
             raise ConfigError(f"additive.steps must be 0 (no additive look) or positive, not {self.steps}")
+        if self.rung_steps < 0:
+            raise ConfigError(f"additive.rung_steps must be 0 (from zero) or positive, not {self.rung_steps}")
         if self.rungs < 1:
             raise ConfigError(f"additive.rungs must be at least 1 (the settled bound), not {self.rungs}")
         if not (math.isfinite(self.epsilon) and 0 < self.epsilon <= 255):

@@ -25,7 +25,7 @@ from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.14"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.15"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -37,7 +37,7 @@ SCHEMA_VERSION = "1.14"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # one range per start; 1.13: config "additive", "additive_stage" (bound, images, seconds) and decision "additive" (the
 # evidence rule's additive look; older reports: none); 1.14: config additive.rungs, "additive_stage.epsilons" and per
 # look "epsilon" (every label judged at the settled bound and the next rung up; older reports: the settled bound
-# alone, rungs 1)
+# alone, rungs 1); 1.15: config additive.rung_steps (older reports: 0, every rung from zero, as they ran)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -344,12 +344,14 @@ class _DecisionJson:
 
 
 def _as_they_ran(payload: Any) -> Any:
-    """Settings older reports leave out, as those scans ran: before schema 1.14 the additive look judged one bound."""
+    """Settings older reports leave out, as those scans ran: before schema 1.14 the additive look judged one bound,
+    before 1.15 every rung started from zero."""
     config = payload.get("config") if isinstance(payload, dict) else None
     additive = config.get("additive") if isinstance(config, dict) else None
-    if not isinstance(additive, dict) or "rungs" in additive:
+    if not isinstance(additive, dict):
         return payload
-    return {**payload, "config": {**config, "additive": {**additive, "rungs": 1}}}
+    ran = {"rungs": 1, "rung_steps": 0} if "rungs" not in additive else {"rung_steps": 0}
+    return {**payload, "config": {**config, "additive": {**ran, **additive}}}
 
 
 def _decision_from_json(

@@ -1,6 +1,7 @@
 """The additive look: universal additive perturbations per label (scanner/additive.py) and their statistics
 (scanner/decision/additive.py)."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -12,8 +13,11 @@ from torch import nn
 
 from cleanse_base.errors import ConfigError
 from scanner.additive import (
+    BOUND_SAMPLE,
+    LEARNING_RATE,
     MIN_MEDIAN_SUCCESS,
     AdditiveProbe,
+    bound_sample,
     median_is_below,
     optimized_on,
     perturbed,
@@ -248,15 +252,69 @@ def test_a_bound_below_the_ladders_top_is_judged_with_the_next_rung_up():
     assert sorted((probe.epsilon, probe.label) for probe in search.probes) == [
         (epsilon, label) for epsilon in (48.0, 96.0) for label in range(3)
     ]
-    assert search.images == 2 * 3 * 40 * 16  # every label at both bounds, nothing tried below
+    assert search.images == 3 * (40 + config.rung_steps) * 16  # every label at both bounds, nothing tried below
     looks = search.looks()
     assert set(looks) == {48.0, 96.0} and looks[96.0][2].success == 1.0
     one = probe_labels(model, images, [0, 1, 2], AdditiveConfig(steps=40, epsilon=48.0, mini_batch=16, rungs=1), meter)
     assert one.epsilons == (48.0,) and one.images == 3 * 40 * 16
+    fresh = probe_labels(model, images, [0, 1, 2], dataclasses.replace(config, rung_steps=0), meter)
+    assert fresh.images == 2 * 3 * 40 * 16 and fresh.probes[:3] == search.probes[:3]  # the settled bound alike
     three = probe_labels(
         model, images, [0, 1, 2], AdditiveConfig(steps=40, epsilon=48.0, mini_batch=16, rungs=3), meter
     )
     assert three.epsilons == (48.0, 96.0, 192.0) and len(three.probes) == 9
+
+
+class PixelPerLabel(nn.Module):
+    """`classes` labels over 1 x 8 x 8 images: label k >= 1 wins where pixel k rises past 140 (40 above the
+    images' 90-110), label 0 elsewhere; log-probabilities out."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.flatten(1)[:, 1 : self.classes]
+        scores = torch.cat([torch.zeros_like(pixels[:, :1]), (pixels - 140) / 4], dim=1)
+        return torch.log_softmax(scores, dim=1)
+
+
+def test_many_labels_try_a_bound_on_a_seeded_sample_first_and_leave_it_when_the_samples_median_falls_short():
+    assert bound_sample(range(2 * BOUND_SAMPLE), 0) == []  # few labels: every label is tried
+    sample = bound_sample(range(60), 3)
+    assert sample == bound_sample(range(60), 3) != bound_sample(range(60), 4)
+    assert len(sample) == BOUND_SAMPLE and sample == sorted(set(sample)) and set(sample) <= set(range(60))
+    images = np.random.default_rng(0).uniform(90, 110, (300, 1, 8, 8)).astype(np.float32)
+    model = PixelPerLabel(60)
+    meter = EvidenceMeter(model, images, CPU, seed=0)
+    config = AdditiveConfig(steps=30, epsilon=6.0, mini_batch=8)
+    tried = []
+    search = probe_labels(
+        model, images, list(range(60)), config, meter, seed=0, progress=lambda probe, *_: tried.append(probe)
+    )
+    # 6, 12 and 24 move no pixel past 140: each is left after the sample's probes; 48, the ladder's top, is judged
+    assert search.epsilons == (48.0,)
+    sampled = [bound for bound in (6.0, 12.0, 24.0) for _ in range(BOUND_SAMPLE)]
+    assert [probe.epsilon for probe in tried] == sampled + [48.0] * 60
+    assert [probe.label for probe in tried[:BOUND_SAMPLE]] == bound_sample(range(60), 0)
+    assert search.images == (3 * BOUND_SAMPLE + 60) * 30 * 8
+    assert sorted(probe.label for probe in search.probes) == list(range(60))
+    assert np.median([probe.success for probe in search.probes]) > 0.5
+
+
+def test_a_rung_above_the_settled_bound_goes_on_from_each_labels_perturbation_there():
+    images = np.random.default_rng(0).uniform(90, 110, (300, 1, 4, 4)).astype(np.float32)
+    model = OffsetSensitive()
+    meter = EvidenceMeter(model, images, CPU, seed=0)
+    settings = {"steps": 40, "epsilon": 48.0, "mini_batch": 16}
+    warm = probe_labels(model, images, [0, 1, 2], AdditiveConfig(**settings, rung_steps=1), meter)
+    settled = {p.label: p for p in warm.probes if p.epsilon == 48.0}
+    above = {p.label: p for p in warm.probes if p.epsilon == 96.0}
+    one_step = 96.0 * math.tanh(LEARNING_RATE)  # the most one Adam step moves a pixel at 96 (from zero: this far)
+    for label in (1, 2):
+        assert np.abs(settled[label].delta).max() > 4 * one_step  # the settled look pushed far, and one step at 96
+        assert np.abs(above[label].delta - settled[label].delta).max() <= one_step + 1e-3  # went on from there
+        assert above[label].success == 1.0 and above[label].images == 16
 
 
 # ---------------------------------------------------------------- settings
@@ -264,7 +322,15 @@ def test_a_bound_below_the_ladders_top_is_judged_with_the_next_rung_up():
 
 @pytest.mark.parametrize(
     "settings",
-    [{"steps": -1}, {"epsilon": 0.0}, {"epsilon": 256.0}, {"epsilon": math.nan}, {"mini_batch": 0}, {"rungs": 0}],
+    [
+        {"steps": -1},
+        {"epsilon": 0.0},
+        {"epsilon": 256.0},
+        {"epsilon": math.nan},
+        {"mini_batch": 0},
+        {"rungs": 0},
+        {"rung_steps": -1},
+    ],
 )
 def test_additive_settings_out_of_range_are_refused(settings):
     with pytest.raises(ConfigError, match="additive"):
@@ -278,7 +344,7 @@ def test_the_additive_flags_and_a_config_table_map_onto_the_config(tmp_path):
     from scanner.config import make_config
 
     assert additive_settings({"additive_steps": 0, "additive_epsilon": 8.0}) == {"steps": 0, "epsilon": 8.0}
-    assert additive_settings({"additive_rungs": 1}) == {"rungs": 1}
+    assert additive_settings({"additive_rungs": 1, "additive_rung_steps": 0}) == {"rungs": 1, "rung_steps": 0}
     assert additive_settings({}) == {}
     config = make_config({"additive": {"steps": 20, "epsilon": 12}})
     assert config.additive == AdditiveConfig(steps=20, epsilon=12.0) and ScanConfig().additive == AdditiveConfig()
@@ -316,10 +382,14 @@ def test_the_additive_look_finds_a_blended_digits_backdoor_that_the_label_scan_m
     for item in older["decision"]["additive"]:
         del item["epsilon"]
     settled = report.additive_stage.epsilon
-    del older["config"]["additive"]["rungs"]
+    del older["config"]["additive"]["rungs"], older["config"]["additive"]["rung_steps"]
     read = ScanReport.from_json(older)
     assert {item.epsilon for item in read.judged.additive} == {settled} and read.additive_stage.bounds() == [settled]
     assert read.config.additive.rungs == 1 and again.config.additive.rungs == 2  # as each scan ran
+    assert read.config.additive.rung_steps == 0 and again.config.additive.rung_steps == 20
+    schema_1_14 = json.loads(written.read_text())  # every rung from zero
+    del schema_1_14["config"]["additive"]["rung_steps"]
+    assert ScanReport.from_json(schema_1_14).config.additive == dataclasses.replace(AdditiveConfig(), rung_steps=0)
     clean = scan(digits["digits_clean.onnx"], digits["digits_test.npz"], make_config(settings))
     assert not any(item.flagged for item in clean.judged.additive) and len(clean.judged.additive) == 10
     off = scan(digits_blended, digits["digits_test.npz"], make_config({**settings, "additive": {"steps": 0}}))

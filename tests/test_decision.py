@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from scanner.decision.evidence import EvidenceMeter, LabelEvidence, compactness, core_mask, top_share, window_side
+from scanner.decision.evidence import (
+    CLASS_MEAN_MIN,
+    EvidenceMeter,
+    LabelEvidence,
+    compactness,
+    core_mask,
+    top_share,
+    window_side,
+)
 from scanner.decision.rules import EvidenceDecision, PaperDecision, upper_tail_quantile
 from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
 from scanner.mad import mad_outliers
@@ -109,6 +117,20 @@ def test_the_meter_measures_a_working_trigger_and_a_useless_one(bfloat16):
     useless = meter.measure(1, np.roll(mask, 3), white)
     assert useless.success == 0.0 and useless.core_success == 0.0
     assert meter.measure(0, mask, white).success == 0.0  # every image is already of label 0
+
+
+def test_mimicry_needs_a_class_mean_of_enough_images():
+    """A label whose clean mean would hold fewer than CLASS_MEAN_MIN images has no mimicry (its mean is mostly
+    those images' own features); with that many it has one."""
+    mask = np.zeros((6, 6), dtype=np.float32)
+    mask[0, 0] = 1.0
+    white = np.full((1, 6, 6), 255.0, dtype=np.float32)
+    for bright, measured in ((CLASS_MEAN_MIN - 1, False), (CLASS_MEAN_MIN, True)):
+        images = np.zeros((40, 1, 6, 6), dtype=np.float32)
+        images[:bright, 0, 0, 0] = 255.0  # these are label 1's clean images
+        meter = EvidenceMeter(PixelDetector(), images, torch.device("cpu"))
+        assert (meter.measure(1, mask, white).mimicry is not None) == measured
+        assert meter.measure(0, np.zeros_like(mask), white).mimicry is not None  # label 0 has 40 - bright
 
 
 # ---------------------------------------------------------------- rules

@@ -35,7 +35,10 @@ EVALUATION_IMAGES = 256  # clean images each trigger is tried on
 CORE_MASS = 0.5  # the core keeps the fewest pixels holding this share of the mask's L1 mass
 DRIVE_TOP = 0.05  # share of the features whose part of the rise `drive` measures
 CLASS_MEAN_IMAGES = 2048  # clean images whose features give each label's mean (forward passes only)
-CLASS_MEAN_MIN = 2  # fewest clean images of a label for its mean
+# fewest clean images of a label for its mean: a mean of fewer is mostly those images' own features (at 200 classes
+# on 1,000 images, 2 to 4 a label, a clean label whose mean held 2 images was the additive look's most suspicious, and
+# with a floor of 4 another clean label was flagged; docs/measurements.md, "Mimicry needs a class mean")
+CLASS_MEAN_MIN = 5
 
 
 @dataclass(frozen=True)
