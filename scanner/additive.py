@@ -122,7 +122,8 @@ def probe_labels(
     width = labels_per_batch or auto_labels_per_batch(device, config.mini_batch, len(labels), pixels)
 
     sample = bound_sample(labels, seed)
-    climb_order = [*sample, *(label for label in labels if label not in set(sample))]
+    sampled = set(sample)
+    climb_order = [*sample, *(label for label in labels if label not in sampled)]
 
     def probe_all(
         epsilon: float, climbing: bool, steps: int | None = None, below: dict[int, np.ndarray] | None = None
