@@ -129,6 +129,7 @@ def scan_jobs(
     start_trial_steps: int = DEFAULT.start_trial_steps,
     labels_per_batch: int = 1,
     initial_mask_max: str = "",
+    screen_starts: int = ScheduleConfig().screen_starts,
 ) -> tuple[list[ScanJob], list[str]]:
     """(jobs ordered seed by seed, so every model gets its first seed before any gets a second; zoo models
     not built yet)."""
@@ -156,6 +157,7 @@ def scan_jobs(
                     starts,
                     start_trial_steps,
                     labels_per_batch,
+                    screen_starts=screen_starts,
                     initial_mask_max=initial_mask_max,
                 )
             )
@@ -262,6 +264,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--schedule", choices=SCHEDULES, default="full", help="label schedule (default: %(default)s)")
     parser.add_argument(
+        "--screen-starts",
+        type=int,
+        default=ScheduleConfig().screen_starts,
+        help="starts each label screens with under --schedule screened (default: %(default)s, all)",
+    )
+    parser.add_argument(
         "--labels-per-batch",
         type=int,
         default=1,
@@ -277,11 +285,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.jobs < 1
         or args.max_images < 1
         or args.starts < 1
-        or min(args.start_trial_steps, args.labels_per_batch) < 0
+        or min(args.start_trial_steps, args.labels_per_batch, args.screen_starts) < 0
     ):
         parser.error(
-            "--jobs, --max-images and --starts must be at least 1, --start-trial-steps and --labels-per-batch at "
-            "least 0"
+            "--jobs, --max-images and --starts must be at least 1, --start-trial-steps, --labels-per-batch and "
+            "--screen-starts at least 0"
         )
     args.data = args.data or shared_data_dir()
     return args
@@ -304,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             args.start_trial_steps,
             args.labels_per_batch,
             args.initial_mask_max,
+            args.screen_starts,
         )
     except FileNotFoundError as error:  # a prepared data set's test file missing and not preparable
         raise SystemExit(f"error: {error}") from None

@@ -17,7 +17,8 @@ planted signal stronger than the settled bound carries (a blend at alpha 0.15 ag
 strength only there (on the zoo, `gtsrb-blended-bn`'s target at 6 sent 0.92 of the images against others' 0.29,
 at 12 all of them: docs/measurements.md, "The additive look"). A rung above the settled bound does not start
 from zero: each label's perturbation goes on from where it stood at the rung below (scaled to the new bound), for
-fewer steps, since the direction is found already.
+fewer steps, since the direction is found already; so does a bound climbed to from one that every label was
+probed at (with many labels, a bound whose sample reached the success where the whole median did not).
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def probe_labels(
     """Every label's probe at the smallest bound of the ladder where the median label's success reaches
     MIN_MEDIAN_SUCCESS (the largest tried where none does; with many labels a bound whose sample falls short is
     left at once), and at the `config.rungs - 1` rungs above it where the ladder has them (each label going on
-    from its perturbation at the rung below for `config.rung_steps` steps), `labels_per_batch` labels sharing each
-    forward pass (0: as many as the reversal would stack at this mini-batch)"""
+    from its perturbation at the rung below for `config.rung_steps` steps, as on a bound climbed to from one every
+    label was probed at), `labels_per_batch` labels sharing each forward pass (0: as many as the reversal would
+    stack at this mini-batch)"""
     if config.steps == 0 or not labels:
         return AdditiveSearch([], (), 0)
     device = meter.device
@@ -148,23 +150,30 @@ def probe_labels(
                 break  # the sample's median falls short: on to the next bound
         return probes
 
+    def going_on(probes: list[AdditiveProbe]) -> dict[int, np.ndarray] | None:
+        """Every label's perturbation in `probes`, to go on from at the next bound up (None: from zero, where
+        some label was not probed or rungs start from zero)."""
+        below = {probe.label: probe.delta for probe in probes if probe.delta is not None}
+        return below if config.rung_steps and len(below) == len(labels) else None
+
     ladder = ladder_bounds(config.epsilon)
     images_used = 0
+    below: dict[int, np.ndarray] | None = None
     for rung, epsilon in enumerate(ladder):
         last = rung == len(ladder) - 1
-        probes = probe_all(epsilon, climbing=not last)
+        # a bound above one that every label was probed at (a sample that reached the success where the whole
+        # median did not) goes on from there, as a rung above the settled bound does
+        probes = probe_all(epsilon, not last, config.rung_steps, below) if below else probe_all(epsilon, not last)
         images_used += sum(probe.images for probe in probes)
         if last or (len(probes) == len(labels) and not falls_short(probes)):
             break
+        below = going_on(probes)
     judged = ladder[rung : rung + config.rungs]
     stronger: list[AdditiveProbe] = []
     at_bound = probes
     for bound in judged[1:]:
-        if config.rung_steps:
-            below = {probe.label: probe.delta for probe in at_bound if probe.delta is not None}
-            at_bound = probe_all(bound, False, config.rung_steps, below)
-        else:
-            at_bound = probe_all(bound, False)
+        below = going_on(at_bound)
+        at_bound = probe_all(bound, False, config.rung_steps, below) if below else probe_all(bound, False)
         stronger += at_bound
     images_used += sum(probe.images for probe in stronger)
     return AdditiveSearch(probes + stronger, tuple(judged), images_used)

@@ -25,7 +25,7 @@ from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.15"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.16"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -37,7 +37,9 @@ SCHEMA_VERSION = "1.15"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # one range per start; 1.13: config "additive", "additive_stage" (bound, images, seconds) and decision "additive" (the
 # evidence rule's additive look; older reports: none); 1.14: config additive.rungs, "additive_stage.epsilons" and per
 # look "epsilon" (every label judged at the settled bound and the next rung up; older reports: the settled bound
-# alone, rungs 1); 1.15: config additive.rung_steps (older reports: 0, every rung from zero, as they ran)
+# alone, rungs 1); 1.15: config additive.rung_steps (older reports: 0, every rung from zero, as they ran); 1.16: a
+# bound the look climbs to from one every label was probed at goes on from there for additive.rung_steps steps too
+# (in older reports it started from zero; the config reads the same)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).

@@ -302,6 +302,47 @@ def test_many_labels_try_a_bound_on_a_seeded_sample_first_and_leave_it_when_the_
     assert np.median([probe.success for probe in search.probes]) > 0.5
 
 
+class PixelThresholds(nn.Module):
+    """Label k >= 1 wins where pixel k of a 1 x 8 x 8 image rises past `thresholds[k]`, label 0 elsewhere."""
+
+    def __init__(self, thresholds: list[float]):
+        super().__init__()
+        self.register_buffer("thresholds", torch.tensor(thresholds[1:], dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.flatten(1)[:, 1 : len(self.thresholds) + 1]
+        scores = torch.cat([torch.zeros_like(pixels[:, :1]), (pixels - self.thresholds) / 4], dim=1)
+        return torch.log_softmax(scores, dim=1)
+
+
+def test_a_bound_climbed_to_from_one_every_label_was_probed_at_goes_on_from_there():
+    labels = list(range(60))
+    sample = bound_sample(labels, 0)
+    # 30 labels answer at 24, faintly (past 125: only the 15% of the images whose pixels are 110, not 90), the
+    # sampled ones among them; label 0 and 29 others never: at 24 the sample's median reaches the success, no early
+    # count of the labels below settles it, and the whole median falls short, so every label is probed there in vain
+    others = [label for label in labels[1:] if label not in sample]
+    answering = set(([label for label in sample if label] + others)[:30])
+    thresholds = [0.0] + [125.0 if label in answering else 255.0 for label in labels[1:]]
+    images = np.where((np.arange(300) % 20 < 3)[:, None, None, None], 110, 90) * np.ones((300, 1, 8, 8), np.float32)
+    model = PixelThresholds(thresholds)
+    meter = EvidenceMeter(model, images, CPU, seed=0)
+    config = AdditiveConfig(steps=30, epsilon=6.0, mini_batch=8, rung_steps=1)
+    tried: list[AdditiveProbe] = []
+    search = probe_labels(model, images, labels, config, meter, seed=0, progress=lambda probe, *_: tried.append(probe))
+    at_24 = {probe.label: probe for probe in tried if probe.epsilon == 24.0}
+    assert len(answering) == 30 and MIN_MEDIAN_SUCCESS <= at_24[min(answering)].success < 2 * MIN_MEDIAN_SUCCESS
+    bounds = [probe.epsilon for probe in tried]
+    assert bounds == [6.0] * BOUND_SAMPLE + [12.0] * BOUND_SAMPLE + [24.0] * 60 + [48.0] * 60
+    assert search.epsilons == (48.0,)
+    assert search.images == (2 * BOUND_SAMPLE + 60) * 30 * 8 + 60 * 1 * 8  # 48 went on for rung_steps steps
+    one_step = 48.0 * math.tanh(LEARNING_RATE)
+    for probe in search.probes:
+        assert np.abs(probe.delta - at_24[probe.label].delta).max() <= one_step + 1e-3
+    fresh = probe_labels(model, images, labels, dataclasses.replace(config, rung_steps=0), meter, seed=0)
+    assert fresh.images == (2 * BOUND_SAMPLE + 2 * 60) * 30 * 8  # rungs from zero: the climb too
+
+
 def test_a_rung_above_the_settled_bound_goes_on_from_each_labels_perturbation_there():
     images = np.random.default_rng(0).uniform(90, 110, (300, 1, 4, 4)).astype(np.float32)
     model = OffsetSensitive()
