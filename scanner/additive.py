@@ -127,13 +127,12 @@ def probe_labels(
     sampled = set(sample)
     climb_order = [*sample, *(label for label in labels if label not in sampled)]
 
-    def probe_all(
-        epsilon: float, climbing: bool, steps: int | None = None, below: dict[int, np.ndarray] | None = None
-    ) -> list[AdditiveProbe]:
-        """Every label's probe at `epsilon`, for `steps` steps (None: config.steps), from zero or going on from its
-        perturbation `below`; while `climbing`, only until the median cannot reach the success, or the sample's
-        median does not."""
+    def probe_all(epsilon: float, climbing: bool, below: dict[int, np.ndarray] | None = None) -> list[AdditiveProbe]:
+        """Every label's probe at `epsilon`, from zero for `config.steps` steps or going on from its perturbation
+        `below` for `config.rung_steps`; while `climbing`, only until the median cannot reach the success, or the
+        sample's median does not."""
         order = climb_order if climbing else list(labels)
+        steps = config.rung_steps if below else config.steps
         probes: list[AdditiveProbe] = []
         for start in range(0, len(order), width):
             group = order[start : start + width]
@@ -163,7 +162,7 @@ def probe_labels(
         last = rung == len(ladder) - 1
         # a bound above one that every label was probed at (a sample that reached the success where the whole
         # median did not) goes on from there, as a rung above the settled bound does
-        probes = probe_all(epsilon, not last, config.rung_steps, below) if below else probe_all(epsilon, not last)
+        probes = probe_all(epsilon, not last, below)
         images_used += sum(probe.images for probe in probes)
         if last or (len(probes) == len(labels) and not falls_short(probes)):
             break
@@ -172,8 +171,7 @@ def probe_labels(
     stronger: list[AdditiveProbe] = []
     at_bound = probes
     for bound in judged[1:]:
-        below = going_on(at_bound)
-        at_bound = probe_all(bound, False, config.rung_steps, below) if below else probe_all(bound, False)
+        at_bound = probe_all(bound, False, going_on(at_bound))
         stronger += at_bound
     images_used += sum(probe.images for probe in stronger)
     return AdditiveSearch(probes + stronger, tuple(judged), images_used)
