@@ -3,7 +3,7 @@
     python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--replica] [--screened DIR]
         [--screen-starts N] [--labels-per-batch K]
     python -m benchmarks.schedule_bench timed [--models digits,gtsrb,NAME] [--threads 2] [--full-labels N]
-        [--labels-per-batch K,...] [--screen-starts 1,0] [--device D]
+        [--labels-per-batch K,...] [--screen-starts 1,0] [--look-shares 0.5,1] [--device D]
 
 `zoo`: a screened CLI scan of each zoo model and seed (reports under .cache/zoo/scans-screened/), compared with
 the full scan that `benchmarks.zoo_scans` keeps (run here where missing), both judged by the evidence rule
@@ -13,8 +13,8 @@ images used and their ratio, seconds (each scan on one thread; runs at different
 images). `timed`: both schedules one after the other in this process, on the same model, data and thread
 count: seconds, images, flagged labels and the ratios (`gtsrb` is the GTSRB replica, built when missing; with
 `--full-labels N` the full schedule runs on N sampled labels and its cost is scaled to every label, marked as
-projected; `--screen-starts` times the screened schedule once per value of `schedule.screen_starts`,
-`--labels-per-batch` both schedules once per value).
+projected; `--screen-starts` and `--look-shares` time the screened schedule once per value of
+`schedule.screen_starts` and of `schedule.look_share`, `--labels-per-batch` both schedules once per value).
 """
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ def replica_jobs(seeds: list[int], max_images: int, data_dir: Path) -> list[Scan
     ]
 
 
+def parse_floats(text: str) -> list[float]:
+    return [float(item) for item in text.split(",") if item.strip()]
+
+
 def sampled_labels(classes: int, count: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).permutation(classes)[:count].tolist())
 
@@ -152,10 +156,13 @@ def timed_model(name: str, model: Path, data: Path, width: int, args: argparse.N
     warm_up(model, data, settings)
     screened_runs = []
     for screen_starts in parse_ints(args.screen_starts):
-        schedule = {"mode": "screened", "screen_starts": screen_starts}
-        started = time.perf_counter()
-        report = scan(model, data, make_config({**settings, "schedule": schedule}))
-        screened_runs.append((screen_starts, report, time.perf_counter() - started))
+        for look_share in parse_floats(args.look_shares):
+            schedule = {"mode": "screened", "screen_starts": screen_starts, "look_share": look_share}
+            started = time.perf_counter()
+            report = scan(model, data, make_config({**settings, "schedule": schedule}))
+            screened_runs.append(
+                (f"screen_starts {screen_starts}, look_share {look_share:g}", report, time.perf_counter() - started)
+            )
     classes = screened_runs[0][1].contract.num_classes
     labels = sampled_labels(classes, args.full_labels, args.seed) if args.full_labels else []
     started = time.perf_counter()
@@ -169,9 +176,11 @@ def timed_model(name: str, model: Path, data: Path, width: int, args: argparse.N
         f"{name} ({classes} classes, labels a pass: {width or 'auto'}): full ({kind}) {full_s:.1f} s, "
         f"{full_images} images" + ("" if labels else f", flagged {full.flagged}, score {full.decision.score:.3g}")
     )
-    for screen_starts, screened, screened_s in screened_runs:
+    for settings_text, screened, screened_s in screened_runs:
+        look = screened.additive_stage
         print(
-            f"  screened, screen_starts {screen_starts}: {screened_s:.1f} s, {screened.schedule['images']} "
+            f"  screened, {settings_text}: {screened_s:.1f} s (additive look {look.images} images, "
+            f"{look.seconds:.1f} s), {screened.schedule['images']} "
             f"images, {screened.schedule['final_labels']} labels final, flagged {screened.flagged}, score "
             f"{screened.decision.score:.3g} | full/screened: time {full_s / screened_s:.2f}x, images "
             f"{full_images / screened.schedule['images']:.2f}x",
@@ -208,6 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     clock.add_argument("--data", type=Path, default=None)
     clock.add_argument(
         "--screen-starts", default=str(ScheduleConfig().screen_starts), help="screen_starts values to time (0: all)"
+    )
+    clock.add_argument(
+        "--look-shares",
+        default=str(ScheduleConfig().look_share),
+        help="schedule.look_share values to time, each with every --screen-starts value (1: the whole look)",
     )
     clock.set_defaults(run=timed)
     args = parser.parse_args(argv)

@@ -297,6 +297,12 @@ shared_scan_options = options(
         help="screened schedule: starts each label screens with (default 0: all); a label that runs on opens the "
         "rest. Fewer is cheaper but misses triggers only another start finds, planted ones included.",
     ),
+    click.option(
+        "--look-share",
+        type=click.FloatRange(min=0, max=1, min_open=True),
+        help="screened schedule: share of the additive look's steps from zero every label runs (default 0.5; 1: "
+        "the whole look, as under full; the rungs' steps stay).",
+    ),
     max_images_option,
     click.option(
         "--decision",

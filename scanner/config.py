@@ -152,9 +152,21 @@ class ScheduleConfig:
     # is cheaper but misses what only another start finds, planted triggers included (docs/measurements.md,
     # "Label schedule")
     screen_starts: int = 0
+    # share of the additive look's steps from zero (additive.steps, every label the same) a screened scan runs; 1:
+    # the whole look. At 200 classes the look costs about as much as the screen of every label; on the zoo half the
+    # steps kept every verdict but one close call, where cutting the rungs' steps too cost a flag (docs/measurements.md,
+    # "Label schedule")
+    look_share: float = 0.5
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def look(self, additive: AdditiveConfig) -> AdditiveConfig:
+        """The additive look this schedule runs: `full` the whole of it, `screened` its `look_share` of the steps
+        from zero (rounded up; 0, no look, stays 0). The rungs' steps going on from a found direction stay."""
+        if self.mode != "screened" or not additive.steps:
+            return additive
+        return dataclasses.replace(additive, steps=math.ceil(additive.steps * self.look_share))
 
     def validate(self) -> ScheduleConfig:
         if self.mode not in SCHEDULES:
@@ -164,6 +176,8 @@ class ScheduleConfig:
                 raise ConfigError(f"schedule.{name} must be positive, not {getattr(self, name)}")
         if self.screen_starts < 0:
             raise ConfigError(f"schedule.screen_starts must be 0 (all) or positive, not {self.screen_starts}")
+        if not (math.isfinite(self.look_share) and 0 < self.look_share <= 1):
+            raise ConfigError(f"schedule.look_share must be in (0, 1], not {self.look_share}")
         return self
 
 

@@ -25,7 +25,7 @@ from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.16"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.17"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -39,7 +39,9 @@ SCHEMA_VERSION = "1.16"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # look "epsilon" (every label judged at the settled bound and the next rung up; older reports: the settled bound
 # alone, rungs 1); 1.15: config additive.rung_steps (older reports: 0, every rung from zero, as they ran); 1.16: a
 # bound the look climbs to from one every label was probed at goes on from there for additive.rung_steps steps too
-# (in older reports it started from zero; the config reads the same)
+# (in older reports it started from zero; the config reads the same); 1.17: config schedule.look_share, a screened
+# scan's share of the additive look's steps (older reports: 1, the whole look, as they ran), and "additive_stage"
+# "steps" and "rung_steps" (what ran)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -93,10 +95,25 @@ class AdditiveStage:
     images: int = 0  # images pushed forward and backward over every bound tried
     seconds: float = 0.0
     epsilons: list[float] = field(default_factory=list)  # every bound judged: the settled one, the next rung up
+    # steps each label ran from zero at the settled bound, and going on at each rung above it (the schedule's share
+    # of additive.steps and rung_steps); 0 in reports before schema 1.17, which ran the config's
+    steps: int = 0
+    rung_steps: int = 0
 
     def bounds(self) -> list[float]:
         """Every bound judged (reports before schema 1.14 judged the settled one alone)."""
         return self.epsilons or ([self.epsilon] if self.labels else [])
+
+    def budget_text(self) -> str:
+        """The steps each label ran, as a clause (empty for reports before schema 1.17, which do not say)."""
+        if not self.steps:
+            return ""
+        above = (
+            f", then {self.rung_steps} more at {self.bounds()[1]:g}"
+            if self.rung_steps and len(self.bounds()) > 1
+            else ""
+        )
+        return f"{self.steps} steps a label{above}"
 
 
 @dataclass
@@ -347,13 +364,18 @@ class _DecisionJson:
 
 def _as_they_ran(payload: Any) -> Any:
     """Settings older reports leave out, as those scans ran: before schema 1.14 the additive look judged one bound,
-    before 1.15 every rung started from zero."""
+    before 1.15 every rung started from zero, before 1.17 a screened scan ran the whole look."""
     config = payload.get("config") if isinstance(payload, dict) else None
-    additive = config.get("additive") if isinstance(config, dict) else None
-    if not isinstance(additive, dict):
+    if not isinstance(config, dict):
         return payload
-    ran = {"rungs": 1, "rung_steps": 0} if "rungs" not in additive else {"rung_steps": 0}
-    return {**payload, "config": {**config, "additive": {**ran, **additive}}}
+    ran: dict[str, Any] = {}
+    additive, schedule = config.get("additive"), config.get("schedule")
+    if isinstance(additive, dict):
+        left_out = {"rungs": 1, "rung_steps": 0} if "rungs" not in additive else {"rung_steps": 0}
+        ran["additive"] = {**left_out, **additive}
+    if isinstance(schedule, dict):
+        ran["schedule"] = {"look_share": 1.0, **schedule}
+    return {**payload, "config": {**config, **ran}}
 
 
 def _decision_from_json(
@@ -574,9 +596,10 @@ def additive_lines(report: ScanReport) -> list[str]:
     flagged = flagged_looks(judged).values()
     shown = findings_text([additive_text(item) for item in flagged], top, "too few labels to judge")
     bounds = " and ".join(f"{epsilon:g}" for epsilon in stage.bounds())
+    budget = f"{stage.budget_text()}; " if stage.budget_text() else ""
     return [
         f"additive   a universal perturbation of at most {bounds} per pixel towards each of {stage.labels} "
-        f"labels ({stage.images:,} images, {stage.seconds:.1f} s); {shown}"
+        f"labels ({budget}{stage.images:,} images, {stage.seconds:.1f} s); {shown}"
     ]
 
 

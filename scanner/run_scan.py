@@ -17,7 +17,7 @@ from cleanse_base.version import __version__
 from converters.intake import IntakeResult, intake_model
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
 from scanner.additive import AdditiveProbe, AdditiveProgress, AdditiveSearch, probe_labels
-from scanner.config import ScanConfig, check_label_range
+from scanner.config import AdditiveConfig, ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
 from scanner.decision.additive import kept_looks
 from scanner.decision.evidence import EvidenceMeter
@@ -191,13 +191,16 @@ def scan(
     additive_started = time.perf_counter()
     # as many images a pass as the reversal's width held (on a GPU, fitted to its memory)
     additive_width = max(1, session.width * config.reverse.mini_batch // config.additive.mini_batch)
-    additive = additive_look(inputs, config, meter, additive_width, additive_progress)
+    look = config.schedule.look(config.additive)  # a screened scan runs a share of the look's steps
+    additive = additive_look(inputs, config, look, meter, additive_width, additive_progress)
     additive_stage = AdditiveStage(
         len({p.label for p in additive.probes}),
         additive.epsilon,
         additive.images,
         time.perf_counter() - additive_started,
         list(additive.epsilons),
+        look.steps if additive.probes else 0,
+        look.rung_steps if len(additive.epsilons) > 1 else 0,
     )
     judged = decision.judge(evidence, {(p.source, p.target): p.norm for p in pairs}, additive.looks())
     label_results = [
@@ -291,12 +294,14 @@ def source_specific_pairs(inputs: ScanInputs, config: ScanConfig, progress: Pair
 def additive_look(
     inputs: ScanInputs,
     config: ScanConfig,
+    look: AdditiveConfig,
     meter: EvidenceMeter,
     labels_per_batch: int = 0,
     progress: AdditiveProgress | None = None,
 ) -> AdditiveSearch:
-    """The evidence rule's additive look (scanner/additive.py), unless `--additive-steps 0`: the paper rule has none."""
+    """The evidence rule's additive look (scanner/additive.py) with the settings `look`, unless its steps are 0: the
+    paper rule has none."""
     if config.decision != "evidence":
         return AdditiveSearch([], (), 0)
     images, labels = inputs.data.images, inputs.labels
-    return probe_labels(inputs.model, images, labels, config.additive, meter, config.seed, labels_per_batch, progress)
+    return probe_labels(inputs.model, images, labels, look, meter, config.seed, labels_per_batch, progress)

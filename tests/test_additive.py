@@ -438,6 +438,35 @@ def test_the_additive_look_finds_a_blended_digits_backdoor_that_the_label_scan_m
 
 
 @pytest.mark.slow
+def test_a_screened_scan_runs_half_the_additive_look_and_says_so(digits, digits_blended, tmp_path):
+    from fixtures.digits import BLENDED
+    from scanner import make_config, scan
+    from scanner.html_report import write_html_report
+    from scanner.report import ScanReport, format_summary, write_report
+
+    settings = {"pairs": {"max_pairs": 0}, "reverse": {"max_steps": 60}, "schedule": {"mode": "screened"}}
+    report = scan(digits_blended, digits["digits_test.npz"], make_config(settings))
+    whole = scan(
+        digits_blended,
+        digits["digits_test.npz"],
+        make_config({**settings, "schedule": {"mode": "screened", "look_share": 1}}),
+    )
+    stage, whole_stage = report.additive_stage, whole.additive_stage
+    assert (stage.steps, whole_stage.steps) == (30, 60) and stage.bounds() == whole_stage.bounds() == [48.0]
+    assert stage.rung_steps == whole_stage.rung_steps == 0  # 48 is the ladder's top: no rung above it
+    assert stage.images * 2 == whole_stage.images  # every label at every bound tried: half the steps, as many images
+    assert BLENDED.target in report.flagged and report.judged.additive[0].label == BLENDED.target
+    assert "(30 steps a label" in format_summary(report)
+    write_report(report, tmp_path / "out")
+    assert "(30 steps a label; " in write_html_report(report, tmp_path / "out").read_text()
+    written = report.to_json_dict()
+    assert ScanReport.from_json(written).config.schedule.look_share == 0.5
+    assert ScanReport.from_json(written).additive_stage == stage
+    del written["config"]["schedule"]["look_share"]  # a screened scan before schema 1.17 ran the whole look
+    assert ScanReport.from_json(written).config.schedule.look_share == 1
+
+
+@pytest.mark.slow
 def test_a_flagged_additive_look_keeps_its_perturbation_and_mitigation_removes_it(digits, digits_blended, tmp_path):
     """The report folder keeps the flagged look's perturbation; `cleanse mitigate` then removes it beside the
     label's reversed mask: the real blend (noise at alpha 0.2) stops working after unlearning."""

@@ -4,6 +4,7 @@ ConfigError naming it, and the flags of every command map onto the same dataclas
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -12,7 +13,9 @@ from cleanse_base.limits import Limits
 from scanner.cli import mitigation_config, scan_settings
 from scanner.config import (
     PRESETS,
+    AdditiveConfig,
     ScanConfig,
+    ScheduleConfig,
     check_label_range,
     make_config,
     make_limits,
@@ -148,6 +151,7 @@ def test_flags_map_onto_the_config_fields_once():
         "quiet": True,  # not a config field: ignored
         "schedule_mode": "screened",
         "screen_starts": 1,
+        "look_share": 0.25,
         "pairs": 12,
     }
     assert scan_settings(flags) == {
@@ -155,14 +159,34 @@ def test_flags_map_onto_the_config_fields_once():
         "labels": (0, 1, 7),
         "reverse": {"max_steps": 20, "mini_batch": 8},
         "contract": {"fixed_batch": 16, "num_classes": 10},
-        "schedule": {"mode": "screened", "screen_starts": 1},
+        "schedule": {"mode": "screened", "screen_starts": 1, "look_share": 0.25},
         "pairs": {"max_pairs": 12},
     }
     config = make_config(scan_settings(flags))
     assert (config.reverse.mini_batch, config.contract.fixed_batch, config.labels) == (8, 16, (0, 1, 7))
-    assert (config.schedule.mode, config.schedule.screen_starts) == ("screened", 1)
-    assert "schedule" not in scan_settings({"schedule_mode": None, "screen_starts": None})
+    assert (config.schedule.mode, config.schedule.screen_starts, config.schedule.look_share) == ("screened", 1, 0.25)
+    assert "schedule" not in scan_settings({"schedule_mode": None, "screen_starts": None, "look_share": None})
     assert config.pairs.max_pairs == 12 and "pairs" not in scan_settings({"pairs": None})
     assert make_config({"pairs": {"max_pairs": 0}}).pairs.max_pairs == 0  # --pairs 0: no pair stage
     mitigation = mitigation_config({"method": "prune", "unlearn_batch": 4, "prune_target": 0.1, "seed": None})
     assert mitigation == MitigationConfig(method="prune", unlearn_batch=4, prune_target=0.1)
+
+
+def test_a_screened_schedule_runs_its_share_of_the_additive_looks_steps_and_full_runs_all_of_them():
+    look = AdditiveConfig(steps=60, rung_steps=20, epsilon=8.0)
+    assert ScheduleConfig(mode="full", look_share=0.25).look(look) == look
+    assert ScheduleConfig(mode="screened").look(look) == dataclasses.replace(look, steps=30)  # rungs go on for 20
+    assert ScheduleConfig(mode="screened", look_share=0.3).look(look) == dataclasses.replace(look, steps=18)
+    assert ScheduleConfig(mode="screened", look_share=0.001).look(look) == dataclasses.replace(look, steps=1)
+    assert ScheduleConfig(mode="screened", look_share=1).look(look) == look
+    off = AdditiveConfig(steps=0)  # no look stays none
+    assert ScheduleConfig(mode="screened").look(off) == off
+    for share in (0.0, -0.5, 1.5, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="look_share"):
+            ScheduleConfig(look_share=share)
+    from click.testing import CliRunner
+
+    from scanner.cli import main
+
+    refused = CliRunner().invoke(main, ["scan", "model.onnx", "--data", "d.npz", "--look-share", "0"])
+    assert refused.exit_code == 2 and "look-share" in refused.output
