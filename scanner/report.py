@@ -108,11 +108,11 @@ class AdditiveStage:
         """The steps each label ran, as a clause (empty for reports before schema 1.17, which do not say)."""
         if not self.steps:
             return ""
-        above = (
-            f", then {self.rung_steps} more at {self.bounds()[1]:g}"
-            if self.rung_steps and len(self.bounds()) > 1
-            else ""
-        )
+        above = ", ".join(f"{bound:g}" for bound in self.bounds()[1:])
+        if above:  # rung_steps 0: each rung from zero for as many steps
+            above = (
+                f", then {self.rung_steps} more at {above}" if self.rung_steps else f", as many from zero at {above}"
+            )
         return f"{self.steps} steps a label{above}"
 
 

@@ -393,6 +393,17 @@ def test_the_additive_flags_and_a_config_table_map_onto_the_config(tmp_path):
     assert refused.exit_code == 2 and "additive-epsilon" in refused.output
 
 
+def test_the_additive_stage_says_what_each_label_ran():
+    from scanner.report import AdditiveStage
+
+    assert AdditiveStage(10, 6.0, 1, 1.0, [6.0, 12.0], 30, 20).budget_text() == "30 steps a label, then 20 more at 12"
+    assert (
+        AdditiveStage(10, 6.0, 1, 1.0, [6.0, 12.0], 60, 0).budget_text() == "60 steps a label, as many from zero at 12"
+    )
+    assert AdditiveStage(10, 48.0, 1, 1.0, [48.0], 30, 0).budget_text() == "30 steps a label"  # the ladder's top
+    assert AdditiveStage(10, 6.0, 1, 1.0, [6.0, 12.0]).budget_text() == ""  # schema 1.16 and older do not say
+
+
 # ---------------------------------------------------------------- end to end
 
 
