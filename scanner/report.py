@@ -95,8 +95,8 @@ class AdditiveStage:
     images: int = 0  # images pushed forward and backward over every bound tried
     seconds: float = 0.0
     epsilons: list[float] = field(default_factory=list)  # every bound judged: the settled one, the next rung up
-    # steps each label ran from zero at the settled bound, and going on at each rung above it (the schedule's share
-    # of additive.steps and rung_steps); 0 in reports before schema 1.17, which ran the config's
+    # steps each label ran from zero at the settled bound (the schedule's share of additive.steps), and going on at
+    # each rung above it (additive.rung_steps; 0: each rung from zero); 0 in reports before schema 1.17
     steps: int = 0
     rung_steps: int = 0
 
