@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.bench_models import bench_model
 from benchmarks.detection_table import saved_evidence, verdict_text
-from benchmarks.zoo_scans import REPORT, SCANS_DIR, ScanJob, parse_ints, run_all, scan_jobs
+from benchmarks.zoo_scans import REPORT, SCANS_DIR, ScanJob, parse_ints, parse_list, run_all, scan_jobs
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
 from scanner import make_config, scan
 from scanner.config import ScheduleConfig
@@ -108,10 +108,6 @@ def replica_jobs(seeds: list[int], max_images: int, data_dir: Path) -> list[Scan
     ]
 
 
-def parse_floats(text: str) -> list[float]:
-    return [float(item) for item in text.split(",") if item.strip()]
-
-
 def sampled_labels(classes: int, count: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).permutation(classes)[:count].tolist())
 
@@ -156,7 +152,7 @@ def timed_model(name: str, model: Path, data: Path, width: int, args: argparse.N
     warm_up(model, data, settings)
     screened_runs = []
     for screen_starts in parse_ints(args.screen_starts):
-        for look_share in parse_floats(args.look_shares):
+        for look_share in parse_list(args.look_shares, float):
             schedule = {"mode": "screened", "screen_starts": screen_starts, "look_share": look_share}
             started = time.perf_counter()
             report = scan(model, data, make_config({**settings, "schedule": schedule}))

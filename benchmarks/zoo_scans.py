@@ -29,13 +29,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from fixtures.paths import DEFAULT_CACHE, REPO_ROOT, shared_data_dir
 from fixtures.zoo import DATASETS, ZooCard, model_paths, select
 from scanner.config import PRESETS, SCHEDULES, ScheduleConfig
+
+T = TypeVar("T")
 
 DEFAULT = PRESETS["default"]  # the scans measure the default preset's reversal unless told otherwise
 SCANS_DIR = REPO_ROOT / ".cache" / "zoo" / "scans"
@@ -113,8 +117,13 @@ class ScanOutcome:
     note: str = ""
 
 
+def parse_list(text: str, kind: Callable[[str], T]) -> list[T]:
+    """A comma-separated option's values, each read by `kind` (int, float)."""
+    return [kind(part) for part in text.split(",") if part.strip()]
+
+
 def parse_ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
+    return parse_list(text, int)
 
 
 def scan_jobs(
