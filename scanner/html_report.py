@@ -237,7 +237,6 @@ def additive_section(report: ScanReport, folder: Path) -> str:
         else ""
     )
     bounds = stage.bounds()
-    budget = f"{stage.budget_text()}; " if stage.budget_text() else ""
     where = (
         f"at most {bounds[0]:g} per pixel (0-255 scale), the bound at which the median label first moved 10% of the "
         f"images, and at {' and '.join(f'{bound:g}' for bound in bounds[1:])} above it (the next doublings),"
@@ -246,7 +245,7 @@ def additive_section(report: ScanReport, folder: Path) -> str:
     )
     return f"""<h2 id="additive">Additive look</h2>
 <p>Per label, a universal perturbation of {where} optimized to send the clean images to the label
-({budget}{stage.images:,} images, {stage.seconds:.1f} s), for blended and SIG backdoors, whose faint full-image trigger
+({stage.cost_text()}), for blended and SIG backdoors, whose faint full-image trigger
 Neural Cleanse's mask cannot express cheaply. Its success on held-out images (as a log-odds) and its mimicry (how
 much the perturbed images look like the label's own: a natural direction adds the label's look) as robust z-scores
 against the other labels' at the same bound, combined; the p-value is corrected for the {stage.labels} labels and

@@ -115,6 +115,11 @@ class AdditiveStage:
             )
         return f"{self.steps} steps a label{above}"
 
+    def cost_text(self) -> str:
+        """What the look ran and cost, as the text and HTML reports put it in parentheses."""
+        cost = f"{self.images:,} images, {self.seconds:.1f} s"
+        return f"{self.budget_text()}; {cost}" if self.steps else cost
+
 
 @dataclass
 class ScanReport:
@@ -596,10 +601,9 @@ def additive_lines(report: ScanReport) -> list[str]:
     flagged = flagged_looks(judged).values()
     shown = findings_text([additive_text(item) for item in flagged], top, "too few labels to judge")
     bounds = " and ".join(f"{epsilon:g}" for epsilon in stage.bounds())
-    budget = f"{stage.budget_text()}; " if stage.budget_text() else ""
     return [
         f"additive   a universal perturbation of at most {bounds} per pixel towards each of {stage.labels} "
-        f"labels ({budget}{stage.images:,} images, {stage.seconds:.1f} s); {shown}"
+        f"labels ({stage.cost_text()}); {shown}"
     ]
 
 
