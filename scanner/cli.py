@@ -47,6 +47,7 @@ from scanner.config import (
     SEED_MAX,
     AdditiveConfig,
     PairConfig,
+    RetryConfig,
     ReverseConfig,
     ScanConfig,
     ScheduleConfig,
@@ -184,6 +185,10 @@ def additive_settings(options: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def retry_settings(options: dict[str, Any]) -> dict[str, Any]:
+    return given(RetryConfig, {"rounds": options.get("retry_rounds"), "labels": options.get("retry_labels")})
+
+
 def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
     """The scan settings the flags give, in make_config's nested form (what a config file holds)."""
     tables = {
@@ -192,6 +197,7 @@ def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
         "schedule": schedule_settings(options),
         "pairs": pair_settings(options),
         "additive": additive_settings(options),
+        "retry": retry_settings(options),
     }
     settings = {key: value for key, value in given(ScanConfig, options).items() if key not in tables}
     for table, values in tables.items():
@@ -339,6 +345,18 @@ shared_scan_options = options(
         help="evidence rule: steps at each rung above the settled bound, every label going on from its perturbation "
         "at the rung below (default 20; 0: from zero for --additive-steps steps).",
     ),
+    count_option(
+        "--retry-rounds",
+        minimum=0,
+        help="evidence rule: fresh reversals of each label with one of the smallest triggers, which keeps the "
+        "smallest found: a start can miss a planted trigger that another finds (default 2; 0: none).",
+    ),
+    count_option(
+        "--retry-labels",
+        minimum=0,
+        help="evidence rule: how many of the smallest triggers the retry reverses again (default 1; 0: the square "
+        "root of the number of labels, rounded up).",
+    ),
     click.option(
         "--mad-threshold",
         type=float,
@@ -407,13 +425,13 @@ def main() -> None:
 # ---------------------------------------------------------------- scan
 
 
-def label_progress(quiet: bool) -> Callable[[LabelTrigger, int, int], None]:
-    """The scan's progress callback: one Progress line over the labels."""
+def label_progress(quiet: bool, unit: str = "labels") -> Callable[[LabelTrigger, int, int], None]:
+    """The scan's progress callback: one Progress line over the labels (or the retry's rounds)."""
     shown: list[Progress] = []
 
     def show(result: LabelTrigger, done: int, total: int) -> None:
         if not shown:
-            shown.append(Progress(total, "labels", quiet))
+            shown.append(Progress(total, unit, quiet))
         shown[0].advance(f"label {result.label}: L1 {result.norm:.1f} in {result.steps} steps")
 
     return show
@@ -501,6 +519,7 @@ def scan(
         require_verdict=True,
         pair_progress=pair_progress(quiet),
         additive_progress=additive_progress(quiet),
+        retry_progress=label_progress(quiet, "retry rounds"),
     )
     if out:
         write_report(report, out, [config_file])

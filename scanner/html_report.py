@@ -255,6 +255,28 @@ above 1. The {min(ADDITIVE_SHOWN, len(judged))} most suspicious looks:</p>
 {shown}"""
 
 
+def retry_section(report: ScanReport) -> str:
+    """The retry: each retried label's first trigger and every round's, and the one it keeps."""
+    stage = report.retry_stage
+    if not stage.rounds:
+        return ""
+    rows = [
+        [
+            str(retry.label),
+            f"{retry.first_norm:.2f}",
+            *(f"{norm:.2f}" for norm in retry.norms),
+            "first" if retry.kept_round is None else f"round {retry.kept_round}",
+        ]
+        for retry in stage.retries
+    ]
+    rounds = [f"round {r}" for r in range(1, stage.rounds + 1)]
+    return f"""<h2 id="retry">Retry</h2>
+<p>{stage.subject().capitalize()} reversed {stage.rounds} more time(s) from fresh starts ({stage.images:,} images,
+{stage.seconds:.1f} s): a reversal can miss a planted trigger that another start finds. Each label keeps its smallest
+trigger, judged as above.</p>
+{table(["label", "first L1", *rounds, "kept"], rows, set(range(1, stage.rounds + 2)))}"""
+
+
 def render_report(report: ScanReport, folder: Path) -> str:
     mad = report.mad
     cutoff = threshold_norm(mad.median, mad.mad, mad.threshold)
@@ -288,6 +310,7 @@ MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 <h2>L1 norm per label</h2>
 {bar_chart_svg(norms, report.flagged, mad.median, cutoff)}
 {evidence_section(report)}
+{retry_section(report)}
 {pairs_section(report, folder)}
 {additive_section(report, folder)}
 <h2>Reversed triggers</h2>

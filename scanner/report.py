@@ -23,9 +23,10 @@ from scanner.decision.pairs import PairJudgement
 from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
+from scanner.retry import Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.17"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.18"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -41,7 +42,8 @@ SCHEMA_VERSION = "1.17"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # bound the look climbs to from one every label was probed at goes on from there for additive.rung_steps steps too
 # (in older reports it started from zero; the config reads the same); 1.17: config schedule.look_share, a screened
 # scan's share of the additive look's steps (older reports: 1, the whole look, as they ran), and "additive_stage"
-# "steps" and "rung_steps" (what ran)
+# "steps" and "rung_steps" (what ran); 1.18: config "retry" and "retry_stage" (the labels with the smallest triggers
+# reversed again: each round's norm, the round kept, images, seconds; older reports: none, retry.rounds 0)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -122,6 +124,47 @@ class AdditiveStage:
 
 
 @dataclass
+class RetryStage:
+    """What the retry (scanner/retry.py) found and cost."""
+
+    rounds: int = 0  # fresh runs of each retried label (0: the retry did not run)
+    retries: list[Retry] = field(default_factory=list)  # one per label retried, smallest first trigger first
+    images: int = 0  # images pushed forward and backward over every round
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        # a report folder is untrusted: every round a norm, the kept round one of them
+        for retry in self.retries:
+            kept_in_range = retry.kept_round is None or 1 <= retry.kept_round <= self.rounds
+            if len(retry.norms) != self.rounds or not kept_in_range:
+                raise ConfigError(
+                    f"retry_stage: label {retry.label} has {len(retry.norms)} round norm(s) and kept round "
+                    f"{retry.kept_round} for {self.rounds} round(s)"
+                )
+
+    def text(self) -> str:
+        """What the retry did, as one sentence (empty where it did not run)."""
+        if not self.rounds:
+            return ""
+        replaced = [
+            f"label {r.label} L1 {r.first_norm:.1f} -> {r.norms[r.kept_round - 1]:.1f}"
+            for r in self.retries
+            if r.kept_round is not None
+        ]
+        found = "; ".join(replaced) if replaced else "no smaller trigger found"
+        times = "time" if self.rounds == 1 else "times"
+        cost = f"{self.images:,} images, {self.seconds:.1f} s"
+        return f"{self.subject()} reversed {self.rounds} more {times}: {found} ({cost})"
+
+    def subject(self) -> str:
+        """Which labels were retried, as a noun phrase."""
+        labels = ", ".join(str(retry.label) for retry in self.retries)
+        if len(self.retries) == 1:
+            return f"the smallest trigger (label {labels})"
+        return f"the {len(self.retries)} smallest triggers (labels {labels})"
+
+
+@dataclass
 class ScanReport:
     tool_version: str
     model_path: str
@@ -147,6 +190,7 @@ class ScanReport:
     # the perturbations of the looks decision.additive.kept_looks names; not in the JSON
     additive_triggers: list[AdditiveProbe] = field(default_factory=list, repr=False)
     additive_stage: AdditiveStage = field(default_factory=AdditiveStage)
+    retry_stage: RetryStage = field(default_factory=RetryStage)
 
     @property
     def verdict(self) -> str:
@@ -199,6 +243,7 @@ class ScanReport:
                 "schedule": self.schedule,
                 "pair_stage": dataclasses.asdict(self.pair_stage),
                 "additive_stage": dataclasses.asdict(self.additive_stage),
+                "retry_stage": dataclasses.asdict(self.retry_stage),
                 "seconds_total": self.seconds_total,
                 "started_at": self.started_at,
             }
@@ -241,6 +286,7 @@ class ScanReport:
             schedule=document.schedule,
             pair_stage=document.pair_stage,
             additive_stage=document.additive_stage,
+            retry_stage=document.retry_stage,
             decision=_decision_from_json(
                 document.decision, flagged, f"{where}.decision", document.additive_stage.epsilon
             )
@@ -351,6 +397,7 @@ class _ReportDocument:
     decision: dict[str, Any] = field(default_factory=dict)  # absent before schema 1.4
     pair_stage: PairStage = field(default_factory=PairStage)  # absent before schema 1.9
     additive_stage: AdditiveStage = field(default_factory=AdditiveStage)  # absent before schema 1.13
+    retry_stage: RetryStage = field(default_factory=RetryStage)  # absent before schema 1.18
 
 
 @dataclass(frozen=True)
@@ -369,7 +416,8 @@ class _DecisionJson:
 
 def _as_they_ran(payload: Any) -> Any:
     """Settings older reports leave out, as those scans ran: before schema 1.14 the additive look judged one bound,
-    before 1.15 every rung started from zero, before 1.17 a screened scan ran the whole look."""
+    before 1.15 every rung started from zero, before 1.17 a screened scan ran the whole look, before 1.18 no label
+    was retried."""
     config = payload.get("config") if isinstance(payload, dict) else None
     if not isinstance(config, dict):
         return payload
@@ -380,6 +428,8 @@ def _as_they_ran(payload: Any) -> Any:
         ran["additive"] = {**left_out, **additive}
     if isinstance(schedule, dict):
         ran["schedule"] = {"look_share": 1.0, **schedule}
+    if "retry" not in config:
+        ran["retry"] = {"rounds": 0}
     return {**payload, "config": {**config, **ran}}
 
 
@@ -622,6 +672,7 @@ def format_summary(report: ScanReport) -> str:
         "",
         f"median L1 {report.mad.median:.2f}, MAD {report.mad.mad:.2f}, anomaly index {report.mad.anomaly_index:.2f} "
         f"(threshold {report.mad.threshold:g})",
+        *([f"retry      {report.retry_stage.text()}"] if report.retry_stage.rounds else []),
         f"decision   {rule_text(report.judged)}",
         *pairs_lines(report),
         *additive_lines(report),

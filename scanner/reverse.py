@@ -166,6 +166,7 @@ class LabelTrigger:
     steps: int
     seconds: float
     final_cost: float
+    images: int = 0  # clean images pushed forward and backward over all its starts
 
 
 @dataclass
@@ -476,6 +477,7 @@ class TriggerReverser:
             steps=run.steps_spent,
             seconds=sum(start.seconds for start in run.starts),
             final_cost=slot.schedule.cost,
+            images=run.images,
         )
 
 
@@ -499,6 +501,13 @@ class ReverseSession:
         `open_starts`."""
         count = min(starts, self.reverser.config.starts) if starts > 0 else self.reverser.config.starts
         return LabelRun(label, [StartRun(label, start_rng(self.reverser.seed, label, k), k) for k in range(count)])
+
+    def restart(self, label: int, round_: int) -> LabelRun:
+        """A fresh run of `label`, every start open, its starts drawn after those of the `round_` runs before it
+        (round 0: `start`'s)."""
+        count = self.reverser.config.starts
+        seed = self.reverser.seed
+        return LabelRun(label, [StartRun(label, start_rng(seed, label, round_ * count + k), k) for k in range(count)])
 
     def start_pair(self, source: int, label: int, pool: np.ndarray) -> LabelRun:
         """A run of `label` over the clean images at `pool` only (those of class `source`), every start open."""

@@ -20,14 +20,15 @@ from scanner.additive import AdditiveProbe, AdditiveProgress, AdditiveSearch, pr
 from scanner.config import AdditiveConfig, ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
 from scanner.decision.additive import kept_looks
-from scanner.decision.evidence import EvidenceMeter
+from scanner.decision.evidence import EvidenceMeter, LabelEvidence
 from scanner.decision.rules import DecisionResult, make_decision, norms_of
 from scanner.mad import MIN_LABELS, mad_outliers
 from scanner.model import ScoringModel, accuracy
 from scanner.pairs import PairProgress, PairSearch, PairTrigger, reverse_pairs
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
-from scanner.report import AdditiveStage, LabelResult, PairStage, ScalingChoice, ScanReport
-from scanner.reverse import LabelTrigger, TriggerReverser
+from scanner.report import AdditiveStage, LabelResult, PairStage, RetryStage, ScalingChoice, ScanReport
+from scanner.retry import retried_labels, retry_candidates, retry_count, retry_labels
+from scanner.reverse import LabelTrigger, ReverseSession, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
 
@@ -150,28 +151,23 @@ def scan(
     require_verdict: bool = False,
     pair_progress: PairProgress | None = None,
     additive_progress: AdditiveProgress | None = None,
+    retry_progress: Callable[[LabelTrigger, int, int], None] | None = None,
 ) -> ScanReport:
     """Scan an ONNX image classifier for backdoors with Neural Cleanse.
 
     `data` is a path (.npz, .npy, .h5 or a folder of class subfolders) or a CleanData. `progress`, when
     given, is called as each label finishes with (result, labels done, labels total), `pair_progress` as each
     source-specific pair does with (pairs done, pairs total), `additive_progress` as each label's additive probe does
-    (scanner/additive.py). With fewer than 3 labels
-    scanned the report's verdict is "inconclusive"; `require_verdict` refuses such a scan before it runs.
+    (scanner/additive.py), `retry_progress` as each retry round of a label does (result, rounds done, rounds total).
+    With fewer than 3 labels scanned the report's verdict is "inconclusive"; `require_verdict` refuses such a scan
+    before it runs.
     """
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     inputs = scan_inputs(model_path, data, config, require_verdict)
     device, converted, labels, data, model = inputs.device, inputs.converted, inputs.labels, inputs.data, inputs.model
     contract = converted.contract
 
-    done = 0
-
-    def on_label(result: LabelTrigger) -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(result, done, len(labels))
-
+    on_label = counted(progress, len(labels))
     decision = make_decision(config.decision, config.mad_threshold, config.alpha, config.inconclusive_factor)
     reverser = TriggerReverser(model, config.reverse, device, config.seed)
     session = reverser.session(data.images, len(labels))
@@ -182,6 +178,8 @@ def scan(
     for trigger in triggers:
         if not runs[trigger.label].finished:  # stopped by the scheduler: done all the same
             on_label(trigger)
+    final = {label for label in labels if runs[label].finished}
+    triggers, retry_stage = retry_smallest(config, session, meter, triggers, evidence, final, retry_progress)
     estimates = norms_of(evidence)
     mad = mad_outliers(estimates, config.mad_threshold)
     pair_started = time.perf_counter()
@@ -254,7 +252,47 @@ def scan(
         pair_triggers=shown_pairs(pairs, judged),
         additive_triggers=shown_additive(additive.probes, judged),
         additive_stage=additive_stage,
+        retry_stage=retry_stage,
     )
+
+
+def counted(progress: Callable[[LabelTrigger, int, int], None] | None, total: int) -> Callable[[LabelTrigger], None]:
+    """A callback for each finished run that calls `progress` with (result, runs done, `total`)."""
+    done = 0
+
+    def on_run(result: LabelTrigger) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(result, done, total)
+
+    return on_run
+
+
+def retry_smallest(
+    config: ScanConfig,
+    session: ReverseSession,
+    meter: EvidenceMeter,
+    triggers: list[LabelTrigger],
+    evidence: dict[int, LabelEvidence],
+    final: set[int],
+    progress: Callable[[LabelTrigger, int, int], None] | None = None,
+) -> tuple[list[LabelTrigger], RetryStage]:
+    """The evidence rule's retry (scanner/retry.py), where wanted: the labels with the smallest triggers reversed
+    again, each keeping its smallest trigger; `evidence` is measured again where a round's trigger replaced the
+    first. The triggers the scan keeps, and what the retry did."""
+    if config.decision != "evidence" or not config.retry.rounds:
+        return triggers, RetryStage()
+    started = time.perf_counter()
+    candidates = retry_candidates(norms_of(evidence), final, retry_count(len(triggers), config.retry.labels))
+    by_label = {trigger.label: trigger for trigger in triggers}
+    first = {label: by_label[label] for label in candidates}  # smallest first
+    on_round = counted(progress, len(candidates) * config.retry.rounds)
+    kept, retries = retry_labels(session, first, config.retry.rounds, on_round)
+    for label in retried_labels(retries):
+        evidence[label] = meter.measure(label, kept[label].mask, kept[label].pattern)
+    stage = RetryStage(config.retry.rounds, retries, sum(r.images for r in retries), time.perf_counter() - started)
+    return [kept.get(trigger.label, trigger) for trigger in triggers], stage
 
 
 def shown_pairs(pairs: list[PairTrigger], judged: DecisionResult) -> list[PairTrigger]:

@@ -130,8 +130,11 @@ def test_config_file_sets_options_and_flags_override_it(digits, tmp_path):
     assert report["config"]["seed"] == 9
     assert report["config"]["labels"] == [0, 1, 7]
     assert report["config"]["reverse"]["max_steps"] == 2 and report["config"]["reverse"]["mini_batch"] == 16
-    starts = report["config"]["reverse"]["starts"]  # a label's steps count every start's
-    assert all(label["steps"] <= 2 * starts for label in report["labels"])
+    starts = report["config"]["reverse"]["starts"]  # a label's steps count every start's, and every retry round's
+    retried = {retry["label"] for retry in report["retry_stage"]["retries"]}
+    rounds = report["config"]["retry"]["rounds"]
+    assert len(retried) == 1 and rounds == 2
+    assert all(label["steps"] <= 2 * starts * (1 + rounds * (label["label"] in retried)) for label in report["labels"])
     config.write_text("sede = 4\n")
     result = runner.invoke(main, args)
     assert result.exit_code == 2 and "unknown field(s) sede" in result.output

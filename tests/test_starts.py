@@ -252,8 +252,10 @@ def test_a_several_start_scan_flags_the_digits_backdoor_and_reports_each_label_o
     assert report.flagged == [7]
     assert sorted(seen) == list(range(10))  # a label is done when its last start is
     assert report.config.reverse.starts == starts and said in format_summary(report)
-    assert report.schedule["images"] == sum(result.steps for result in report.labels) * 256
-    assert report.schedule["steps"] == sum(result.steps for result in report.labels)  # every start's steps
+    # every start's steps, the retried label's rounds too (the schedule counts the label stage, the retry its own)
+    steps = sum(result.steps for result in report.labels)
+    assert report.schedule["images"] + report.retry_stage.images == steps * 256
+    assert report.schedule["steps"] * 256 + report.retry_stage.images == steps * 256
 
 
 @pytest.mark.slow

@@ -1,0 +1,93 @@
+"""The retry: the labels with the smallest triggers reversed again from fresh starts, each keeping the smallest
+trigger any round found.
+
+A reversal can miss a planted trigger that is there: a start whose mask fades before the patch's pattern has
+formed ends at about twice the patch's norm (docs/measurements.md, "Starts"). Such a miss is all or nothing, while
+a natural trigger ends about the same from any start, so more rounds on the label that could be flagged find what
+the first round missed more often than they sharpen a natural trigger. The label retried by default is the smallest
+trigger, Neural Cleanse's suspect; retrying more of them also sharpens the natural triggers that the others are
+judged against (docs/measurements.md, "Retry").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from scanner.reverse import LabelRun, LabelTrigger, ReverseSession
+
+
+def retry_count(labels: int, configured: int) -> int:
+    """How many labels a scan of `labels` labels retries: `configured`, or ceil(sqrt(labels)) where it is 0."""
+    return min(labels, configured or math.ceil(math.sqrt(labels)))
+
+
+def retry_candidates(norms: Mapping[int, float], final: Collection[int], count: int) -> list[int]:
+    """The `count` labels with the smallest norms among those reversed to their end (a label the scheduler
+    stopped early holds a projection, not a trigger to improve on), smallest first."""
+    return sorted((label for label in norms if label in final), key=lambda label: (norms[label], label))[:count]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """One label's retry: the norm of its trigger before, each round's, and the round whose trigger it keeps."""
+
+    label: int
+    first_norm: float  # the label's trigger before the retry
+    norms: list[float]  # each round's trigger
+    kept_round: int | None  # the round (1-based) whose trigger the label keeps; None: the first stays
+    images: int  # clean images the rounds pushed forward and backward
+    seconds: float
+
+
+def kept_round(first_norm: float, norms: Sequence[float]) -> int | None:
+    """The round (1-based) with the smallest trigger where it is smaller than the first, else None (a tie keeps
+    the first)."""
+    best = min(range(len(norms)), key=lambda i: norms[i], default=None)
+    return None if best is None or norms[best] >= first_norm else best + 1
+
+
+def retry_rounds(
+    session: ReverseSession, labels: Sequence[int], rounds: int, progress: Callable[[LabelTrigger], None] | None = None
+) -> dict[int, list[LabelTrigger]]:
+    """Reverse every label of `labels` `rounds` more times from fresh starts (ReverseSession.restart), all of them
+    sharing the session's passes: label -> each round's trigger."""
+    runs: dict[int, list[LabelRun]] = {
+        label: [session.restart(label, r) for r in range(1, rounds + 1)] for label in labels
+    }
+    session.advance([run for label_runs in runs.values() for run in label_runs], None, progress)
+    return {label: [session.result(run) for run in label_runs] for label, label_runs in runs.items()}
+
+
+def retry_labels(
+    session: ReverseSession,
+    first: Mapping[int, LabelTrigger],
+    rounds: int,
+    progress: Callable[[LabelTrigger], None] | None = None,
+) -> tuple[dict[int, LabelTrigger], list[Retry]]:
+    """Retry every label of `first` (label -> its trigger so far) for `rounds` rounds: each label's trigger to keep
+    (the smallest mask over the first and every round, the first on a tie; its steps, seconds and images counted
+    over all of them) and what each label's rounds found."""
+    found = retry_rounds(session, list(first), rounds, progress)
+    kept: dict[int, LabelTrigger] = {}
+    retries = []
+    for label, triggers in found.items():
+        norms = [trigger.norm for trigger in triggers]
+        chosen = kept_round(first[label].norm, norms)
+        spent = [first[label], *triggers]
+        kept[label] = dataclasses.replace(
+            first[label] if chosen is None else triggers[chosen - 1],
+            steps=sum(trigger.steps for trigger in spent),
+            seconds=sum(trigger.seconds for trigger in spent),
+            images=sum(trigger.images for trigger in spent),
+        )
+        images = sum(trigger.images for trigger in triggers)
+        retries.append(Retry(label, first[label].norm, norms, chosen, images, sum(t.seconds for t in triggers)))
+    return kept, retries
+
+
+def retried_labels(retries: Sequence[Retry]) -> list[int]:
+    """The labels whose trigger a retry round replaced."""
+    return [retry.label for retry in retries if retry.kept_round is not None]

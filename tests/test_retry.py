@@ -1,0 +1,138 @@
+"""The retry (scanner/retry.py): the labels with the smallest triggers reversed again from fresh starts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cleanse_base.errors import ConfigError
+from scanner.config import RetryConfig, ReverseConfig, ScanConfig
+from scanner.report import RetryStage
+from scanner.retry import Retry, kept_round, retry_candidates, retry_count, retry_labels
+from scanner.reverse import TriggerReverser
+
+
+def test_the_retry_takes_the_square_root_of_the_labels_unless_told():
+    assert [retry_count(n, 0) for n in (1, 3, 10, 43, 200)] == [1, 2, 4, 7, 15]
+    assert retry_count(10, 3) == 3
+    assert retry_count(5, 9) == 5  # never more labels than the scan has
+
+
+def test_the_candidates_are_the_smallest_final_triggers():
+    norms = {0: 5.0, 1: 2.0, 2: 9.0, 3: 2.0, 4: 1.0}
+    assert retry_candidates(norms, final={0, 1, 2, 3}, count=3) == [1, 3, 0]  # 4 stopped early: a projection
+    assert retry_candidates(norms, final=set(norms), count=2) == [4, 1]
+    assert retry_candidates(norms, final=set(), count=2) == []
+
+
+def test_a_round_replaces_the_first_trigger_only_when_smaller():
+    assert kept_round(10.0, [12.0, 7.0, 8.0]) == 2
+    assert kept_round(10.0, [10.0, 11.0]) is None  # a tie keeps the first
+    assert kept_round(10.0, []) is None
+
+
+@pytest.mark.parametrize("settings", [{"rounds": -1}, {"labels": -2}])
+def test_retry_settings_out_of_range_are_refused(settings):
+    with pytest.raises(ConfigError, match="retry"):
+        RetryConfig(**settings)
+
+
+def test_the_retry_flags_and_a_config_table_map_onto_the_config():
+    from click.testing import CliRunner
+
+    from scanner.cli import main, retry_settings
+    from scanner.config import make_config
+
+    assert retry_settings({"retry_rounds": 2, "retry_labels": 5}) == {"rounds": 2, "labels": 5}
+    assert retry_settings({}) == {}
+    assert make_config({"retry": {"rounds": 1}}).retry == RetryConfig(rounds=1)
+    refused = CliRunner().invoke(main, ["scan", "model.onnx", "--data", "d.npz", "--retry-rounds", "-1"])
+    assert refused.exit_code == 2 and "retry-rounds" in refused.output
+
+
+def test_the_retry_stage_says_what_it_did_and_refuses_rounds_that_never_ran():
+    one = RetryStage(2, [Retry(4, 9.0, [8.5, 9.5], 1, 10, 0.1)], 10, 0.1)
+    assert one.text() == (
+        "the smallest trigger (label 4) reversed 2 more times: label 4 L1 9.0 -> 8.5 (10 images, 0.1 s)"
+    )
+    two = RetryStage(1, [Retry(4, 9.0, [9.5], None, 10, 0.1), Retry(1, 9.2, [9.6], None, 10, 0.1)], 20, 0.2)
+    assert two.text().startswith("the 2 smallest triggers (labels 4, 1) reversed 1 more time: no smaller trigger")
+    assert RetryStage().text() == ""  # no retry ran
+    with pytest.raises(ConfigError, match="retry_stage"):  # a tampered report: a kept round that never ran
+        RetryStage(2, [Retry(4, 9.0, [8.5, 9.5], 3, 10, 0.1)], 10, 0.1)
+    with pytest.raises(ConfigError, match="retry_stage"):  # fewer norms than rounds
+        RetryStage(2, [Retry(4, 9.0, [8.5], None, 10, 0.1)], 10, 0.1)
+
+
+def tiny_reverser(seed: int = 0) -> tuple[TriggerReverser, np.ndarray]:
+    """A random-weight 4-class model over 8x8 images: enough for a reversal to run a few steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.LogSoftmax(dim=1))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    config = ReverseConfig(mini_batch=8, images_per_step=16, max_steps=6, starts=2, start_trial_steps=2)
+    images = np.random.default_rng(0).uniform(0, 255, (32, 1, 8, 8)).astype(np.float32)
+    return TriggerReverser(model, config, torch.device("cpu"), seed), images
+
+
+def test_each_round_draws_its_own_starts_and_round_zero_is_the_first_runs():
+    reverser, images = tiny_reverser()
+    session = reverser.session(images, 4)
+    first, again = session.start(2), session.restart(2, 0)
+    assert [s.rng.random() for s in first.starts] == [s.rng.random() for s in again.starts]
+    one, two = session.restart(2, 1), session.restart(2, 2)
+    draws = {tuple(s.rng.random(3)) for run in (session.start(2), one, two) for s in run.starts}
+    assert len(draws) == 6  # two starts a round, none shared
+
+
+def test_a_label_keeps_its_smallest_trigger_and_counts_every_rounds_work():
+    reverser, images = tiny_reverser()
+    first = {label: trigger for label, trigger in zip(range(2), reverser.reverse(images, [0, 1]), strict=True)}
+    kept, retries = retry_labels(reverser.session(images, 2), first, rounds=2)
+    assert [retry.label for retry in retries] == [0, 1]
+    for retry in retries:
+        assert len(retry.norms) == 2 and retry.images > 0 and retry.first_norm == first[retry.label].norm
+        trigger = kept[retry.label]
+        assert trigger.norm == min([retry.first_norm, *retry.norms])
+        assert trigger.steps > first[retry.label].steps and trigger.images == first[retry.label].images + retry.images
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_a_scan_retries_its_smallest_triggers_and_reports_them(digits, tmp_path):
+    from fixtures.digits import TARGET
+    from scanner import make_config, scan
+    from scanner.html_report import write_html_report
+    from scanner.report import ScanReport, format_summary, write_report
+
+    settings = {"pairs": {"max_pairs": 0}, "additive": {"steps": 0}, "reverse": {"max_steps": 60}}
+    model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
+    first = scan(model, data, make_config({**settings, "retry": {"rounds": 0}}))
+    report = scan(model, data, make_config({**settings, "retry": {"rounds": 1, "labels": 3}}))
+    smallest = sorted(first.labels, key=lambda result: result.l1_norm)[:3]
+    stage = report.retry_stage
+    assert stage.rounds == 1 and [retry.label for retry in stage.retries] == [result.label for result in smallest]
+    assert [retry.first_norm for retry in stage.retries] == [result.l1_norm for result in smallest]
+    norms = {result.label: result.l1_norm for result in report.labels}
+    for retry in stage.retries:
+        assert norms[retry.label] == pytest.approx(min(retry.first_norm, *retry.norms), rel=1e-6)
+        assert report.labels[retry.label].evidence["compactness"] is not None
+    unretried = {result.label: result.l1_norm for result in first.labels}
+    assert all(norms[label] == unretried[label] for label in norms if label not in {r.label for r in stage.retries})
+    assert report.flagged == [TARGET] and stage.images > 0
+    assert "retry      the 3 smallest triggers (labels " in format_summary(report)
+    written = write_report(report, tmp_path / "out")
+    assert 'id="retry"' in write_html_report(report, tmp_path / "out").read_text()
+    payload = json.loads(written.read_text())
+    assert ScanReport.from_json(payload).retry_stage == stage
+    del payload["config"]["retry"], payload["retry_stage"]  # a report before schema 1.18: no retry ran
+    older = ScanReport.from_json(payload)
+    assert older.config.retry.rounds == 0 and older.retry_stage.rounds == 0
+    paper = scan(model, data, make_config({**settings, "decision": "paper", "retry": {"rounds": 1}}))
+    assert paper.retry_stage.rounds == 0  # the paper rule judges the first triggers, exactly
+    assert ScanConfig().retry == RetryConfig(rounds=2, labels=1)
