@@ -26,6 +26,12 @@ same way: `evidence` judges labels, pairs and the additive look as `cleanse scan
 look at its settled bound alone (`--additive-rungs 1`, the look before schema 1.14), `no-additive` the labels and
 pairs alone, on the scans that have records.
 
+`--retry DIR` (default .cache/zoo/retry, from `python -m benchmarks.retry_scans`) adds the retry: each retried
+label keeps the smallest trigger over its scan's and every round's, as `cleanse scan` keeps it (`--retry-rounds` and
+`--retry-labels` judge the records' first rounds and smallest candidates only, as a scan with those settings would);
+`evidence` then judges the retried labels (with the pairs and the additive look where given) and `no-retry` the
+scan's own, on the scans that have records.
+
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
 measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
 later runs read it.
@@ -43,14 +49,17 @@ from pathlib import Path
 
 from benchmarks.additive_scans import ADDITIVE_DIR
 from benchmarks.pair_scans import PAIRS_DIR
+from benchmarks.retry_scans import RETRY_DIR
 from benchmarks.zoo_scans import SCANS_DIR
 from fixtures.paths import DEFAULT_CACHE
 from fixtures.zoo import ZooCard, model_paths
+from scanner.config import RetryConfig
 from scanner.decision.additive import AdditiveLooks, AdditiveMeasurement, looks_by_bound
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import ScanReport
+from scanner.retry import retry_count
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class ZooScan:
     report: ScanReport
     pairs: dict[tuple[int, int], float] | None = None  # (source, target) -> L1 norm, from benchmarks.pair_scans
     additive: AdditiveLooks | None = None  # bound -> label -> its look, from benchmarks.additive_scans
+    first_evidence: dict[int, LabelEvidence] | None = None  # before the retry of benchmarks.retry_scans, where retried
 
 
 def decision_norms(report: ScanReport) -> dict[int, float]:
@@ -169,6 +179,21 @@ def saved_additive(
     )
 
 
+def retried_evidence(evidence: dict[int, LabelEvidence], record: dict, retry: RetryConfig) -> dict[int, LabelEvidence]:
+    """The evidence with each label `retry` retries (the record's first candidates, its first rounds) keeping its
+    smallest trigger over the scan's and those rounds' (ties keep the scan's), as scanner.retry.retry_labels keeps
+    it. A record of more labels or rounds than `retry` takes answers for fewer."""
+    kept = dict(evidence)
+    for label in record["candidates"][: retry_count(len(evidence), retry.labels)]:
+        rounds = record["rounds"][str(label)][: retry.rounds]
+        if len(rounds) < retry.rounds:
+            raise SystemExit(f"a retry record has {len(rounds)} round(s) of label {label}, fewer than {retry.rounds}")
+        best = LabelEvidence(**min(rounds, key=lambda item: item["norm"])) if rounds else None
+        if best is not None and best.norm < kept[label].norm:
+            kept[label] = best
+    return kept
+
+
 def load_scans(
     scans_dir: Path,
     models_dir: Path,
@@ -176,6 +201,8 @@ def load_scans(
     pairs_dir: Path | None = None,
     additive_dir: Path | None = None,
     additive_records_first: bool = False,
+    retry_dir: Path | None = None,
+    retry: RetryConfig | None = None,
 ) -> list[ZooScan]:
     scans = []
     for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
@@ -198,6 +225,15 @@ def load_scans(
         additive = saved_additive(report, additive_dir, model, seed, additive_records_first)
         if additive_dir and additive is None:
             continue
+        first_evidence = None
+        if retry_dir:
+            record = retry_dir / model / f"seed{seed}.json"
+            if not record.is_file():
+                continue
+            first_evidence, evidence = (
+                evidence,
+                retried_evidence(evidence, json.loads(record.read_text()), retry or RetryConfig()),
+            )
         family = card.attack["family"] if card.attack else "clean"
         if card.attack and mean_success(card) < MIN_ATTACK_SUCCESS:
             family = "failed_attack"  # the attack did not take: neither a backdoored nor a clean model
@@ -212,6 +248,7 @@ def load_scans(
                 report=report,
                 pairs=pairs,
                 additive=additive,
+                first_evidence=first_evidence,
             )
         )
     return scans
@@ -236,12 +273,17 @@ def settled_bound(looks: AdditiveLooks | None) -> AdditiveLooks | None:
 
 def judge_all(scans: list[ZooScan], rules: dict[str, object]) -> dict[tuple[str, str, int], DecisionResult]:
     """Every scan judged by every rule; the `evidence` rule with the scan's pairs and additive look where it has
-    them, `one-rung` with the look at its settled bound alone, `no-additive` with its pairs alone."""
-    additive = {"evidence": lambda scan: scan.additive, "one-rung": lambda scan: settled_bound(scan.additive)}
+    them, `one-rung` with the look at its settled bound alone, `no-additive` with its pairs alone, `no-retry` as
+    `evidence` on the scan's labels before the retry; `paper` judges those too (the retry is the evidence rule's)."""
+    additive = {
+        "evidence": lambda scan: scan.additive,
+        "one-rung": lambda scan: settled_bound(scan.additive),
+        "no-retry": lambda scan: scan.additive,
+    }
     return {
         (name, s.model, s.seed): rule.judge(  # type: ignore[attr-defined]
-            s.evidence,
-            s.pairs if name in ("evidence", "one-rung", "no-additive") else None,
+            s.first_evidence if name in ("no-retry", "paper") and s.first_evidence is not None else s.evidence,
+            s.pairs if name in ("evidence", "one-rung", "no-additive", "no-retry") else None,
             additive[name](s) if name in additive else None,
         )
         for name, rule in rules.items()
@@ -387,10 +429,24 @@ def main(argv: list[str] | None = None) -> None:
         help="judge the --additive records even where a scan's report has its own look (another look's settings "
         "on the same label scans)",
     )
+    parser.add_argument("--retry", type=Path, nargs="?", const=RETRY_DIR, help="retry records (%(const)s)")
+    parser.add_argument("--retry-rounds", type=int, default=RetryConfig().rounds, help="rounds judged (%(default)s)")
+    parser.add_argument(
+        "--retry-labels", type=int, default=RetryConfig().labels, help="labels judged (%(default)s; 0: sqrt)"
+    )
     args = parser.parse_args(argv)
     folders = [args.scans, *([args.compare] if args.compare else [])]
     loaded = [
-        load_scans(folder, args.models, args.remeasure, args.pairs, args.additive, args.additive_records)
+        load_scans(
+            folder,
+            args.models,
+            args.remeasure,
+            args.pairs,
+            args.additive,
+            args.additive_records,
+            args.retry,
+            RetryConfig(args.retry_rounds, args.retry_labels),
+        )
         for folder in folders
     ]
     for folder, scans in zip(folders, loaded, strict=True):
@@ -398,7 +454,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"no scans under {folder}: run python -m benchmarks.zoo_scans first")
     shared = set.intersection(*({(scan.model, scan.seed) for scan in scans} for scans in loaded))
     rules = {"evidence": EvidenceDecision(args.alpha), "paper": PaperDecision()}
-    if args.additive:
+    if args.retry:
+        rules = {"evidence": rules["evidence"], "no-retry": EvidenceDecision(args.alpha), "paper": rules["paper"]}
+    elif args.additive:
         rules = {
             "evidence": rules["evidence"],
             "one-rung": EvidenceDecision(args.alpha),
