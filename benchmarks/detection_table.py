@@ -181,16 +181,17 @@ def saved_additive(
 
 def retried_evidence(evidence: dict[int, LabelEvidence], record: dict, retry: RetryConfig) -> dict[int, LabelEvidence]:
     """The evidence with each label `retry` retries (the record's first candidates, its first rounds) keeping its
-    smallest trigger over the scan's and those rounds' (ties keep the scan's), as scanner.retry.retry_labels keeps
-    it. A record of more labels or rounds than `retry` takes answers for fewer."""
+    smallest trigger over the scan's and those rounds' that reached the success threshold (ties keep the scan's), as
+    scanner.retry.retry_labels keeps it. A record of more labels or rounds than `retry` takes answers for fewer."""
     kept = dict(evidence)
     for label in record["candidates"][: retry_count(len(evidence), retry.labels)]:
         rounds = record["rounds"][str(label)][: retry.rounds]
         if len(rounds) < retry.rounds:
             raise SystemExit(f"a retry record has {len(rounds)} round(s) of label {label}, fewer than {retry.rounds}")
-        best = LabelEvidence(**min(rounds, key=lambda item: item["norm"])) if rounds else None
-        if best is not None and best.norm < kept[label].norm:
-            kept[label] = best
+        found = [item for item in rounds if item.get("found", True)]  # records before "found" kept every round's
+        best = min(found, key=lambda item: item["norm"], default=None)
+        if best is not None and best["norm"] < kept[label].norm:
+            kept[label] = LabelEvidence(**{key: value for key, value in best.items() if key != "found"})
     return kept
 
 

@@ -34,7 +34,8 @@ RETRY_DIR = REPO_ROOT / ".cache" / "zoo" / "retry"
 
 
 def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig) -> dict[str, object]:
-    """Every round's trigger evidence for the candidates of one saved scan, with the images and seconds spent."""
+    """Every round's trigger evidence (and whether it reached the attack success threshold) for the candidates of one
+    saved scan, with the images and seconds spent."""
     report = read_scan_report(scan_folder)
     config = dataclasses.replace(report.config, threads=1, retry=retry)
     inputs = scan_inputs(model, data, config)
@@ -51,7 +52,9 @@ def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig)
         "images": sum(trigger.images for triggers in found.values() for trigger in triggers),
         "candidates": candidates,
         "rounds": {
-            str(label): [dataclasses.asdict(meter.measure(label, t.mask, t.pattern)) for t in triggers]
+            str(label): [
+                {**dataclasses.asdict(meter.measure(label, t.mask, t.pattern)), "found": t.found} for t in triggers
+            ]
             for label, triggers in found.items()
         },
     }

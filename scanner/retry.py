@@ -42,11 +42,15 @@ class Retry:
     seconds: float
 
 
-def kept_round(first_norm: float, norms: Sequence[float]) -> int | None:
-    """The round (1-based) with the smallest trigger where it is smaller than the first, else None (a tie keeps
-    the first)."""
-    best = min(range(len(norms)), key=lambda i: norms[i], default=None)
-    return None if best is None or norms[best] >= first_norm else best + 1
+def kept_round(first: LabelTrigger, rounds: Sequence[LabelTrigger]) -> int | None:
+    """The round (1-based) whose trigger replaces the first: the smallest that reached the attack success threshold,
+    where it is smaller than the first or the first never reached it; else None (a tie keeps the first). A mask that
+    never reached the threshold says nothing about the label, however small."""
+    found = [i for i, trigger in enumerate(rounds) if trigger.found]
+    best = min(found, key=lambda i: rounds[i].norm, default=None)
+    if best is None or (first.found and rounds[best].norm >= first.norm):
+        return None
+    return best + 1
 
 
 def retry_rounds(
@@ -75,7 +79,7 @@ def retry_labels(
     retries = []
     for label, triggers in found.items():
         norms = [trigger.norm for trigger in triggers]
-        chosen = kept_round(first[label].norm, norms)
+        chosen = kept_round(first[label], triggers)
         spent = [first[label], *triggers]
         kept[label] = dataclasses.replace(
             first[label] if chosen is None else triggers[chosen - 1],

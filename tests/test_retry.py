@@ -12,7 +12,7 @@ from cleanse_base.errors import ConfigError
 from scanner.config import RetryConfig, ReverseConfig, ScanConfig
 from scanner.report import RetryStage
 from scanner.retry import Retry, kept_round, retry_candidates, retry_count, retry_labels
-from scanner.reverse import TriggerReverser
+from scanner.reverse import LabelTrigger, TriggerReverser
 
 
 def test_the_retry_takes_the_square_root_of_the_labels_unless_told():
@@ -28,10 +28,18 @@ def test_the_candidates_are_the_smallest_final_triggers():
     assert retry_candidates(norms, final=set(), count=2) == []
 
 
-def test_a_round_replaces_the_first_trigger_only_when_smaller():
-    assert kept_round(10.0, [12.0, 7.0, 8.0]) == 2
-    assert kept_round(10.0, [10.0, 11.0]) is None  # a tie keeps the first
-    assert kept_round(10.0, []) is None
+def trigger(norm: float, found: bool = True) -> LabelTrigger:
+    return LabelTrigger(0, np.zeros((2, 2)), np.zeros((1, 2, 2)), norm, 1.0 if found else 0.5, found, 1, 0.1, 0.0)
+
+
+def test_a_round_replaces_the_first_trigger_only_when_smaller_and_found():
+    assert kept_round(trigger(10.0), [trigger(12.0), trigger(7.0), trigger(8.0)]) == 2
+    assert kept_round(trigger(10.0), [trigger(10.0), trigger(11.0)]) is None  # a tie keeps the first
+    assert kept_round(trigger(10.0), []) is None
+    # a mask that never reached the success threshold replaces nothing, however small
+    assert kept_round(trigger(10.0), [trigger(2.0, found=False), trigger(9.0)]) == 2
+    assert kept_round(trigger(10.0), [trigger(2.0, found=False)]) is None
+    assert kept_round(trigger(5.0, found=False), [trigger(30.0), trigger(40.0)]) == 1  # a found one replaces it
 
 
 @pytest.mark.parametrize("settings", [{"rounds": -1}, {"labels": -2}])
@@ -95,9 +103,10 @@ def test_a_label_keeps_its_smallest_trigger_and_counts_every_rounds_work():
     assert [retry.label for retry in retries] == [0, 1]
     for retry in retries:
         assert len(retry.norms) == 2 and retry.images > 0 and retry.first_norm == first[retry.label].norm
-        trigger = kept[retry.label]
-        assert trigger.norm == min([retry.first_norm, *retry.norms])
-        assert trigger.steps > first[retry.label].steps and trigger.images == first[retry.label].images + retry.images
+        kept_trigger = kept[retry.label]
+        assert kept_trigger.norm == min([retry.first_norm, *retry.norms])
+        assert kept_trigger.steps > first[retry.label].steps
+        assert kept_trigger.images == first[retry.label].images + retry.images
 
 
 # ---------------------------------------------------------------- end to end
