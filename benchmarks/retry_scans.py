@@ -46,7 +46,7 @@ def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig)
     reverser = TriggerReverser(inputs.model, config.reverse, inputs.device, config.seed)
     session = reverser.session(inputs.data.images, len(inputs.labels))
     meter = EvidenceMeter(inputs.model, inputs.data.images, inputs.device, config.seed, reverser.bfloat16)
-    found = retry_rounds(session, candidates, retry.rounds)
+    found = retry_rounds(session, candidates, retry.rounds, retry.initial_mask_max)
     return {
         "seconds": time.perf_counter() - started,
         "images": sum(trigger.images for triggers in found.values() for trigger in triggers),
@@ -89,10 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     defaults = RetryConfig()
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="the scan's --retry-rounds")
     parser.add_argument("--labels", type=int, default=defaults.labels, help="the scan's --retry-labels")
+    parser.add_argument(
+        "--initial-mask-max",
+        type=float,
+        default=defaults.initial_mask_max,
+        help="the scan's --retry-initial-mask-max (default: %(default)s; 1: the reference's, as the first round's)",
+    )
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SCAN"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    retry = RetryConfig(rounds=args.rounds, labels=args.labels)
+    retry = RetryConfig(rounds=args.rounds, labels=args.labels, initial_mask_max=args.initial_mask_max)
     if args.one:
         model, data, scan_folder = args.one
         record = retry_record(Path(model), Path(data), Path(scan_folder), retry)
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = stage_jobs(args, args.retry)
     pending = [job for job in jobs if not record_path(args.retry, job).is_file()]
     extra = ["--rounds", str(args.rounds), "--labels", str(args.labels)]
+    extra += ["--initial-mask-max", str(args.initial_mask_max)]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_job, job, args.retry, args.scans, extra) for job in pending]

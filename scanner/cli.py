@@ -186,7 +186,12 @@ def additive_settings(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def retry_settings(options: dict[str, Any]) -> dict[str, Any]:
-    return given(RetryConfig, {"rounds": options.get("retry_rounds"), "labels": options.get("retry_labels")})
+    retry = {
+        "rounds": options.get("retry_rounds"),
+        "labels": options.get("retry_labels"),
+        "initial_mask_max": options.get("retry_initial_mask_max"),
+    }
+    return given(RetryConfig, retry)
 
 
 def scan_settings(options: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +246,11 @@ def options(*decorators: Callable) -> Callable:
 
 def count_option(*names: str, help: str, minimum: int = 1) -> Callable:
     return click.option(*names, type=click.IntRange(min=minimum), help=help)
+
+
+def fraction_option(*names: str, help: str) -> Callable:
+    """A number in (0, 1]."""
+    return click.option(*names, type=click.FloatRange(min=0, max=1, min_open=True), help=help)
 
 
 PATH = click.Path(path_type=Path)
@@ -303,9 +313,8 @@ shared_scan_options = options(
         help="screened schedule: starts each label screens with (default 0: all); a label that runs on opens the "
         "rest. Fewer is cheaper but misses triggers only another start finds, planted ones included.",
     ),
-    click.option(
+    fraction_option(
         "--look-share",
-        type=click.FloatRange(min=0, max=1, min_open=True),
         help="screened schedule: share of the additive look's steps from zero every label runs (default 0.5; 1: "
         "the whole look, as under full; the rungs' steps stay).",
     ),
@@ -356,6 +365,11 @@ shared_scan_options = options(
         minimum=0,
         help="evidence rule: how many of the smallest triggers the retry reverses again (default 1; 0: the square "
         "root of the number of labels, rounded up).",
+    ),
+    fraction_option(
+        "--retry-initial-mask-max",
+        help="evidence rule: each retry round's masks begin uniform on [0, this] (default 0.1, a small mask that "
+        "grows where the trigger is; 1: the reference's, as the first round's).",
     ),
     click.option(
         "--mad-threshold",

@@ -244,11 +244,14 @@ class RetryConfig:
     keeping the smallest trigger any round found. The evidence rule only."""
 
     # fresh runs of each retried label (every start of reverse.starts, its trial too); 0: no retry. On the zoo two
-    # rounds of the smallest trigger caught 3 more of 42 patch scans exactly (docs/measurements.md, "Retry")
+    # rounds of the smallest trigger caught 4 more of 42 patch scans exactly (docs/measurements.md, "Retry")
     rounds: int = 2
     # how many of the smallest triggers are retried; 0: ceil(sqrt(labels scanned)), which on the zoo caught fewer
     # patch scans than one: the retried natural triggers widen the spread the others are judged against
     labels: int = 1
+    # each round's starts' masks begin uniform on [0, this] (reverse.initial_mask_max's range for the first round):
+    # on the zoo small masks caught more patch scans than the reference's 1 in the retry (docs/measurements.md, "Retry")
+    initial_mask_max: float = 0.1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -257,6 +260,8 @@ class RetryConfig:
         for name in ("rounds", "labels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"retry.{name} must be 0 or positive, not {getattr(self, name)}")
+        if not (math.isfinite(self.initial_mask_max) and 0 < self.initial_mask_max <= 1):
+            raise ConfigError(f"retry.initial_mask_max must be in (0, 1], not {self.initial_mask_max}")
         return self
 
 

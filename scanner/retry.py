@@ -6,7 +6,10 @@ formed ends at about twice the patch's norm (docs/measurements.md, "Starts"). Su
 a natural trigger ends about the same from any start, so more rounds on the label that could be flagged find what
 the first round missed more often than they sharpen a natural trigger. The label retried by default is the smallest
 trigger, Neural Cleanse's suspect; retrying more of them also sharpens the natural triggers that the others are
-judged against (docs/measurements.md, "Retry").
+judged against (docs/measurements.md, "Retry"). The rounds start from small masks (uniform on [0, 0.1] where the
+first round's start from the reference's [0, 1]): a small mask grows where the trigger is, and found a 6 px patch on
+starts where the reference's shrinking mask lost it ("Initial mask"); as every label's init it also sharpened the
+natural triggers the others are judged against, which a retry of the suspect alone leaves as they were.
 """
 
 from __future__ import annotations
@@ -54,12 +57,17 @@ def kept_round(first: LabelTrigger, rounds: Sequence[LabelTrigger]) -> int | Non
 
 
 def retry_rounds(
-    session: ReverseSession, labels: Sequence[int], rounds: int, progress: Callable[[LabelTrigger], None] | None = None
+    session: ReverseSession,
+    labels: Sequence[int],
+    rounds: int,
+    mask_max: float | None = None,
+    progress: Callable[[LabelTrigger], None] | None = None,
 ) -> dict[int, list[LabelTrigger]]:
-    """Reverse every label of `labels` `rounds` more times from fresh starts (ReverseSession.restart), all of them
-    sharing the session's passes: label -> each round's trigger."""
+    """Reverse every label of `labels` `rounds` more times from fresh starts (ReverseSession.restart), each mask
+    uniform on [0, `mask_max`] (None: the scan's range), all of them sharing the session's passes: label -> each
+    round's trigger."""
     runs: dict[int, list[LabelRun]] = {
-        label: [session.restart(label, r) for r in range(1, rounds + 1)] for label in labels
+        label: [session.restart(label, r, mask_max) for r in range(1, rounds + 1)] for label in labels
     }
     session.advance([run for label_runs in runs.values() for run in label_runs], None, progress)
     return {label: [session.result(run) for run in label_runs] for label, label_runs in runs.items()}
@@ -69,12 +77,13 @@ def retry_labels(
     session: ReverseSession,
     first: Mapping[int, LabelTrigger],
     rounds: int,
+    mask_max: float | None = None,
     progress: Callable[[LabelTrigger], None] | None = None,
 ) -> tuple[dict[int, LabelTrigger], list[Retry]]:
     """Retry every label of `first` (label -> its trigger so far) for `rounds` rounds: each label's trigger to keep
     (the smallest mask over the first and every round, the first on a tie; its steps, seconds and images counted
     over all of them) and what each label's rounds found."""
-    found = retry_rounds(session, list(first), rounds, progress)
+    found = retry_rounds(session, list(first), rounds, mask_max, progress)
     kept: dict[int, LabelTrigger] = {}
     retries = []
     for label, triggers in found.items():

@@ -191,12 +191,17 @@ class StartRun:
     best_norms: list[float] = field(default_factory=list)  # best norm after each step (inf until one is found)
     saved: tuple[torch.Tensor, ...] | None = None  # while paused: mask_tanh, pattern_tanh, 4 Adam moments, steps
     late: bool = False  # opened after its label's first steps (ReverseSession.open_starts): not step-aligned
+    mask_max: float | None = None  # its initial mask's range where not the config's (ReverseSession.restart)
     pool: np.ndarray | None = None  # indices of the clean images it draws from (None: all of them)
 
     @property
     def norm(self) -> float:
         """The best norm so far: an upper bound on the final one (inf until the success threshold is reached)."""
         return self.schedule.best_norm
+
+    def initial_mask_max(self, config: ReverseConfig) -> float:
+        """Its initial mask's range: its own where given, else its start's in `config`."""
+        return config.initial_mask_max_of(self.index) if self.mask_max is None else self.mask_max
 
     @property
     def trigger_norm(self) -> float:
@@ -502,12 +507,12 @@ class ReverseSession:
         count = min(starts, self.reverser.config.starts) if starts > 0 else self.reverser.config.starts
         return LabelRun(label, [StartRun(label, start_rng(self.reverser.seed, label, k), k) for k in range(count)])
 
-    def restart(self, label: int, round_: int) -> LabelRun:
+    def restart(self, label: int, round_: int, mask_max: float | None = None) -> LabelRun:
         """A fresh run of `label`, every start open, its starts drawn after those of the `round_` runs before it
-        (round 0: `start`'s)."""
-        count = self.reverser.config.starts
-        seed = self.reverser.seed
-        return LabelRun(label, [StartRun(label, start_rng(seed, label, round_ * count + k), k) for k in range(count)])
+        (round 0: `start`'s), each mask uniform on [0, `mask_max`] (None: the config's range)."""
+        count, seed = self.reverser.config.starts, self.reverser.seed
+        draws = [start_rng(seed, label, round_ * count + k) for k in range(count)]
+        return LabelRun(label, [StartRun(label, rng, k, mask_max=mask_max) for k, rng in enumerate(draws)])
 
     def start_pair(self, source: int, label: int, pool: np.ndarray) -> LabelRun:
         """A run of `label` over the clean images at `pool` only (those of class `source`), every start open."""
@@ -556,7 +561,7 @@ class ReverseSession:
             while pending and len(active) < self.width:
                 run = pending.pop(0)
                 if run.saved is None:
-                    params.append(run.rng, height, width, channels, self.reverser.config.initial_mask_max_of(run.index))
+                    params.append(run.rng, height, width, channels, run.initial_mask_max(self.reverser.config))
                 else:
                     params.resume(run.saved)
                 active.append(run)

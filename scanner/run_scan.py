@@ -288,7 +288,7 @@ def retry_smallest(
     by_label = {trigger.label: trigger for trigger in triggers}
     first = {label: by_label[label] for label in candidates}  # smallest first
     on_round = counted(progress, len(candidates) * config.retry.rounds)
-    kept, retries = retry_labels(session, first, config.retry.rounds, on_round)
+    kept, retries = retry_labels(session, first, config.retry.rounds, config.retry.initial_mask_max, on_round)
     for label in retried_labels(retries):
         evidence[label] = meter.measure(label, kept[label].mask, kept[label].pattern)
     stage = RetryStage(config.retry.rounds, retries, sum(r.images for r in retries), time.perf_counter() - started)

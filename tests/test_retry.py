@@ -11,7 +11,7 @@ import torch
 from cleanse_base.errors import ConfigError
 from scanner.config import RetryConfig, ReverseConfig, ScanConfig
 from scanner.report import RetryStage
-from scanner.retry import Retry, kept_round, retry_candidates, retry_count, retry_labels
+from scanner.retry import Retry, kept_round, retry_candidates, retry_count, retry_labels, retry_rounds
 from scanner.reverse import LabelTrigger, TriggerReverser
 
 
@@ -42,7 +42,9 @@ def test_a_round_replaces_the_first_trigger_only_when_smaller_and_found():
     assert kept_round(trigger(5.0, found=False), [trigger(30.0), trigger(40.0)]) == 1  # a found one replaces it
 
 
-@pytest.mark.parametrize("settings", [{"rounds": -1}, {"labels": -2}])
+@pytest.mark.parametrize(
+    "settings", [{"rounds": -1}, {"labels": -2}, {"initial_mask_max": 0.0}, {"initial_mask_max": 1.5}]
+)
 def test_retry_settings_out_of_range_are_refused(settings):
     with pytest.raises(ConfigError, match="retry"):
         RetryConfig(**settings)
@@ -55,6 +57,7 @@ def test_the_retry_flags_and_a_config_table_map_onto_the_config():
     from scanner.config import make_config
 
     assert retry_settings({"retry_rounds": 2, "retry_labels": 5}) == {"rounds": 2, "labels": 5}
+    assert retry_settings({"retry_initial_mask_max": 1.0}) == {"initial_mask_max": 1.0}
     assert retry_settings({}) == {}
     assert make_config({"retry": {"rounds": 1}}).retry == RetryConfig(rounds=1)
     refused = CliRunner().invoke(main, ["scan", "model.onnx", "--data", "d.npz", "--retry-rounds", "-1"])
@@ -94,6 +97,17 @@ def test_each_round_draws_its_own_starts_and_round_zero_is_the_first_runs():
     one, two = session.restart(2, 1), session.restart(2, 2)
     draws = {tuple(s.rng.random(3)) for run in (session.start(2), one, two) for s in run.starts}
     assert len(draws) == 6  # two starts a round, none shared
+    assert {s.mask_max for s in session.restart(2, 1, 0.1).starts} == {0.1}
+    assert {s.mask_max for s in one.starts} == {None}
+
+
+def test_a_rounds_masks_start_in_the_range_it_is_given():
+    """The same round from a small initial mask and from the reference's: the same draws, other triggers."""
+    reverser, images = tiny_reverser()
+    small = retry_rounds(reverser.session(images, 1), [1], 1, mask_max=0.01)[1][0]
+    whole = retry_rounds(reverser.session(images, 1), [1], 1)[1][0]
+    again = retry_rounds(reverser.session(images, 1), [1], 1, mask_max=0.01)[1][0]
+    assert small.norm != whole.norm and small.norm == again.norm
 
 
 def test_a_label_keeps_its_smallest_trigger_and_counts_every_rounds_work():
@@ -144,4 +158,4 @@ def test_a_scan_retries_its_smallest_triggers_and_reports_them(digits, tmp_path)
     assert older.config.retry.rounds == 0 and older.retry_stage.rounds == 0
     paper = scan(model, data, make_config({**settings, "decision": "paper", "retry": {"rounds": 1}}))
     assert paper.retry_stage.rounds == 0  # the paper rule judges the first triggers, exactly
-    assert ScanConfig().retry == RetryConfig(rounds=2, labels=1)
+    assert ScanConfig().retry == RetryConfig(rounds=2, labels=1, initial_mask_max=0.1)
