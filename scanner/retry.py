@@ -81,8 +81,8 @@ def retry_labels(
     progress: Callable[[LabelTrigger], None] | None = None,
 ) -> tuple[dict[int, LabelTrigger], list[Retry]]:
     """Retry every label of `first` (label -> its trigger so far) for `rounds` rounds: each label's trigger to keep
-    (the smallest mask over the first and every round, the first on a tie; its steps, seconds and images counted
-    over all of them) and what each label's rounds found."""
+    (kept_round's choice; its steps, seconds and images counted over the first and every round) and what each
+    label's rounds found."""
     found = retry_rounds(session, list(first), rounds, mask_max, progress)
     kept: dict[int, LabelTrigger] = {}
     retries = []
