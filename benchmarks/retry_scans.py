@@ -26,7 +26,7 @@ from fixtures.paths import REPO_ROOT
 from scanner.config import RetryConfig
 from scanner.decision.evidence import EvidenceMeter
 from scanner.mitigate.report_folder import read_scan_report
-from scanner.retry import retry_candidates, retry_count, retry_rounds
+from scanner.retry import retry_candidates, retry_rounds
 from scanner.reverse import TriggerReverser
 from scanner.run_scan import scan_inputs
 
@@ -42,7 +42,7 @@ def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig)
     started = time.perf_counter()
     norms = {label.label: label.estimated_norm for label in report.labels}
     final = {label.label for label in report.labels if label.final}
-    candidates = retry_candidates(norms, final, retry_count(len(norms), retry.labels))
+    candidates = retry_candidates(norms, final, retry.labels)
     reverser = TriggerReverser(inputs.model, config.reverse, inputs.device, config.seed)
     session = reverser.session(inputs.data.images, len(inputs.labels))
     meter = EvidenceMeter(inputs.model, inputs.data.images, inputs.device, config.seed, reverser.bfloat16)

@@ -27,9 +27,11 @@ def retry_count(labels: int, configured: int) -> int:
     return min(labels, configured or math.ceil(math.sqrt(labels)))
 
 
-def retry_candidates(norms: Mapping[int, float], final: Collection[int], count: int) -> list[int]:
-    """The `count` labels with the smallest norms among those reversed to their end (a label the scheduler
-    stopped early holds a projection, not a trigger to improve on), smallest first."""
+def retry_candidates(norms: Mapping[int, float], final: Collection[int], labels: int) -> list[int]:
+    """The labels a retry of `labels` (RetryConfig.labels: 0 is ceil(sqrt)) reverses again: the smallest norms among
+    the labels reversed to their end (a label the scheduler stopped early holds a projection, not a trigger to improve
+    on), smallest first."""
+    count = retry_count(len(norms), labels)
     return sorted((label for label in norms if label in final), key=lambda label: (norms[label], label))[:count]
 
 

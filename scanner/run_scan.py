@@ -27,7 +27,7 @@ from scanner.model import ScoringModel, accuracy
 from scanner.pairs import PairProgress, PairSearch, PairTrigger, reverse_pairs
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
 from scanner.report import AdditiveStage, LabelResult, PairStage, RetryStage, ScalingChoice, ScanReport
-from scanner.retry import retried_labels, retry_candidates, retry_count, retry_labels
+from scanner.retry import retried_labels, retry_candidates, retry_labels
 from scanner.reverse import LabelTrigger, ReverseSession, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
@@ -284,7 +284,7 @@ def retry_smallest(
     if config.decision != "evidence" or not config.retry.rounds:
         return triggers, RetryStage()
     started = time.perf_counter()
-    candidates = retry_candidates(norms_of(evidence), final, retry_count(len(triggers), config.retry.labels))
+    candidates = retry_candidates(norms_of(evidence), final, config.retry.labels)
     by_label = {trigger.label: trigger for trigger in triggers}
     first = {label: by_label[label] for label in candidates}  # smallest first
     on_round = counted(progress, len(candidates) * config.retry.rounds)

@@ -23,9 +23,9 @@ def test_the_retry_takes_the_square_root_of_the_labels_unless_told():
 
 def test_the_candidates_are_the_smallest_final_triggers():
     norms = {0: 5.0, 1: 2.0, 2: 9.0, 3: 2.0, 4: 1.0}
-    assert retry_candidates(norms, final={0, 1, 2, 3}, count=3) == [1, 3, 0]  # 4 stopped early: a projection
-    assert retry_candidates(norms, final=set(norms), count=2) == [4, 1]
-    assert retry_candidates(norms, final=set(), count=2) == []
+    assert retry_candidates(norms, final={0, 1, 2, 3}, labels=3) == [1, 3, 0]  # 4 stopped early: a projection
+    assert retry_candidates(norms, final=set(norms), labels=2) == [4, 1]
+    assert retry_candidates(norms, final=set(), labels=2) == []
 
 
 def trigger(norm: float, found: bool = True) -> LabelTrigger:
