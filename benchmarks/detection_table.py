@@ -16,7 +16,7 @@ evidence with each decision rule (so both rules see the same reversed triggers),
 folders share, so the two reversals are judged on the same models and seeds.
 
 `--pairs DIR` (default .cache/zoo/pairs, from `python -m benchmarks.pair_scans`; a scan whose report judged pairs
-brings its own) adds the source-specific look:
+brings its own, unless `--pairs-records` puts the records first) adds the source-specific look:
 the rule `evidence` then judges each scan's labels and its pairs as `cleanse scan` does, `labels-only` the labels
 alone (the evidence rule before the look), on the scans that have pair records.
 
@@ -138,16 +138,18 @@ def saved_evidence(report: ScanReport, folder: Path) -> dict[int, LabelEvidence]
 
 
 def saved_pairs(
-    report: ScanReport, pairs_dir: Path | None, model: str, seed: int
+    report: ScanReport, pairs_dir: Path | None, model: str, seed: int, records_first: bool = False
 ) -> dict[tuple[int, int], float] | None:
     """The scan's pair norms: its own where its scan ran the pair stage (since pairs ran in `cleanse scan`; none
-    where the whole table exceeded --pairs), else the pair record of benchmarks/pair_scans.py in `pairs_dir`, if
-    any."""
+    where the whole table exceeded --pairs) unless `records_first` and a record exists, else the pair record of
+    benchmarks/pair_scans.py in `pairs_dir`, if any."""
+    if not pairs_dir:
+        return None
+    record = pairs_dir / model / f"seed{seed}.json"
     judged = report.decision.pairs if report.decision is not None else []
-    if pairs_dir and (judged or report.pair_stage.needed):
+    if (judged or report.pair_stage.needed) and not (records_first and record.is_file()):
         return {(pair.source, pair.target): pair.norm for pair in judged}
-    record = pairs_dir / model / f"seed{seed}.json" if pairs_dir else None
-    if record is None or not record.is_file():
+    if not record.is_file():
         return None
     return {(p["source"], p["target"]): p["l1_norm"] for p in json.loads(record.read_text())["pairs"]}
 
@@ -204,6 +206,7 @@ def load_scans(
     additive_records_first: bool = False,
     retry_dir: Path | None = None,
     retry: RetryConfig | None = None,
+    pairs_records_first: bool = False,
 ) -> list[ZooScan]:
     scans = []
     for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
@@ -220,7 +223,7 @@ def load_scans(
         else:
             evidence = saved_evidence(report, folder)
         seed = int(folder.name.removeprefix("seed"))
-        pairs = saved_pairs(report, pairs_dir, model, seed)
+        pairs = saved_pairs(report, pairs_dir, model, seed, pairs_records_first)
         if pairs_dir and pairs is None:
             continue  # judged on the scans with pair records only
         additive = saved_additive(report, additive_dir, model, seed, additive_records_first)
@@ -346,9 +349,20 @@ def verdict_text(result: DecisionResult) -> str:
     return "close call" if result.inconclusive else "clean"
 
 
+def called_close(results: list[DecisionResult]) -> bool:
+    """Whether the reports of a model's seeds call its changing verdict close: one seed's is a close call or a close
+    flag (DecisionResult.close_flag), or every label flagged on some seeds and not on others is a close label
+    (DecisionResult.close_labels) on each seed that flags it."""
+    if any(result.inconclusive or result.close_flag for result in results):
+        return True
+    flagged = [set(result.flagged) for result in results]
+    changing = set.union(*flagged) - set.intersection(*flagged)
+    return all(label in result.close_labels for result in results for label in changing if label in result.flagged)
+
+
 def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
-    """The models whose verdict changes between seeds, and how many of those no seed's report calls close (a close
-    call, or a flag in the close band: DecisionResult.close_flag)."""
+    """The models whose verdict changes between seeds, and how many of those no seed's report calls close
+    (called_close)."""
     lines = []
     by_model = defaultdict(list)
     for scan in scans:
@@ -360,11 +374,10 @@ def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> lis
             results = [judged[(rule, model, seed)] for seed in seeds]
             if len({verdict_text(result) for result in results}) > 1:
                 detail = ", ".join(
-                    f"seed {seed}: {verdict_text(result)}{' (close)' if result.close_flag else ''} margin "
-                    f"{result.margin:+.2f}"
+                    f"seed {seed}: {verdict_text(result)}{close_mark(result)} margin {result.margin:+.2f}"
                     for seed, result in zip(seeds, results, strict=True)
                 )
-                unmarked += not any(result.inconclusive or result.close_flag for result in results)
+                unmarked += not called_close(results)
                 flips.append(f"  {model}: {detail}")
         lines.append(
             f"{rule}: {len(flips)} of {len(by_model)} models change verdict between seeds, {unmarked} of them with "
@@ -372,6 +385,12 @@ def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> lis
         )
         lines.extend(flips)
     return lines
+
+
+def close_mark(result: DecisionResult) -> str:
+    if result.close_flag:
+        return " (close)"
+    return f" ({', '.join(map(str, result.close_labels))} close)" if result.close_labels else ""
 
 
 def label_lines(scans: list[ZooScan], judged: dict) -> list[str]:
@@ -422,6 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", type=Path, help="another scans folder, judged beside --scans on shared scans")
     parser.add_argument("--pairs", type=Path, nargs="?", const=PAIRS_DIR, help="pair records (%(const)s)")
     parser.add_argument(
+        "--pairs-records",
+        action="store_true",
+        help="judge the --pairs records even where a scan's report has its own pairs (another pair stage's settings)",
+    )
+    parser.add_argument(
         "--additive", type=Path, nargs="?", const=ADDITIVE_DIR, help="additive look records (%(const)s)"
     )
     parser.add_argument(
@@ -447,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
             args.additive_records,
             args.retry,
             RetryConfig(args.retry_rounds, args.retry_labels),
+            args.pairs_records,
         )
         for folder in folders
     ]

@@ -29,9 +29,9 @@ PAIRS_DIR = REPO_ROOT / ".cache" / "zoo" / "pairs"
 SKIPPED_PREFIXES = ("tiny-",)  # Tiny-ImageNet models: the 126-scan zoo table leaves them out
 
 
-def pair_record(model: Path, data: Path, seed: int, max_images: int, max_pairs: int) -> dict[str, object]:
+def pair_record(model: Path, data: Path, seed: int, max_images: int, pairs: PairConfig) -> dict[str, object]:
     """What the scan's pair stage finds on one model: the pairs' norms, the images and seconds it took."""
-    config = ScanConfig(seed=seed, threads=1, max_images=max_images, pairs=PairConfig(max_pairs=max_pairs))
+    config = ScanConfig(seed=seed, threads=1, max_images=max_images, pairs=pairs)
     inputs = scan_inputs(model, data, config)
     started = time.perf_counter()
     triggers = reverse_pairs(
@@ -63,12 +63,13 @@ def record_path(pairs_dir: Path, job: ScanJob) -> Path:
     return pairs_dir / job.name / f"seed{job.seed}.json"
 
 
-def run_job(job: ScanJob, pairs_dir: Path, max_pairs: int) -> tuple[str, bool]:
+def run_job(job: ScanJob, pairs_dir: Path, pairs: PairConfig) -> tuple[str, bool]:
     """One model and seed in a single-threaded child process (as the zoo scans ran): a line saying what it found,
     and whether it ran."""
     out = record_path(pairs_dir, job)
     command = [sys.executable, "-m", "benchmarks.pair_scans", "--one", str(job.model), str(job.data), str(job.seed)]
-    command += ["--max-images", str(job.max_images), "--max-pairs", str(max_pairs), "--out", str(out)]
+    command += ["--max-images", str(job.max_images), "--max-pairs", str(pairs.max_pairs), "--out", str(out)]
+    command += ["--initial-mask-max", str(pairs.initial_mask_max)]
     done = subprocess.run(command, env=single_thread_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     if done.returncode:
         return f"{job.name} seed {job.seed}: failed ({done.stderr.strip().splitlines()[-1:]})", False
@@ -97,20 +98,27 @@ def main(argv: list[str] | None = None) -> int:
         default=PairConfig().max_pairs,
         help="the scan's --pairs: the largest table reversed (default: %(default)s)",
     )
+    parser.add_argument(
+        "--initial-mask-max",
+        type=float,
+        default=PairConfig().initial_mask_max,
+        help="each pair's mask begins uniform on [0, this] (default: %(default)s)",
+    )
     parser.add_argument("--check", type=Path, default=None, help="a scan's report.json to compare with (one job)")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    pairs = PairConfig(max_pairs=args.max_pairs, initial_mask_max=args.initial_mask_max)
     if args.one:
         model, data, seed = args.one
-        record = pair_record(Path(model), Path(data), int(seed), args.max_images, args.max_pairs)
+        record = pair_record(Path(model), Path(data), int(seed), args.max_images, pairs)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record))
         return 0
     jobs = stage_jobs(args, args.pairs)
     if args.check:
         for job in jobs:
-            line, ran = run_job(job, args.pairs, args.max_pairs)
+            line, ran = run_job(job, args.pairs, pairs)
             if not ran:
                 print(line)
                 continue
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     pending = [job for job in jobs if not record_path(args.pairs, job).is_file()]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in as_completed([pool.submit(run_job, job, args.pairs, args.max_pairs) for job in pending]):
+        for future in as_completed([pool.submit(run_job, job, args.pairs, pairs) for job in pending]):
             print(future.result()[0], flush=True)
     print(f"{len(pending)} runs ({len(jobs) - len(pending)} kept); {time.perf_counter() - started:.0f} s")
     return 0

@@ -192,6 +192,7 @@ class PairConfig:
     steps: int = 30  # steps each pair runs at most (never more than reverse.max_steps): every pair the same budget
     images_per_step: int = 64
     min_source_images: int = 10  # sources with fewer clean images predicted as them are left out
+    initial_mask_max: float = 1.0  # each pair's mask begins uniform on [0, this] (ReverseConfig.initial_mask_max)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -202,6 +203,8 @@ class PairConfig:
         for name in ("steps", "images_per_step", "min_source_images"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"pairs.{name} must be positive, not {getattr(self, name)}")
+        if not (math.isfinite(self.initial_mask_max) and 0 < self.initial_mask_max <= 1):
+            raise ConfigError(f"pairs.initial_mask_max must be in (0, 1], not {self.initial_mask_max}")
         return self
 
 

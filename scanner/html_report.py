@@ -106,6 +106,11 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def flag_text(report: ScanReport, label: int) -> str:
+    """How a flagged label is marked: "flagged", or "flagged (close)" where its flag lies in the close band."""
+    return "flagged (close)" if label in report.judged.close_labels else "flagged"
+
+
 def trigger_grid(report: ScanReport, folder: Path) -> str:
     """Each label's mask, pattern and fusion as written by write_report; flagged labels first and marked."""
     results = sorted(report.labels, key=lambda result: (not result.flagged, result.label))
@@ -117,7 +122,7 @@ def trigger_grid(report: ScanReport, folder: Path) -> str:
             for kind in TRIGGER_KINDS
             if Path(f"{paths[kind]}.png").exists()
         )
-        mark = " <strong>FLAGGED</strong>" if result.flagged else ""
+        mark = f" <strong>{flag_text(report, result.label).upper()}</strong>" if result.flagged else ""
         cards.append(
             f'<div class="trigger{" flagged" if result.flagged else ""}" id="label-{result.label}">'
             f"<div>label {result.label}{mark}</div><div>{images}</div>"
@@ -291,7 +296,7 @@ def render_report(report: ScanReport, folder: Path) -> str:
             fmt(result.anomaly_index),
             str(result.steps),
             f"{result.seconds:.1f}",
-            "flagged" if result.flagged else "",
+            flag_text(report, result.label) if result.flagged else "",
         ]
         for result in sorted(report.labels, key=lambda result: result.label)
     ]

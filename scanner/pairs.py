@@ -47,14 +47,15 @@ def candidate_pairs(predictions: np.ndarray, targets: Sequence[int], min_images:
 
 
 def pair_reverse_config(reverse: ReverseConfig, pairs: PairConfig) -> ReverseConfig:
-    """The scan's reversal on the pairs' budget: one start, at most `pairs.steps` steps (and never more than a
-    label may run)."""
+    """The scan's reversal on the pairs' budget: one start from the pairs' initial mask range, at most `pairs.steps`
+    steps (and never more than a label may run)."""
     return dataclasses.replace(
         reverse,
         starts=1,
         start_trial_steps=0,
         max_steps=min(pairs.steps, reverse.max_steps),
         images_per_step=max(pairs.images_per_step, reverse.mini_batch),
+        initial_mask_max=pairs.initial_mask_max,
     )
 
 

@@ -26,7 +26,7 @@ from scanner.pairs import PairTrigger
 from scanner.retry import Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.18"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.19"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -43,7 +43,8 @@ SCHEMA_VERSION = "1.18"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # (in older reports it started from zero; the config reads the same); 1.17: config schedule.look_share, a screened
 # scan's share of the additive look's steps (older reports: 1, the whole look, as they ran), and "additive_stage"
 # "steps" and "rung_steps" (what ran); 1.18: config "retry" and "retry_stage" (the labels with the smallest triggers
-# reversed again: each round's norm, the round kept, images, seconds; older reports: none, retry.rounds 0)
+# reversed again: each round's norm, the round kept, images, seconds; older reports: none, retry.rounds 0); 1.19:
+# decision "close_labels" (flagged labels whose own flag lies within the close band; derived when read)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -308,7 +309,8 @@ def decide_verdict(
         return INCONCLUSIVE, f"no label's trigger reached the attack success threshold ({success_threshold:g})"
     if decision.flagged:
         reason = f"label(s) {', '.join(map(str, decision.flagged))} flagged: {rule_text(decision)}"
-        return INFECTED, reason + (f"; {close_flag_text(decision)}" if decision.close_flag else "")
+        close = close_text(decision)
+        return INFECTED, reason + (f"; {close}" if close else "")
     if decision.inconclusive:
         return INCONCLUSIVE, close_call_text(decision)
     if found < MIN_LABELS:
@@ -340,6 +342,24 @@ def close_flag_text(decision: DecisionResult) -> str:
         f"flag threshold {decision.threshold:g}, where another seed may not flag it; rerun with more --starts or "
         "another --seed before acting on it"
     )
+
+
+def close_labels_text(decision: DecisionResult) -> str:
+    labels = decision.close_labels
+    p_values = ", ".join(f"{decision.flag_p_value(label):.3g}" for label in labels)
+    return (
+        f"label(s) {', '.join(map(str, labels))} flagged only just (p-value {p_values}, between "
+        f"{decision.close_flag_above:g} and the flag threshold {decision.threshold:g}): another seed may not flag "
+        f"{'it' if len(labels) == 1 else 'them'}"
+    )
+
+
+def close_text(decision: DecisionResult) -> str | None:
+    """What a flagged scan's report says of a close finding: the whole flag (close_flag), else the flagged labels
+    that are close beside others that are not; None where nothing flagged is close."""
+    if decision.close_flag:
+        return close_flag_text(decision)
+    return close_labels_text(decision) if decision.close_labels else None
 
 
 def rule_text(decision: DecisionResult) -> str:
@@ -659,6 +679,7 @@ def additive_lines(report: ScanReport) -> list[str]:
 
 def format_summary(report: ScanReport) -> str:
     scaling = report.scaling
+    close = close_text(report.judged) if report.verdict == INFECTED else None
     accuracy = f", clean accuracy {scaling.accuracy:.3f}" if scaling.accuracy is not None else ""
     lines = [
         f"model      {printable(report.model_path)}",
@@ -679,7 +700,7 @@ def format_summary(report: ScanReport) -> str:
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
         + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else "")
-        + (f" ({close_flag_text(report.judged)})" if report.close_flag else ""),
+        + (f" ({close})" if close else ""),
         f"time       {report.seconds_total:.1f} s on {report.device} ({report.precision})" + schedule_text(report),
     ]
     return "\n".join(lines)

@@ -246,6 +246,31 @@ def test_a_flag_in_the_close_band_is_marked_close_and_the_verdict_says_so():
     assert verdict == INFECTED and "label(s) 19 flagged" in reason and "a close call" in reason
 
 
+def test_a_label_flagged_in_the_close_band_beside_a_sure_one_is_marked_close():
+    """A model flagged for sure by one label may flag another only just: that label is a close label (another seed
+    may not flag it, as on the zoo's gtsrb-badnets-8px-random-tr-bn-softmax seed 2), the model's flag is not close,
+    and the verdict names the close label."""
+    from scanner.mad import mad_outliers
+    from scanner.report import INFECTED, LabelResult, decide_verdict
+
+    planted = evidence_set([*NATURAL[:18], 18.0, 12.0], compact=[*NATURAL_COMPACT[:18], 0.6, 0.98])
+    weaker = EvidenceDecision().judge(planted).judgements[18].p_value
+    result = EvidenceDecision(alpha=weaker * 2).judge(planted)  # label 18's p half of alpha, label 19's far below
+    assert result.flagged == [19, 18] and not result.close_flag
+    assert result.close_labels == [18] and result.to_dict()["close_labels"] == [18]
+    assert result.flag_p_value(18) == weaker and result.flag_p_value(3) == 1.0  # 3: not flagged
+    assert EvidenceDecision(alpha=weaker * 20).judge(planted).close_labels == []  # a decade and more below: sure
+    assert EvidenceDecision(alpha=weaker * 2, inconclusive_factor=1).judge(planted).close_labels == []  # no band
+    near = EvidenceDecision(alpha=result.score * 2).judge(planted)  # the whole flag close: every flagged label
+    assert near.close_flag and near.close_labels == near.flagged == [19]
+    assert PaperDecision().judge(planted).close_labels == []
+    labels = [LabelResult(label, item.norm, 1.0, True, 10, 0.1, 0.0, False) for label, item in planted.items()]
+    mad = mad_outliers({label: item.norm for label, item in planted.items()})
+    verdict, reason = decide_verdict(labels, mad, result, 0.99)
+    assert verdict == INFECTED and "label(s) 19, 18 flagged" in reason
+    assert f"label(s) 18 flagged only just (p-value {weaker:.3g}" in reason and "may not flag it" in reason
+
+
 @pytest.mark.slow
 def test_the_evidence_rule_on_the_digits_models_end_to_end(digits, tmp_path):
     """A real scan of each digits model under the evidence rule, through the CLI, its report read back."""

@@ -3,6 +3,7 @@ showing the flagged label."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from fixtures.audit_models import AUDIT_INFECTED, build_audit_models
 from scanner.audit.index_page import INDEX_HTML, write_index
 from scanner.audit.store import DONE, ERROR, INFECTED, AuditStore, ModelKey, Outcome
 from scanner.cli import main
-from scanner.html_report import REPORT_HTML, bar_chart_svg, threshold_norm
+from scanner.html_report import REPORT_HTML, bar_chart_svg, render_report, threshold_norm
 from scanner.mad import anomaly_index
 
 CHEAP = ["--images-per-step", "64", "--max-steps", "100", "--threads", "1", "--quiet"]
@@ -74,6 +75,21 @@ def test_scan_out_writes_one_self_contained_report_html(scanned: Path) -> None:
     assert len(sources) == 34 and all(source.startswith("data:image/png;base64,") for source in sources)
     assert "<script" not in html and "<link" not in html and 'href="http' not in html
     assert 'id="label-7"' in html and 'class="threshold"' in html
+
+
+@pytest.mark.slow
+def test_a_label_flagged_in_the_close_band_is_marked_close(scanned: Path) -> None:
+    """The same report judged with a threshold twice label 7's p-value: its flag lies in the close band."""
+    from scanner.mitigate.report_folder import read_scan_report
+
+    folder = scanned / "reports" / "infected"
+    report = read_scan_report(folder)
+    p_value = report.judged.flag_p_value(7)
+    assert report.flagged == [7] and "(CLOSE)" not in render_report(report, folder)
+    band = dataclasses.replace(report.judged, threshold=p_value * 2, inconclusive_below=p_value * 20)
+    html = render_report(dataclasses.replace(report, decision=band), folder)
+    assert "label 7 <strong>FLAGGED (CLOSE)</strong>" in html and "<td>flagged (close)</td>" in html
+    assert "label(s) 7 flagged only just" not in html and "a close call: the model&#x27;s p-value" in html
 
 
 @pytest.mark.slow

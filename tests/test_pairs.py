@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from scanner.config import PRESETS, PairConfig, ReverseConfig
+from scanner.config import PRESETS, ConfigError, PairConfig, ReverseConfig
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.pairs import MIN_SIDE, judge_pairs, pair_z_scores
 from scanner.decision.rules import EvidenceDecision, PaperDecision
@@ -107,6 +107,17 @@ def test_a_flagged_pair_flags_its_target_and_gives_the_model_its_score():
     assert PaperDecision().judge(label_evidence(NATURAL_LABELS), planted).pairs == []  # the paper rule has no pairs
 
 
+def test_a_pair_flagging_its_target_only_just_beside_a_sure_label_makes_that_target_a_close_label():
+    rng = np.random.default_rng(1)
+    planted = pair_table(10, rng)
+    planted[7, 1] /= 60
+    pair_p = EvidenceDecision().judge(label_evidence(NATURAL_LABELS), planted).pairs[0].p_value
+    sure_label = label_evidence([*NATURAL_LABELS[:9], 2.0])  # label 9's trigger far smaller than any other
+    result = EvidenceDecision(alpha=pair_p * 2).judge(sure_label, planted)
+    assert result.flagged == [9, 1] and result.flag_p_value(1) == pair_p and not result.close_flag
+    assert result.close_labels == [1]
+
+
 # ---------------------------------------------------------------- choosing and reversing pairs
 
 
@@ -165,6 +176,13 @@ def test_the_pair_budget_is_one_start_and_the_pair_steps():
     assert config.images_per_step == PRESETS["default"].mini_batch  # never under one mini-batch
     few_steps = dataclasses.replace(PRESETS["default"], max_steps=5)
     assert pair_reverse_config(few_steps, PairConfig(steps=30)).max_steps == 5  # never more than a label's
+    assert pair_reverse_config(PRESETS["default"], PairConfig(initial_mask_max=0.1)).initial_mask_max == 0.1
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5, math.nan])
+def test_a_pair_mask_range_outside_zero_to_one_is_refused(value: float):
+    with pytest.raises(ConfigError, match="pairs.initial_mask_max"):
+        PairConfig(initial_mask_max=value)
 
 
 class SourceGate(nn.Module):

@@ -93,6 +93,27 @@ class DecisionResult:
         above = self.close_flag_above
         return bool(self.flagged) and above is not None and self.score > above
 
+    def flag_p_value(self, label: int) -> float:
+        """The smallest p-value among the looks that flagged `label` (its own judgement, a pair to it, an additive
+        look at it); 1 where none did."""
+        own = self.judgements.get(label)
+        return min(
+            ([own.p_value] if own is not None and own.flagged else [])
+            + [pair.p_value for pair in self.pairs if pair.flagged and pair.target == label]
+            + [look.p_value for look in self.additive if look.flagged and look.label == label],
+            default=1.0,
+        )
+
+    @property
+    def close_labels(self) -> list[int]:
+        """The flagged labels whose own flag lies in the close band (above `close_flag_above`): findings another
+        seed may not repeat, beside a model flagged for sure by another label. Every flagged label where
+        `close_flag`."""
+        above = self.close_flag_above
+        if above is None:
+            return []
+        return [label for label in self.flagged if self.flag_p_value(label) > above]
+
     @property
     def suspect(self) -> int | None:
         """Evidence rule: the label whose p-value is the model's score, or the target of the pair whose is, or the
@@ -137,6 +158,7 @@ class DecisionResult:
             "inconclusive_below": self.inconclusive_below,
             "inconclusive": self.inconclusive,
             "close_flag": self.close_flag,
+            "close_labels": self.close_labels,
             "measures": self.measures,
             "labels": [self.judgements[label].to_dict() for label in sorted(self.judgements)],
             "pairs": [pair.to_dict() for pair in self.pairs],
