@@ -24,11 +24,9 @@ from benchmarks.pair_scans import stage_jobs
 from benchmarks.zoo_scans import SCANS_DIR, ScanJob, add_selection_arguments, single_thread_env
 from fixtures.paths import REPO_ROOT
 from scanner.config import RetryConfig
-from scanner.decision.evidence import EvidenceMeter
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.retry import retry_candidates, retry_rounds
-from scanner.reverse import TriggerReverser
-from scanner.run_scan import scan_inputs
+from scanner.run_scan import label_reversal, scan_inputs
 
 RETRY_DIR = REPO_ROOT / ".cache" / "zoo" / "retry"
 
@@ -43,9 +41,7 @@ def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig)
     norms = {label.label: label.estimated_norm for label in report.labels}
     final = {label.label for label in report.labels if label.final}
     candidates = retry_candidates(norms, final, retry.labels)
-    reverser = TriggerReverser(inputs.model, config.reverse, inputs.device, config.seed)
-    session = reverser.session(inputs.data.images, len(inputs.labels))
-    meter = EvidenceMeter(inputs.model, inputs.data.images, inputs.device, config.seed, reverser.bfloat16)
+    session, meter = label_reversal(inputs, config)
     found = retry_rounds(session, candidates, retry.rounds, retry.initial_mask_max)
     return {
         "seconds": time.perf_counter() - started,

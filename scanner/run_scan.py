@@ -143,6 +143,14 @@ def scan_inputs(
     return ScanInputs(device, intake, converted, labels, data, scaling_choice, model)
 
 
+def label_reversal(inputs: ScanInputs, config: ScanConfig) -> tuple[ReverseSession, EvidenceMeter]:
+    """The label stage's reversal session over the scan's labels, and the meter of its triggers' evidence, both
+    seeded as a scan seeds them (benchmarks rerun a stage of a saved scan from the same)."""
+    reverser = TriggerReverser(inputs.model, config.reverse, inputs.device, config.seed)
+    session = reverser.session(inputs.data.images, len(inputs.labels))
+    return session, EvidenceMeter(inputs.model, inputs.data.images, inputs.device, config.seed, reverser.bfloat16)
+
+
 def scan(
     model_path: str | Path,
     data: str | Path | CleanData,
@@ -164,14 +172,12 @@ def scan(
     """
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     inputs = scan_inputs(model_path, data, config, require_verdict)
-    device, converted, labels, data, model = inputs.device, inputs.converted, inputs.labels, inputs.data, inputs.model
+    device, converted, labels, data = inputs.device, inputs.converted, inputs.labels, inputs.data
     contract = converted.contract
 
     on_label = counted(progress, len(labels))
     decision = make_decision(config.decision, config.mad_threshold, config.alpha, config.inconclusive_factor)
-    reverser = TriggerReverser(model, config.reverse, device, config.seed)
-    session = reverser.session(data.images, len(labels))
-    meter = EvidenceMeter(model, data.images, device, config.seed, reverser.bfloat16)
+    session, meter = label_reversal(inputs, config)
     outcome = LabelScheduler(session, config.schedule, decision, meter.measure, config.seed, on_label).run(labels)
     runs, evidence = outcome.runs, outcome.evidence
     triggers = [session.result(runs[label]) for label in labels]
@@ -242,7 +248,7 @@ def scan(
         mad=mad,
         device=str(device),
         threads=torch.get_num_threads(),
-        precision="bfloat16" if reverser.bfloat16 else "float32",
+        precision="bfloat16" if session.reverser.bfloat16 else "float32",
         seconds_total=time.perf_counter() - started,
         started_at=started_at,
         schedule=outcome.summary.to_dict(),
