@@ -65,17 +65,20 @@ def test_the_store_uses_write_ahead_logging(tmp_path: Path) -> None:
 
 
 def test_the_decision_score_and_close_flag_are_kept(tmp_path: Path) -> None:
-    close = Outcome(DONE, INFECTED, 1.5, [12], seconds=2.0, p_value=4.6e-4, close_flag=True)
+    close = Outcome(DONE, INFECTED, 1.5, [12], seconds=2.0, p_value=4.6e-4, close_flag=True, close_labels=[12])
     with AuditStore(tmp_path / "audit.sqlite") as store:
         store.finish(KEY, close)
     with AuditStore(tmp_path / "audit.sqlite") as reopened:
         row = reopened.get(KEY)
-    assert (row.p_value, row.close_flag) == (4.6e-4, True)
-    assert row.to_dict()["p_value"] == 4.6e-4 and row.to_dict()["close_flag"] is True
+        assert (row.p_value, row.close_flag, row.close_labels) == (4.6e-4, True, [12])
+        assert row.to_dict()["p_value"] == 4.6e-4 and row.to_dict()["close_flag"] is True
+        assert row.to_dict()["close_labels"] == [12]
+        reopened.mark_running(KEY, None)  # a rerun starts from nothing
+        assert (reopened.get(KEY).close_flag, reopened.get(KEY).close_labels) == (False, [])
 
 
 def test_a_store_from_before_the_score_columns_gets_them(tmp_path: Path) -> None:
-    """An audit store written before p_value and close_flag existed opens, its rows read with neither."""
+    """An audit store written before p_value, close_flag and close_labels existed opens, its rows read with none."""
     path = tmp_path / "audit.sqlite"
     old = sqlite3.connect(path)
     old.execute(
@@ -93,5 +96,6 @@ def test_a_store_from_before_the_score_columns_gets_them(tmp_path: Path) -> None
     with AuditStore(path) as store:
         row = store.get(KEY)
         assert (row.verdict, row.flagged_labels, row.p_value, row.close_flag) == (INFECTED, [7], None, False)
+        assert row.close_labels == []
         store.finish(KEY, Outcome(DONE, INFECTED, 3.1, [7], p_value=2e-9))
         assert store.get(KEY).p_value == 2e-9

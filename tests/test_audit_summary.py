@@ -4,6 +4,7 @@ shown as inconclusive in the table, audit.csv, audit.json and index.html."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def test_a_real_scan_of_two_labels_is_an_inconclusive_row(digits: dict[str, Path
     outcome = run_job(job)
     assert (outcome.status, outcome.verdict) == (DONE, INCONCLUSIVE)
     assert outcome.p_value is not None and 0 <= outcome.p_value <= 1 and not outcome.close_flag
+    assert outcome.close_labels == []  # not infected: no flag, close or sure
     finished = AuditRow(job.key, DONE, outcome.verdict, None, [], None, None, None, outcome.seconds, None)
     assert exit_code([finished], errors_win=False) == EXIT_ERROR
 
@@ -82,6 +84,19 @@ def test_the_p_value_and_a_close_flag_are_shown(tmp_path: Path) -> None:
     assert "close" not in sure_line.removeprefix("sure.onnx") and "2e-30" in sure_line
     write_summary([close, sure], tmp_path, errors_win=False)
     summary = json.loads((tmp_path / JSON_NAME).read_text())
-    assert summary["schema_version"] == "1.1"
+    assert summary["schema_version"] == "1.2"
     assert [(m["p_value"], m["close_flag"]) for m in summary["models"]] == [(4.6e-4, True), (2e-30, False)]
     assert "infected (close)</span>" in render_index([close, sure], tmp_path)
+
+
+def test_a_label_flagged_only_just_beside_a_sure_one_is_marked_in_the_table_and_the_files(tmp_path: Path) -> None:
+    key = ModelKey("/m/two.onnx", "s", "c")
+    row = AuditRow(key, DONE, INFECTED, 6.3, [38, 10], None, None, None, 1.0, None, 2e-17, False, [10])
+    line = next(text for text in format_table([row]).splitlines() if text.startswith("two.onnx"))
+    assert " 38,10? " in line and "(close)" not in line
+    write_summary([row], tmp_path, errors_win=False)
+    assert json.loads((tmp_path / JSON_NAME).read_text())["models"][0]["close_labels"] == [10]
+    assert next(csv.DictReader((tmp_path / CSV_NAME).open()))["close_labels"] == "10"
+    assert "<td>38, 10 (close)</td>" in render_index([row], tmp_path)
+    whole = dataclasses.replace(row, flagged_labels=[10], close_flag=True)  # the verdict says it: no mark
+    assert " 10 " in next(t for t in format_table([whole]).splitlines() if t.startswith("two.onnx"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cleanse_base.text import format_number as fmt
 from scanner.audit.store import DONE, ERROR, INCONCLUSIVE, INFECTED, AuditRow
-from scanner.audit.summary import p_value_text, shown_verdict, undecided, verdict_label
+from scanner.audit.summary import flagged_text, p_value_text, shown_verdict, undecided, verdict_label
 from scanner.html_report import REPORT_HTML, page, table
 
 INDEX_HTML = "index.html"
@@ -22,7 +22,7 @@ def index_row(row: AuditRow, out: Path) -> list[str]:
     report = Path(row.report_dir or "") / REPORT_HTML
     if row.status == DONE and report.exists():
         name = f'<a href="{escape(Path(os.path.relpath(report, out)).as_posix())}">{name}</a>'
-    flagged = ", ".join(map(str, row.flagged_labels))
+    flagged = flagged_text(row, ", ", " (close)")
     return [
         name,
         f'<span class="verdict {escape(verdict or ERROR)}">{escape(verdict_label(row) if verdict else ERROR)}</span>',

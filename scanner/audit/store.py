@@ -38,11 +38,16 @@ CREATE TABLE IF NOT EXISTS models (
     error TEXT,
     p_value REAL,
     close_flag INTEGER NOT NULL DEFAULT 0,
+    close_labels TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (path, sha256, config_hash)
 )
 """
 # columns added since the first store: (name, declaration); an older store gets them (NULL / 0 in its rows)
-ADDED_COLUMNS = (("p_value", "REAL"), ("close_flag", "INTEGER NOT NULL DEFAULT 0"))
+ADDED_COLUMNS = (
+    ("p_value", "REAL"),
+    ("close_flag", "INTEGER NOT NULL DEFAULT 0"),
+    ("close_labels", "TEXT NOT NULL DEFAULT '[]'"),
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Outcome:
     report_dir: str = ""  # where the report went, when it differs from the plan's
     p_value: float | None = None  # the evidence rule's model p-value (None under the paper rule)
     close_flag: bool = False  # infected, but the p-value lies in the close band (DecisionResult.close_flag)
+    close_labels: list[int] = field(default_factory=list)  # flagged labels in the band (DecisionResult.close_labels)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class AuditRow:
     error: str | None
     p_value: float | None = None
     close_flag: bool = False
+    close_labels: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -99,6 +106,7 @@ class AuditRow:
             "error": self.error,
             "p_value": self.p_value,
             "close_flag": self.close_flag,
+            "close_labels": self.close_labels,
         }
 
 
@@ -139,7 +147,8 @@ class AuditStore:
             "INSERT INTO models (path, sha256, config_hash, status, report_dir, started_at) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (path, sha256, config_hash) DO UPDATE SET status = excluded.status, "
             "report_dir = excluded.report_dir, started_at = excluded.started_at, finished_at = NULL, verdict = NULL, "
-            "anomaly_index = NULL, flagged_labels = '[]', seconds = NULL, error = NULL, p_value = NULL, close_flag = 0",
+            "anomaly_index = NULL, flagged_labels = '[]', seconds = NULL, error = NULL, p_value = NULL, "
+            "close_flag = 0, close_labels = '[]'",
             (key.path, key.sha256, key.config_hash, RUNNING, report_dir, now()),
         )
 
@@ -147,14 +156,14 @@ class AuditStore:
         """Record the outcome; a model never marked running (refused before it could start) gets its row here."""
         self.connection.execute(
             "INSERT INTO models (path, sha256, config_hash, status, verdict, anomaly_index, flagged_labels, "
-            "report_dir, started_at, finished_at, seconds, error, p_value, close_flag) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "report_dir, started_at, finished_at, seconds, error, p_value, close_flag, close_labels) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (path, sha256, config_hash) DO UPDATE SET status = excluded.status, "
             "verdict = excluded.verdict, anomaly_index = excluded.anomaly_index, "
             "flagged_labels = excluded.flagged_labels, "
             "report_dir = coalesce(excluded.report_dir, report_dir), finished_at = excluded.finished_at, "
             "seconds = excluded.seconds, error = excluded.error, p_value = excluded.p_value, "
-            "close_flag = excluded.close_flag",
+            "close_flag = excluded.close_flag, close_labels = excluded.close_labels",
             (
                 key.path,
                 key.sha256,
@@ -170,6 +179,7 @@ class AuditStore:
                 outcome.error or None,
                 outcome.p_value,
                 int(outcome.close_flag),
+                json.dumps(outcome.close_labels),
             ),
         )
 
@@ -208,4 +218,5 @@ def _row(cursor: sqlite3.Cursor, values: tuple) -> AuditRow:
         error=record["error"],
         p_value=record["p_value"],
         close_flag=bool(record["close_flag"]),
+        close_labels=json.loads(record["close_labels"]),
     )

@@ -12,7 +12,7 @@ from cleanse_base.text import printable
 from scanner.audit.store import CLEAN, DONE, ERROR, INCONCLUSIVE, INFECTED, AuditRow
 
 CSV_NAME, JSON_NAME = "audit.csv", "audit.json"
-SCHEMA_VERSION = "1.1"  # 1.1: per model "p_value" and "close_flag"
+SCHEMA_VERSION = "1.2"  # 1.1: per model "p_value" and "close_flag"; 1.2: per model "close_labels"
 ERROR_WIDTH = 70
 
 
@@ -44,6 +44,13 @@ def p_value_text(row: AuditRow) -> str:
     return "-" if row.p_value is None else f"{row.p_value:.2g}"
 
 
+def flagged_text(row: AuditRow, separator: str = ",", mark: str = "?") -> str:
+    """The flagged labels, each close one marked (flagged only just beside a sure one: DecisionResult.close_labels;
+    under a close flag the verdict says it for them all)."""
+    marked = [] if row.close_flag else row.close_labels
+    return separator.join(f"{label}{mark}" if label in marked else str(label) for label in row.flagged_labels)
+
+
 def verdict_counts(rows: list[AuditRow]) -> dict[str, int]:
     """Models per shown verdict: clean, infected, inconclusive (only when some are), error (a row still running
     counts as one)."""
@@ -64,7 +71,7 @@ def format_table(rows: list[AuditRow]) -> str:
     ]
     for row, name in zip(rows, names, strict=True):
         error = printable((row.error or "").splitlines()[0][:ERROR_WIDTH]) if row.error else ""
-        flagged = ",".join(map(str, row.flagged_labels))
+        flagged = flagged_text(row)
         lines.append(
             f"{name:<{width}}  {verdict_label(row):<{verdicts}}  {p_value_text(row):>7}  {fmt(row.anomaly_index):>7}  "
             f"{flagged:<10}  {fmt(row.seconds, 1):>7}  {error}"
@@ -80,7 +87,8 @@ def write_csv(rows: list[AuditRow], path: Path) -> Path:
         writer = csv.DictWriter(file, fieldnames=list(records[0]) if records else ["path"])
         writer.writeheader()
         for record in records:
-            writer.writerow({**record, "flagged_labels": " ".join(map(str, record["flagged_labels"]))})
+            spaced = {name: " ".join(map(str, record[name])) for name in ("flagged_labels", "close_labels")}
+            writer.writerow({**record, **spaced})
     return path
 
 
