@@ -25,13 +25,16 @@ from benchmarks.zoo_scans import SCANS_DIR, ScanJob, add_selection_arguments, si
 from fixtures.paths import REPO_ROOT
 from scanner.config import RetryConfig
 from scanner.mitigate.report_folder import read_scan_report
-from scanner.retry import retry_candidates, retry_rounds
+from scanner.model import log_probabilities
+from scanner.retry import likeliest_targets, retry_candidates, retry_rounds
 from scanner.run_scan import label_reversal, scan_inputs
 
 RETRY_DIR = REPO_ROOT / ".cache" / "zoo" / "retry"
 
 
-def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig) -> dict[str, object]:
+def retry_record(
+    model: Path, data: Path, scan_folder: Path, retry: RetryConfig, likeliest: bool = False
+) -> dict[str, object]:
     """Every round's trigger evidence (and whether it reached the attack success threshold) for the candidates of one
     saved scan, with the images and seconds spent."""
     report = read_scan_report(scan_folder)
@@ -41,6 +44,9 @@ def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig)
     norms = {label.label: label.estimated_norm for label in report.labels}
     final = {label.label for label in report.labels if label.final}
     candidates = retry_candidates(norms, final, retry.labels)
+    if likeliest:  # the likeliest target by the clean images' log-probabilities instead
+        log_probs = log_probabilities(inputs.model, inputs.data.images, inputs.device)
+        candidates = [label for label in likeliest_targets(log_probs) if label in final][: len(candidates)]
     session, meter = label_reversal(inputs, config)
     found = retry_rounds(session, candidates, retry.rounds, retry.initial_mask_max)
     return {
@@ -91,20 +97,25 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.initial_mask_max,
         help="the scan's --retry-initial-mask-max (default: %(default)s; 1: the reference's, as the first round's)",
     )
+    parser.add_argument(
+        "--likeliest",
+        action="store_true",
+        help="retry the likeliest targets by mean log-probability on other classes' clean images, not the smallest",
+    )
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SCAN"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     retry = RetryConfig(rounds=args.rounds, labels=args.labels, initial_mask_max=args.initial_mask_max)
     if args.one:
         model, data, scan_folder = args.one
-        record = retry_record(Path(model), Path(data), Path(scan_folder), retry)
+        record = retry_record(Path(model), Path(data), Path(scan_folder), retry, args.likeliest)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record))
         return 0
     jobs = stage_jobs(args, args.retry)
     pending = [job for job in jobs if not record_path(args.retry, job).is_file()]
     extra = ["--rounds", str(args.rounds), "--labels", str(args.labels)]
-    extra += ["--initial-mask-max", str(args.initial_mask_max)]
+    extra += ["--initial-mask-max", str(args.initial_mask_max), *(["--likeliest"] if args.likeliest else [])]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_job, job, args.retry, args.scans, extra) for job in pending]

@@ -55,14 +55,19 @@ class ScoringModel(nn.Module):
         return to_log_probabilities(scores, self.contract.output_kind)
 
 
-def predict_labels(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Predicted class of each raw NCHW image."""
-    predictions = []
+def log_probabilities(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """The scoring model's log-probabilities of each raw NCHW image, (images, classes)."""
+    scores = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(images[start : start + batch_size]).to(device)
-            predictions.append(model(batch).argmax(dim=1).cpu().numpy())
-    return np.concatenate(predictions)
+            scores.append(model(batch).float().cpu().numpy())
+    return np.concatenate(scores)
+
+
+def predict_labels(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Predicted class of each raw NCHW image."""
+    return log_probabilities(model, images, device, batch_size).argmax(axis=1)
 
 
 def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device) -> float:

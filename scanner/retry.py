@@ -19,6 +19,8 @@ import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from scanner.reverse import LabelRun, LabelTrigger, ReverseSession
 
 
@@ -33,6 +35,17 @@ def retry_candidates(norms: Mapping[int, float], final: Collection[int], labels:
     on), smallest first."""
     count = retry_count(len(norms), labels)
     return sorted((label for label in norms if label in final), key=lambda label: (norms[label], label))[:count]
+
+
+def likeliest_targets(log_probs: np.ndarray) -> list[int]:
+    """Every label, likeliest target first: by its mean log-probability over the clean images the model predicts as
+    another label (K-Arm's pre-screen, Shen et al. ICML 2021: a planted target draws probability from every class)."""
+    predictions = log_probs.argmax(axis=1)
+    means = [
+        float(log_probs[predictions != label, label].mean()) if (predictions != label).any() else -math.inf
+        for label in range(log_probs.shape[1])
+    ]
+    return sorted(range(len(means)), key=lambda label: (-means[label], label))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,15 @@ import torch
 from cleanse_base.errors import ConfigError
 from scanner.config import RetryConfig, ReverseConfig, ScanConfig
 from scanner.report import RetryStage
-from scanner.retry import Retry, kept_round, retry_candidates, retry_count, retry_labels, retry_rounds
+from scanner.retry import (
+    Retry,
+    kept_round,
+    likeliest_targets,
+    retry_candidates,
+    retry_count,
+    retry_labels,
+    retry_rounds,
+)
 from scanner.reverse import LabelTrigger, TriggerReverser
 
 
@@ -159,3 +167,22 @@ def test_a_scan_retries_its_smallest_triggers_and_reports_them(digits, tmp_path)
     paper = scan(model, data, make_config({**settings, "decision": "paper", "retry": {"rounds": 1}}))
     assert paper.retry_stage.rounds == 0  # the paper rule judges the first triggers, exactly
     assert ScanConfig().retry == RetryConfig(rounds=2, labels=1, initial_mask_max=0.1)
+
+
+def test_the_likeliest_target_draws_the_most_probability_from_other_classes_images():
+    """Each image's own class is left out: a class the model predicts confidently is not a target for that."""
+    probabilities = np.array(
+        [
+            [0.90, 0.02, 0.08],  # class 0, label 2 next
+            [0.05, 0.85, 0.10],  # class 1, label 2 next
+            [0.01, 0.01, 0.98],  # class 2: its own probability does not count
+            [0.70, 0.25, 0.05],  # class 0, label 1 next
+        ]
+    )
+    log_probs = np.log(probabilities)
+    assert likeliest_targets(log_probs) == [2, 1, 0]
+    # label 2's mean over images 0, 1 and 3: log 0.08, 0.10, 0.05; label 1's over 0, 2, 3: 0.02, 0.01, 0.25
+    assert np.mean(np.log([0.08, 0.10, 0.05])) > np.mean(np.log([0.02, 0.01, 0.25]))
+    # every image predicted 0 (argmax's first of a tie): label 0 has no other class's image and comes last; the
+    # other two tie, the smaller first
+    assert likeliest_targets(np.log(np.full((2, 3), 1 / 3))) == [1, 2, 0]
