@@ -27,8 +27,9 @@ look at its settled bound alone (`--additive-rungs 1`, the look before schema 1.
 pairs alone, on the scans that have records.
 
 `--retry DIR` (default .cache/zoo/retry, from `python -m benchmarks.retry_scans`) adds the retry: each retried
-label keeps the smallest trigger over its scan's and every round's, as `cleanse scan` keeps it (`--retry-rounds` and
-`--retry-labels` judge the records' first rounds and smallest candidates only, as a scan with those settings would);
+label keeps the smallest trigger over its scan's and every round's, as `cleanse scan` keeps it (`--retry-rounds`,
+`--retry-labels` and `--retry-likeliest` judge the records' first rounds, smallest candidates and likeliest targets
+only, as a scan with those settings would);
 `evidence` then judges the retried labels (with the pairs and the additive look where given) and `no-retry` the
 scan's own, on the scans that have records.
 
@@ -59,7 +60,7 @@ from scanner.decision.evidence import LabelEvidence
 from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import ScanReport
-from scanner.retry import retry_count
+from scanner.retry import LIKELIEST, SMALLEST, retry_count
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,20 @@ def saved_additive(
 
 
 def retried_evidence(evidence: dict[int, LabelEvidence], record: dict, retry: RetryConfig) -> dict[int, LabelEvidence]:
-    """The evidence with each label `retry` retries (the record's first candidates, its first rounds) keeping its
-    smallest trigger over the scan's and those rounds' that reached the success threshold (ties keep the scan's), as
-    scanner.retry.retry_labels keeps it. A record of more labels or rounds than `retry` takes answers for fewer."""
+    """The evidence with each label `retry` retries (the record's first smallest candidates and first likeliest
+    targets, its first rounds) keeping its smallest trigger over the scan's and those rounds' that reached the success
+    threshold (ties keep the scan's), as scanner.retry.retry_labels keeps it. A record of more labels or rounds than
+    `retry` takes answers for fewer."""
+    if record.get("likeliest", 0) < retry.likeliest:
+        raise SystemExit(
+            f"a retry record has {record.get('likeliest', 0)} likeliest target(s), fewer than {retry.likeliest}: "
+            "judge it with --retry-likeliest 0 or record it again"
+        )
+    chosen_as = record.get("chosen_as", {})  # records before the likeliest targets: every candidate a smallest one
+    smallest = [label for label in record["candidates"] if chosen_as.get(str(label), SMALLEST) == SMALLEST]
+    likely = [label for label in record["candidates"] if chosen_as.get(str(label)) == LIKELIEST]
     kept = dict(evidence)
-    for label in record["candidates"][: retry_count(len(evidence), retry.labels)]:
+    for label in smallest[: retry_count(len(evidence), retry.labels)] + likely[: retry.likeliest]:
         rounds = record["rounds"][str(label)][: retry.rounds]
         if len(rounds) < retry.rounds:
             raise SystemExit(f"a retry record has {len(rounds)} round(s) of label {label}, fewer than {retry.rounds}")
@@ -459,6 +469,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--retry-labels", type=int, default=RetryConfig().labels, help="labels judged (%(default)s; 0: sqrt)"
     )
+    parser.add_argument(
+        "--retry-likeliest", type=int, default=RetryConfig().likeliest, help="likeliest targets judged (%(default)s)"
+    )
     args = parser.parse_args(argv)
     folders = [args.scans, *([args.compare] if args.compare else [])]
     loaded = [
@@ -470,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
             args.additive,
             args.additive_records,
             args.retry,
-            RetryConfig(args.retry_rounds, args.retry_labels),
+            RetryConfig(args.retry_rounds, args.retry_labels, args.retry_likeliest),
             args.pairs_records,
         )
         for folder in folders

@@ -1,6 +1,7 @@
 """Run the scan's retry alone (scanner/retry.py) on saved zoo scans and keep every round's evidence.
 
-The retry reverses again the labels with the smallest triggers of a finished label stage, so its records join the
+The retry reverses again the labels with the smallest triggers of a finished label stage and the likeliest targets
+(by the clean images' log-probabilities), so its records join the
 saved label scans of benchmarks/zoo_scans.py in benchmarks/detection_table.py (`--retry DIR`): the same model,
 clean images, seed and reversal settings as the scan, the candidates chosen from the saved report's norms as
 `cleanse scan` chooses them.
@@ -32,27 +33,25 @@ from scanner.run_scan import label_reversal, scan_inputs
 RETRY_DIR = REPO_ROOT / ".cache" / "zoo" / "retry"
 
 
-def retry_record(
-    model: Path, data: Path, scan_folder: Path, retry: RetryConfig, likeliest: bool = False
-) -> dict[str, object]:
+def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig) -> dict[str, object]:
     """Every round's trigger evidence (and whether it reached the attack success threshold) for the candidates of one
-    saved scan, with the images and seconds spent."""
+    saved scan, why each was chosen, with the images and seconds spent."""
     report = read_scan_report(scan_folder)
     config = dataclasses.replace(report.config, threads=1, retry=retry)
     inputs = scan_inputs(model, data, config)
     started = time.perf_counter()
     norms = {label.label: label.estimated_norm for label in report.labels}
     final = {label.label for label in report.labels if label.final}
-    candidates = retry_candidates(norms, final, retry.labels)
-    if likeliest:  # the likeliest target by the clean images' log-probabilities instead
-        log_probs = log_probabilities(inputs.model, inputs.data.images, inputs.device)
-        candidates = [label for label in likeliest_targets(log_probs) if label in final][: len(candidates)]
+    likely = likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device))
+    chosen = retry_candidates(norms, final, retry.labels, likely, retry.likeliest)
     session, meter = label_reversal(inputs, config)
-    found = retry_rounds(session, candidates, retry.rounds, retry.initial_mask_max)
+    found = retry_rounds(session, list(chosen), retry.rounds, retry.initial_mask_max)
     return {
         "seconds": time.perf_counter() - started,
         "images": sum(trigger.images for triggers in found.values() for trigger in triggers),
-        "candidates": candidates,
+        "candidates": list(chosen),
+        "chosen_as": {str(label): why for label, why in chosen.items()},
+        "likeliest": retry.likeliest,
         "rounds": {
             str(label): [
                 {**dataclasses.asdict(meter.measure(label, t.mask, t.pattern)), "found": t.found} for t in triggers
@@ -97,25 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.initial_mask_max,
         help="the scan's --retry-initial-mask-max (default: %(default)s; 1: the reference's, as the first round's)",
     )
-    parser.add_argument(
-        "--likeliest",
-        action="store_true",
-        help="retry the likeliest targets by mean log-probability on other classes' clean images, not the smallest",
-    )
+    parser.add_argument("--likeliest", type=int, default=defaults.likeliest, help="the scan's --retry-likeliest")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SCAN"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    retry = RetryConfig(rounds=args.rounds, labels=args.labels, initial_mask_max=args.initial_mask_max)
+    retry = RetryConfig(args.rounds, args.labels, args.likeliest, args.initial_mask_max)  # in RetryConfig's order
     if args.one:
         model, data, scan_folder = args.one
-        record = retry_record(Path(model), Path(data), Path(scan_folder), retry, args.likeliest)
+        record = retry_record(Path(model), Path(data), Path(scan_folder), retry)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record))
         return 0
     jobs = stage_jobs(args, args.retry)
     pending = [job for job in jobs if not record_path(args.retry, job).is_file()]
     extra = ["--rounds", str(args.rounds), "--labels", str(args.labels)]
-    extra += ["--initial-mask-max", str(args.initial_mask_max), *(["--likeliest"] if args.likeliest else [])]
+    extra += ["--initial-mask-max", str(args.initial_mask_max), "--likeliest", str(args.likeliest)]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_job, job, args.retry, args.scans, extra) for job in pending]

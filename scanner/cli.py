@@ -189,6 +189,7 @@ def retry_settings(options: dict[str, Any]) -> dict[str, Any]:
     retry = {
         "rounds": options.get("retry_rounds"),
         "labels": options.get("retry_labels"),
+        "likeliest": options.get("retry_likeliest"),
         "initial_mask_max": options.get("retry_initial_mask_max"),
     }
     return given(RetryConfig, retry)
@@ -357,14 +358,21 @@ shared_scan_options = options(
     count_option(
         "--retry-rounds",
         minimum=0,
-        help="evidence rule: fresh reversals of each label with one of the smallest triggers, which keeps the "
-        "smallest found: a start can miss a planted trigger that another finds (default 2; 0: none).",
+        help="evidence rule: fresh reversals of each label with one of the smallest triggers or the likeliest "
+        "targets, which keeps the smallest found: a start can miss a planted trigger that another finds (default 2; "
+        "0: none).",
     ),
     count_option(
         "--retry-labels",
         minimum=0,
         help="evidence rule: how many of the smallest triggers the retry reverses again (default 1; 0: the square "
         "root of the number of labels, rounded up).",
+    ),
+    count_option(
+        "--retry-likeliest",
+        minimum=0,
+        help="evidence rule: how many of the likeliest targets (the labels with the highest mean log-probability on "
+        "other classes' clean images) the retry also reverses again (default 1; 0: none).",
     ),
     fraction_option(
         "--retry-initial-mask-max",

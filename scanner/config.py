@@ -243,8 +243,8 @@ class AdditiveConfig:
 
 @dataclass(frozen=True)
 class RetryConfig:
-    """The retry (scanner/retry.py): the labels with the smallest triggers reversed again from fresh starts, each
-    keeping the smallest trigger any round found. The evidence rule only."""
+    """The retry (scanner/retry.py): the labels with the smallest triggers and the likeliest targets reversed again
+    from fresh starts, each keeping the smallest trigger any round found. The evidence rule only."""
 
     # fresh runs of each retried label (every start of reverse.starts, its trial too); 0: no retry. On the zoo two
     # rounds of the smallest trigger caught 4 more of 42 patch scans exactly (docs/measurements.md, "Retry")
@@ -252,6 +252,10 @@ class RetryConfig:
     # how many of the smallest triggers are retried; 0: ceil(sqrt(labels scanned)), which on the zoo caught fewer
     # patch scans than one: the retried natural triggers widen the spread the others are judged against
     labels: int = 1
+    # how many of the likeliest targets (retry.likeliest_targets: the labels with the highest mean log-probability on
+    # other classes' clean images) are retried besides the smallest triggers; 0: none. On the zoo one caught the 6 px
+    # patch whose target ended sixth smallest and flagged one clean scan fewer (docs/measurements.md, "Retry")
+    likeliest: int = 1
     # each round's starts' masks begin uniform on [0, this] (reverse.initial_mask_max's range for the first round):
     # on the zoo small masks caught more patch scans than the reference's 1 in the retry (docs/measurements.md, "Retry")
     initial_mask_max: float = 0.1
@@ -260,7 +264,7 @@ class RetryConfig:
         self.validate()
 
     def validate(self) -> RetryConfig:
-        for name in ("rounds", "labels"):
+        for name in ("rounds", "labels", "likeliest"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"retry.{name} must be 0 or positive, not {getattr(self, name)}")
         if not (math.isfinite(self.initial_mask_max) and 0 < self.initial_mask_max <= 1):

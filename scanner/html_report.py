@@ -268,6 +268,7 @@ def retry_section(report: ScanReport) -> str:
     rows = [
         [
             str(retry.label),
+            retry.chosen_as,
             f"{retry.first_norm:.2f}",
             *(f"{norm:.2f}" for norm in retry.norms),
             "first" if retry.kept_round is None else f"round {retry.kept_round}",
@@ -278,8 +279,9 @@ def retry_section(report: ScanReport) -> str:
     return f"""<h2 id="retry">Retry</h2>
 <p>{stage.subject().capitalize()} reversed {stage.rounds} more time(s) from fresh starts ({stage.images:,} images,
 {stage.seconds:.1f} s): a reversal can miss a planted trigger that another start finds. Each label keeps its smallest
-trigger, judged as above.</p>
-{table(["label", "first L1", *rounds, "kept"], rows, set(range(1, stage.rounds + 2)))}"""
+trigger, judged as above. The likeliest target is the label with the highest mean log-probability on the other
+classes' clean images: a planted target draws probability from every class.</p>
+{table(["label", "chosen as", "first L1", *rounds, "kept"], rows, set(range(2, stage.rounds + 3)))}"""
 
 
 def render_report(report: ScanReport, folder: Path) -> str:

@@ -23,7 +23,7 @@ from scanner.decision.pairs import PairJudgement
 from scanner.decision.rules import DecisionResult, LabelJudgement, paper_result
 from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
-from scanner.retry import Retry
+from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
 
 SCHEMA_VERSION = "1.19"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
@@ -44,7 +44,9 @@ SCHEMA_VERSION = "1.19"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # scan's share of the additive look's steps (older reports: 1, the whole look, as they ran), and "additive_stage"
 # "steps" and "rung_steps" (what ran); 1.18: config "retry" and "retry_stage" (the labels with the smallest triggers
 # reversed again: each round's norm, the round kept, images, seconds; older reports: none, retry.rounds 0); 1.19:
-# decision "close_labels" (flagged labels whose own flag lies within the close band; derived when read)
+# decision "close_labels" (flagged labels whose own flag lies within the close band; derived when read), config
+# retry.likeliest and per retry "chosen_as" ("smallest" or "likeliest"; older reports: likeliest 0, every retry
+# "smallest", as they ran)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -129,13 +131,16 @@ class RetryStage:
     """What the retry (scanner/retry.py) found and cost."""
 
     rounds: int = 0  # fresh runs of each retried label (0: the retry did not run)
-    retries: list[Retry] = field(default_factory=list)  # one per label retried, smallest first trigger first
+    # one per label retried: the smallest triggers, smallest first, then the likeliest targets (Retry.chosen_as)
+    retries: list[Retry] = field(default_factory=list)
     images: int = 0  # images pushed forward and backward over every round
     seconds: float = 0.0
 
     def __post_init__(self) -> None:
         # a report folder is untrusted: every round a norm, the kept round one of them
         for retry in self.retries:
+            if retry.chosen_as not in CHOSEN_AS:
+                raise ConfigError(f"retry_stage: label {retry.label} chosen_as must be one of {CHOSEN_AS}")
             kept_in_range = retry.kept_round is None or 1 <= retry.kept_round <= self.rounds
             if len(retry.norms) != self.rounds or not kept_in_range:
                 raise ConfigError(
@@ -158,11 +163,20 @@ class RetryStage:
         return f"{self.subject()} reversed {self.rounds} more {times}: {found} ({cost})"
 
     def subject(self) -> str:
-        """Which labels were retried, as a noun phrase."""
-        labels = ", ".join(str(retry.label) for retry in self.retries)
-        if len(self.retries) == 1:
-            return f"the smallest trigger (label {labels})"
-        return f"the {len(self.retries)} smallest triggers (labels {labels})"
+        """Which labels were retried, as a noun phrase: "the smallest trigger (label 12) and the likeliest target
+        (label 25)"."""
+        nouns = {
+            SMALLEST: ("smallest trigger", "smallest triggers"),
+            LIKELIEST: ("likeliest target", "likeliest targets"),
+        }
+        phrases = []
+        for why, (one, many) in nouns.items():
+            labels = [str(retry.label) for retry in self.retries if retry.chosen_as == why]
+            if len(labels) == 1:
+                phrases.append(f"the {one} (label {labels[0]})")
+            elif labels:
+                phrases.append(f"the {len(labels)} {many} (labels {', '.join(labels)})")
+        return " and ".join(phrases)
 
 
 @dataclass
@@ -437,7 +451,7 @@ class _DecisionJson:
 def _as_they_ran(payload: Any) -> Any:
     """Settings older reports leave out, as those scans ran: before schema 1.14 the additive look judged one bound,
     before 1.15 every rung started from zero, before 1.17 a screened scan ran the whole look, before 1.18 no label
-    was retried."""
+    was retried, before 1.19 no likeliest target."""
     config = payload.get("config") if isinstance(payload, dict) else None
     if not isinstance(config, dict):
         return payload
@@ -448,8 +462,11 @@ def _as_they_ran(payload: Any) -> Any:
         ran["additive"] = {**left_out, **additive}
     if isinstance(schedule, dict):
         ran["schedule"] = {"look_share": 1.0, **schedule}
-    if "retry" not in config:
-        ran["retry"] = {"rounds": 0}
+    retry = config.get("retry")
+    if retry is None:
+        ran["retry"] = {"rounds": 0, "likeliest": 0}
+    elif isinstance(retry, dict) and "likeliest" not in retry:
+        ran["retry"] = {**retry, "likeliest": 0}
     return {**payload, "config": {**config, **ran}}
 
 

@@ -23,11 +23,11 @@ from scanner.decision.additive import kept_looks
 from scanner.decision.evidence import EvidenceMeter, LabelEvidence
 from scanner.decision.rules import DecisionResult, make_decision, norms_of
 from scanner.mad import MIN_LABELS, mad_outliers
-from scanner.model import ScoringModel, accuracy
+from scanner.model import ScoringModel, accuracy, log_probabilities
 from scanner.pairs import PairProgress, PairSearch, PairTrigger, reverse_pairs
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
 from scanner.report import AdditiveStage, LabelResult, PairStage, RetryStage, ScalingChoice, ScanReport
-from scanner.retry import retried_labels, retry_candidates, retry_labels
+from scanner.retry import likeliest_targets, retried_labels, retry_candidates, retry_labels
 from scanner.reverse import LabelTrigger, ReverseSession, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
@@ -185,7 +185,7 @@ def scan(
         if not runs[trigger.label].finished:  # stopped by the scheduler: done all the same
             on_label(trigger)
     final = {label for label in labels if runs[label].finished}
-    triggers, retry_stage = retry_smallest(config, session, meter, triggers, evidence, final, retry_progress)
+    triggers, retry_stage = retry_suspects(config, inputs, session, meter, triggers, evidence, final, retry_progress)
     estimates = norms_of(evidence)
     mad = mad_outliers(estimates, config.mad_threshold)
     pair_started = time.perf_counter()
@@ -275,8 +275,9 @@ def counted(progress: Callable[[LabelTrigger, int, int], None] | None, total: in
     return on_run
 
 
-def retry_smallest(
+def retry_suspects(
     config: ScanConfig,
+    inputs: ScanInputs,
     session: ReverseSession,
     meter: EvidenceMeter,
     triggers: list[LabelTrigger],
@@ -284,20 +285,24 @@ def retry_smallest(
     final: set[int],
     progress: Callable[[LabelTrigger, int, int], None] | None = None,
 ) -> tuple[list[LabelTrigger], RetryStage]:
-    """The evidence rule's retry (scanner/retry.py), where wanted: the labels with the smallest triggers reversed
-    again, each keeping its smallest trigger; `evidence` is measured again where a round's trigger replaced the
-    first. The triggers the scan keeps, and what the retry did."""
+    """The evidence rule's retry (scanner/retry.py), where wanted: the labels with the smallest triggers and the
+    likeliest targets reversed again, each keeping its smallest trigger; `evidence` is measured again where a round's
+    trigger replaced the first. The triggers the scan keeps, and what the retry did."""
     if config.decision != "evidence" or not config.retry.rounds:
         return triggers, RetryStage()
     started = time.perf_counter()
-    candidates = retry_candidates(norms_of(evidence), final, config.retry.labels)
+    retry = config.retry
+    likely = (
+        likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device)) if retry.likeliest else []
+    )
+    chosen = retry_candidates(norms_of(evidence), final, retry.labels, likely, retry.likeliest)
     by_label = {trigger.label: trigger for trigger in triggers}
-    first = {label: by_label[label] for label in candidates}  # smallest first
-    on_round = counted(progress, len(candidates) * config.retry.rounds)
-    kept, retries = retry_labels(session, first, config.retry.rounds, config.retry.initial_mask_max, on_round)
+    first = {label: by_label[label] for label in chosen}
+    on_round = counted(progress, len(chosen) * retry.rounds)
+    kept, retries = retry_labels(session, first, retry.rounds, retry.initial_mask_max, on_round, chosen)
     for label in retried_labels(retries):
         evidence[label] = meter.measure(label, kept[label].mask, kept[label].pattern)
-    stage = RetryStage(config.retry.rounds, retries, sum(r.images for r in retries), time.perf_counter() - started)
+    stage = RetryStage(retry.rounds, retries, sum(r.images for r in retries), time.perf_counter() - started)
     return [kept.get(trigger.label, trigger) for trigger in triggers], stage
 
 

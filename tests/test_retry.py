@@ -1,4 +1,5 @@
-"""The retry (scanner/retry.py): the labels with the smallest triggers reversed again from fresh starts."""
+"""The retry (scanner/retry.py): the labels with the smallest triggers and the likeliest targets reversed again from
+fresh starts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from cleanse_base.errors import ConfigError
 from scanner.config import RetryConfig, ReverseConfig, ScanConfig
 from scanner.report import RetryStage
 from scanner.retry import (
+    LIKELIEST,
+    SMALLEST,
     Retry,
     kept_round,
     likeliest_targets,
@@ -29,11 +32,18 @@ def test_the_retry_takes_the_square_root_of_the_labels_unless_told():
     assert retry_count(5, 9) == 5  # never more labels than the scan has
 
 
-def test_the_candidates_are_the_smallest_final_triggers():
+def test_the_candidates_are_the_smallest_final_triggers_then_the_likeliest_targets():
     norms = {0: 5.0, 1: 2.0, 2: 9.0, 3: 2.0, 4: 1.0}
-    assert retry_candidates(norms, final={0, 1, 2, 3}, labels=3) == [1, 3, 0]  # 4 stopped early: a projection
-    assert retry_candidates(norms, final=set(norms), labels=2) == [4, 1]
-    assert retry_candidates(norms, final=set(), labels=2) == []
+    assert list(retry_candidates(norms, final={0, 1, 2, 3}, labels=3)) == [1, 3, 0]  # 4 stopped early: a projection
+    assert retry_candidates(norms, final=set(norms), labels=2) == {4: SMALLEST, 1: SMALLEST}
+    assert retry_candidates(norms, final=set(), labels=2, likeliest_order=[2, 0], likeliest=1) == {}
+    # the first likeliest among the final labels, as many as asked, each retried once
+    likely = [4, 1, 2, 0, 3]
+    assert retry_candidates(norms, set(norms), 1, likely, 1) == {4: SMALLEST}  # 4: the smallest and the likeliest
+    assert retry_candidates(norms, set(norms), 1, likely, 2) == {4: SMALLEST, 1: LIKELIEST}
+    assert retry_candidates(norms, {0, 1, 2, 3}, 1, likely, 2) == {1: SMALLEST, 2: LIKELIEST}  # 4: a projection
+    assert retry_candidates(norms, set(norms), 1, likely, 0) == {4: SMALLEST}
+    assert retry_candidates(norms, set(norms), 1, [7, 2], 1) == {4: SMALLEST, 2: LIKELIEST}  # 7: not a label scanned
 
 
 def trigger(norm: float, found: bool = True) -> LabelTrigger:
@@ -51,7 +61,8 @@ def test_a_round_replaces_the_first_trigger_only_when_smaller_and_found():
 
 
 @pytest.mark.parametrize(
-    "settings", [{"rounds": -1}, {"labels": -2}, {"initial_mask_max": 0.0}, {"initial_mask_max": 1.5}]
+    "settings",
+    [{"rounds": -1}, {"labels": -2}, {"likeliest": -1}, {"initial_mask_max": 0.0}, {"initial_mask_max": 1.5}],
 )
 def test_retry_settings_out_of_range_are_refused(settings):
     with pytest.raises(ConfigError, match="retry"):
@@ -66,6 +77,7 @@ def test_the_retry_flags_and_a_config_table_map_onto_the_config():
 
     assert retry_settings({"retry_rounds": 2, "retry_labels": 5}) == {"rounds": 2, "labels": 5}
     assert retry_settings({"retry_initial_mask_max": 1.0}) == {"initial_mask_max": 1.0}
+    assert retry_settings({"retry_likeliest": 0}) == {"likeliest": 0}
     assert retry_settings({}) == {}
     assert make_config({"retry": {"rounds": 1}}).retry == RetryConfig(rounds=1)
     refused = CliRunner().invoke(main, ["scan", "model.onnx", "--data", "d.npz", "--retry-rounds", "-1"])
@@ -79,7 +91,16 @@ def test_the_retry_stage_says_what_it_did_and_refuses_rounds_that_never_ran():
     )
     two = RetryStage(1, [Retry(4, 9.0, [9.5], None, 10, 0.1), Retry(1, 9.2, [9.6], None, 10, 0.1)], 20, 0.2)
     assert two.text().startswith("the 2 smallest triggers (labels 4, 1) reversed 1 more time: no smaller trigger")
+    both = RetryStage(1, [Retry(4, 9.0, [9.5], None, 10, 0.1), Retry(7, 30.0, [12.0], 1, 10, 0.1, LIKELIEST)], 20, 0.2)
+    assert both.text() == (
+        "the smallest trigger (label 4) and the likeliest target (label 7) reversed 1 more time: label 7 L1 30.0 -> "
+        "12.0 (20 images, 0.2 s)"
+    )
+    likely = [Retry(label, 9.0, [9.5], None, 10, 0.1, LIKELIEST) for label in (2, 5)]
+    assert RetryStage(1, likely, 20, 0.2).subject() == "the 2 likeliest targets (labels 2, 5)"
     assert RetryStage().text() == ""  # no retry ran
+    with pytest.raises(ConfigError, match="chosen_as"):  # a tampered report: a reason the scan never gives
+        RetryStage(1, [Retry(4, 9.0, [9.5], None, 10, 0.1, "biggest")], 10, 0.1)
     with pytest.raises(ConfigError, match="retry_stage"):  # a tampered report: a kept round that never ran
         RetryStage(2, [Retry(4, 9.0, [8.5, 9.5], 3, 10, 0.1)], 10, 0.1)
     with pytest.raises(ConfigError, match="retry_stage"):  # fewer norms than rounds
@@ -139,16 +160,24 @@ def test_a_scan_retries_its_smallest_triggers_and_reports_them(digits, tmp_path)
     from fixtures.digits import TARGET
     from scanner import make_config, scan
     from scanner.html_report import write_html_report
+    from scanner.model import log_probabilities
     from scanner.report import ScanReport, format_summary, write_report
+    from scanner.run_scan import scan_inputs
 
     settings = {"pairs": {"max_pairs": 0}, "additive": {"steps": 0}, "reverse": {"max_steps": 60}}
     model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
     first = scan(model, data, make_config({**settings, "retry": {"rounds": 0}}))
-    report = scan(model, data, make_config({**settings, "retry": {"rounds": 1, "labels": 3}}))
+    report = scan(model, data, make_config({**settings, "retry": {"rounds": 1, "labels": 3, "likeliest": 4}}))
     smallest = sorted(first.labels, key=lambda result: result.l1_norm)[:3]
     stage = report.retry_stage
-    assert stage.rounds == 1 and [retry.label for retry in stage.retries] == [result.label for result in smallest]
-    assert [retry.first_norm for retry in stage.retries] == [result.l1_norm for result in smallest]
+    assert stage.rounds == 1 and [retry.label for retry in stage.retries[:3]] == [result.label for result in smallest]
+    assert [retry.first_norm for retry in stage.retries[:3]] == [result.l1_norm for result in smallest]
+    assert [retry.chosen_as for retry in stage.retries[:3]] == [SMALLEST] * 3
+    # the 4 likeliest targets (drawing most log-probability from other classes' images) not already retried
+    inputs = scan_inputs(model, data, make_config(settings))
+    likely = likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device))[:4]
+    expected = [(label, LIKELIEST) for label in likely if label not in {result.label for result in smallest}]
+    assert [(retry.label, retry.chosen_as) for retry in stage.retries[3:]] == expected and expected
     norms = {result.label: result.l1_norm for result in report.labels}
     for retry in stage.retries:
         assert norms[retry.label] == pytest.approx(min(retry.first_norm, *retry.norms), rel=1e-6)
@@ -156,17 +185,29 @@ def test_a_scan_retries_its_smallest_triggers_and_reports_them(digits, tmp_path)
     unretried = {result.label: result.l1_norm for result in first.labels}
     assert all(norms[label] == unretried[label] for label in norms if label not in {r.label for r in stage.retries})
     assert report.flagged == [TARGET] and stage.images > 0
-    assert "retry      the 3 smallest triggers (labels " in format_summary(report)
+    assert f"retry      the 3 smallest triggers (labels {', '.join(str(r.label) for r in smallest)}) and the " in (
+        format_summary(report)
+    )
     written = write_report(report, tmp_path / "out")
-    assert 'id="retry"' in write_html_report(report, tmp_path / "out").read_text()
+    html = write_html_report(report, tmp_path / "out").read_text()
+    assert 'id="retry"' in html and "<td>likeliest</td>" in html
     payload = json.loads(written.read_text())
     assert ScanReport.from_json(payload).retry_stage == stage
+    assert (
+        payload["config"]["retry"]["likeliest"] == 4 and payload["retry_stage"]["retries"][3]["chosen_as"] == LIKELIEST
+    )
+    schema_1_18 = json.loads(written.read_text())  # no likeliest target: every retry one of the smallest
+    del schema_1_18["config"]["retry"]["likeliest"]
+    for retry in schema_1_18["retry_stage"]["retries"]:
+        del retry["chosen_as"]
+    read = ScanReport.from_json(schema_1_18)
+    assert read.config.retry.likeliest == 0 and {retry.chosen_as for retry in read.retry_stage.retries} == {SMALLEST}
     del payload["config"]["retry"], payload["retry_stage"]  # a report before schema 1.18: no retry ran
     older = ScanReport.from_json(payload)
     assert older.config.retry.rounds == 0 and older.retry_stage.rounds == 0
     paper = scan(model, data, make_config({**settings, "decision": "paper", "retry": {"rounds": 1}}))
     assert paper.retry_stage.rounds == 0  # the paper rule judges the first triggers, exactly
-    assert ScanConfig().retry == RetryConfig(rounds=2, labels=1, initial_mask_max=0.1)
+    assert ScanConfig().retry == RetryConfig(rounds=2, labels=1, likeliest=1, initial_mask_max=0.1)
 
 
 def test_the_likeliest_target_draws_the_most_probability_from_other_classes_images():
