@@ -192,8 +192,8 @@ class PairConfig:
     steps: int = 30  # steps each pair runs at most (never more than reverse.max_steps): every pair the same budget
     images_per_step: int = 64
     min_source_images: int = 10  # sources with fewer clean images predicted as them are left out
-    # each pair's mask begins uniform on [0, this] (ReverseConfig.initial_mask_max); small masks shrank the natural pairs
-    # with the planted ones on the zoo (docs/measurements.md, "Detection on the model zoo"), so the reference's 1 stays
+    # each pair's mask begins uniform on [0, this] (ReverseConfig.initial_mask_max); small masks shrank the natural
+    # pairs with the planted ones on the zoo (docs/measurements.md, "Detection on the model zoo"): the reference's 1
     initial_mask_max: float = 1.0
 
     def __post_init__(self) -> None:
