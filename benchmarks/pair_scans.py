@@ -22,20 +22,29 @@ from pathlib import Path
 from benchmarks.zoo_scans import ScanJob, add_selection_arguments, parse_ints, scan_jobs, single_thread_env
 from fixtures.paths import REPO_ROOT, shared_data_dir
 from scanner.config import PairConfig, ScanConfig
+from scanner.model import log_probabilities
 from scanner.pairs import reverse_pairs
+from scanner.retry import likeliest_targets
 from scanner.run_scan import scan_inputs
 
 PAIRS_DIR = REPO_ROOT / ".cache" / "zoo" / "pairs"
 SKIPPED_PREFIXES = ("tiny-",)  # Tiny-ImageNet models: the 126-scan zoo table leaves them out
 
 
-def pair_record(model: Path, data: Path, seed: int, max_images: int, pairs: PairConfig) -> dict[str, object]:
-    """What the scan's pair stage finds on one model: the pairs' norms, the images and seconds it took."""
+def pair_record(
+    model: Path, data: Path, seed: int, max_images: int, pairs: PairConfig, likeliest: int = 0
+) -> dict[str, object]:
+    """What the scan's pair stage finds on one model: the pairs' norms, the images and seconds it took; with
+    `likeliest`, the pairs of every source to that many likeliest targets (scanner.retry.likeliest_targets) alone."""
     config = ScanConfig(seed=seed, threads=1, max_images=max_images, pairs=pairs)
     inputs = scan_inputs(model, data, config)
     started = time.perf_counter()
+    targets = inputs.labels
+    if likeliest:
+        ranked = likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device))
+        targets = [label for label in ranked if label in inputs.labels][:likeliest]
     triggers = reverse_pairs(
-        inputs.model, inputs.data.images, inputs.labels, config.reverse, config.pairs, inputs.device, config.seed
+        inputs.model, inputs.data.images, targets, config.reverse, config.pairs, inputs.device, config.seed
     ).triggers
     return {
         "seconds": time.perf_counter() - started,
@@ -63,13 +72,13 @@ def record_path(pairs_dir: Path, job: ScanJob) -> Path:
     return pairs_dir / job.name / f"seed{job.seed}.json"
 
 
-def run_job(job: ScanJob, pairs_dir: Path, pairs: PairConfig) -> tuple[str, bool]:
+def run_job(job: ScanJob, pairs_dir: Path, pairs: PairConfig, likeliest: int = 0) -> tuple[str, bool]:
     """One model and seed in a single-threaded child process (as the zoo scans ran): a line saying what it found,
     and whether it ran."""
     out = record_path(pairs_dir, job)
     command = [sys.executable, "-m", "benchmarks.pair_scans", "--one", str(job.model), str(job.data), str(job.seed)]
     command += ["--max-images", str(job.max_images), "--max-pairs", str(pairs.max_pairs), "--out", str(out)]
-    command += ["--initial-mask-max", str(pairs.initial_mask_max)]
+    command += ["--initial-mask-max", str(pairs.initial_mask_max), "--likeliest-targets", str(likeliest)]
     done = subprocess.run(command, env=single_thread_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     if done.returncode:
         return f"{job.name} seed {job.seed}: failed ({done.stderr.strip().splitlines()[-1:]})", False
@@ -104,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         default=PairConfig().initial_mask_max,
         help="each pair's mask begins uniform on [0, this] (default: %(default)s)",
     )
+    parser.add_argument(
+        "--likeliest-targets",
+        type=int,
+        default=0,
+        help="the pairs of every source to this many likeliest targets alone (default: 0, every target)",
+    )
     parser.add_argument("--check", type=Path, default=None, help="a scan's report.json to compare with (one job)")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -111,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     pairs = PairConfig(max_pairs=args.max_pairs, initial_mask_max=args.initial_mask_max)
     if args.one:
         model, data, seed = args.one
-        record = pair_record(Path(model), Path(data), int(seed), args.max_images, pairs)
+        record = pair_record(Path(model), Path(data), int(seed), args.max_images, pairs, args.likeliest_targets)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record))
         return 0
     jobs = stage_jobs(args, args.pairs)
     if args.check:
         for job in jobs:
-            line, ran = run_job(job, args.pairs, pairs)
+            line, ran = run_job(job, args.pairs, pairs, args.likeliest_targets)
             if not ran:
                 print(line)
                 continue
@@ -129,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     pending = [job for job in jobs if not record_path(args.pairs, job).is_file()]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in as_completed([pool.submit(run_job, job, args.pairs, pairs) for job in pending]):
+        futures = [pool.submit(run_job, job, args.pairs, pairs, args.likeliest_targets) for job in pending]
+        for future in as_completed(futures):
             print(future.result()[0], flush=True)
     print(f"{len(pending)} runs ({len(jobs) - len(pending)} kept); {time.perf_counter() - started:.0f} s")
     return 0
