@@ -22,10 +22,8 @@ from pathlib import Path
 from benchmarks.zoo_scans import ScanJob, add_selection_arguments, parse_ints, scan_jobs, single_thread_env
 from fixtures.paths import REPO_ROOT, shared_data_dir
 from scanner.config import PairConfig, ScanConfig
-from scanner.model import log_probabilities
 from scanner.pairs import reverse_pairs
-from scanner.retry import likeliest_targets
-from scanner.run_scan import scan_inputs
+from scanner.run_scan import likeliest_labels, scan_inputs
 
 PAIRS_DIR = REPO_ROOT / ".cache" / "zoo" / "pairs"
 SKIPPED_PREFIXES = ("tiny-",)  # Tiny-ImageNet models: the 126-scan zoo table leaves them out
@@ -41,8 +39,7 @@ def pair_record(
     started = time.perf_counter()
     targets = inputs.labels
     if likeliest:
-        ranked = likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device))
-        targets = [label for label in ranked if label in inputs.labels][:likeliest]
+        targets = [label for label in likeliest_labels(inputs) if label in inputs.labels][:likeliest]
     triggers = reverse_pairs(
         inputs.model, inputs.data.images, targets, config.reverse, config.pairs, inputs.device, config.seed
     ).triggers

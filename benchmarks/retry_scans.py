@@ -26,9 +26,8 @@ from benchmarks.zoo_scans import SCANS_DIR, ScanJob, add_selection_arguments, si
 from fixtures.paths import REPO_ROOT
 from scanner.config import RetryConfig
 from scanner.mitigate.report_folder import read_scan_report
-from scanner.model import log_probabilities
-from scanner.retry import likeliest_targets, retry_candidates, retry_rounds
-from scanner.run_scan import label_reversal, scan_inputs
+from scanner.retry import retry_candidates, retry_rounds
+from scanner.run_scan import label_reversal, likeliest_labels, scan_inputs
 
 RETRY_DIR = REPO_ROOT / ".cache" / "zoo" / "retry"
 
@@ -42,8 +41,7 @@ def retry_record(model: Path, data: Path, scan_folder: Path, retry: RetryConfig)
     started = time.perf_counter()
     norms = {label.label: label.estimated_norm for label in report.labels}
     final = {label.label for label in report.labels if label.final}
-    likely = likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device))
-    chosen = retry_candidates(norms, final, retry.labels, likely, retry.likeliest)
+    chosen = retry_candidates(norms, final, retry.labels, likeliest_labels(inputs), retry.likeliest)
     session, meter = label_reversal(inputs, config)
     found = retry_rounds(session, list(chosen), retry.rounds, retry.initial_mask_max)
     return {

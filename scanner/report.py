@@ -222,6 +222,11 @@ class ScanReport:
         return self.verdict == INFECTED and self.judged.close_flag
 
     @property
+    def close_labels(self) -> list[int]:
+        """Infected, some labels only just: the flagged labels in the close band (DecisionResult.close_labels)."""
+        return self.judged.close_labels if self.verdict == INFECTED else []
+
+    @property
     def judged(self) -> DecisionResult:
         """The decision's outcome (for a report from before schema 1.4: the paper rule's, from `mad`)."""
         if self.decision is not None:

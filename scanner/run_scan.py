@@ -151,6 +151,11 @@ def label_reversal(inputs: ScanInputs, config: ScanConfig) -> tuple[ReverseSessi
     return session, EvidenceMeter(inputs.model, inputs.data.images, inputs.device, config.seed, reverser.bfloat16)
 
 
+def likeliest_labels(inputs: ScanInputs) -> list[int]:
+    """Every class, likeliest target first, ranked on the scan's clean images (retry.likeliest_targets)."""
+    return likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device))
+
+
 def scan(
     model_path: str | Path,
     data: str | Path | CleanData,
@@ -292,9 +297,7 @@ def retry_suspects(
         return triggers, RetryStage()
     started = time.perf_counter()
     retry = config.retry
-    likely = (
-        likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device)) if retry.likeliest else []
-    )
+    likely = likeliest_labels(inputs) if retry.likeliest else []
     chosen = retry_candidates(norms_of(evidence), final, retry.labels, likely, retry.likeliest)
     by_label = {trigger.label: trigger for trigger in triggers}
     first = {label: by_label[label] for label in chosen}

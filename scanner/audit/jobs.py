@@ -27,7 +27,7 @@ from cleanse_base.errors import InputError, ModelError
 from cleanse_base.files import bytes_sha256, file_sha256, is_regular_file, private_copy, tree_sha256
 from scanner.audit.external_data import ExternalDataRefused, copy_external_data, planned_sha256
 from scanner.audit.manifest import ModelEntry
-from scanner.audit.store import DONE, ERROR, INFECTED, ModelKey, Outcome
+from scanner.audit.store import DONE, ERROR, ModelKey, Outcome
 from scanner.config import ScanConfig, settings_to_config
 from scanner.html_report import write_html_report
 from scanner.report import write_report
@@ -188,7 +188,7 @@ def run_job(job: AuditJob, device: str | None = None, threads: int | None = None
         flagged_labels=report.flagged,
         p_value=decision.score if decision.score_kind == "p_value" else None,
         close_flag=report.close_flag,
-        close_labels=report.judged.close_labels if report.verdict == INFECTED else [],
+        close_labels=report.close_labels,
         started=started,
     )
 
