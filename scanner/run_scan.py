@@ -183,14 +183,17 @@ def scan(
     on_label = counted(progress, len(labels))
     decision = make_decision(config.decision, config.mad_threshold, config.alpha, config.inconclusive_factor)
     session, meter = label_reversal(inputs, config)
-    outcome = LabelScheduler(session, config.schedule, decision, meter.measure, config.seed, on_label).run(labels)
+    likely = likeliest_labels(inputs) if retry_wanted(config) and config.retry.likeliest else []
+    finish = [label for label in likely if label in labels][: config.retry.likeliest]  # the retry takes them
+    scheduler = LabelScheduler(session, config.schedule, decision, meter.measure, config.seed, on_label)
+    outcome = scheduler.run(labels, finish)
     runs, evidence = outcome.runs, outcome.evidence
     triggers = [session.result(runs[label]) for label in labels]
     for trigger in triggers:
         if not runs[trigger.label].finished:  # stopped by the scheduler: done all the same
             on_label(trigger)
     final = {label for label in labels if runs[label].finished}
-    triggers, retry_stage = retry_suspects(config, inputs, session, meter, triggers, evidence, final, retry_progress)
+    triggers, retry_stage = retry_suspects(config, session, meter, triggers, evidence, final, likely, retry_progress)
     estimates = norms_of(evidence)
     mad = mad_outliers(estimates, config.mad_threshold)
     pair_started = time.perf_counter()
@@ -280,24 +283,27 @@ def counted(progress: Callable[[LabelTrigger, int, int], None] | None, total: in
     return on_run
 
 
+def retry_wanted(config: ScanConfig) -> bool:
+    return config.decision == "evidence" and config.retry.rounds > 0
+
+
 def retry_suspects(
     config: ScanConfig,
-    inputs: ScanInputs,
     session: ReverseSession,
     meter: EvidenceMeter,
     triggers: list[LabelTrigger],
     evidence: dict[int, LabelEvidence],
     final: set[int],
+    likely: list[int],
     progress: Callable[[LabelTrigger, int, int], None] | None = None,
 ) -> tuple[list[LabelTrigger], RetryStage]:
     """The evidence rule's retry (scanner/retry.py), where wanted: the labels with the smallest triggers and the
-    likeliest targets reversed again, each keeping its smallest trigger; `evidence` is measured again where a round's
-    trigger replaced the first. The triggers the scan keeps, and what the retry did."""
-    if config.decision != "evidence" or not config.retry.rounds:
+    likeliest targets (`likely`, likeliest first) reversed again, each keeping its smallest trigger; `evidence` is
+    measured again where a round's trigger replaced the first. The triggers the scan keeps, and what the retry did."""
+    if not retry_wanted(config):
         return triggers, RetryStage()
     started = time.perf_counter()
     retry = config.retry
-    likely = likeliest_labels(inputs) if retry.likeliest else []
     chosen = retry_candidates(norms_of(evidence), final, retry.labels, likely, retry.likeliest)
     by_label = {trigger.label: trigger for trigger in triggers}
     first = {label: by_label[label] for label in chosen}

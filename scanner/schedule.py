@@ -198,7 +198,9 @@ class LabelScheduler:
         self.seed = seed
         self.progress = progress
 
-    def run(self, labels: Sequence[int]) -> ScheduleOutcome:
+    def run(self, labels: Sequence[int], finish: Sequence[int] = ()) -> ScheduleOutcome:
+        """Every label reversed, each to its end or stopped where the verdict is settled; the labels in `finish`
+        always run to their end (the retry's likeliest targets: it retries final labels only)."""
         if self.config.mode == "full" or len(labels) <= self.config.calibration_labels + 1:
             runs = {label: self.session.start(label) for label in labels}
             self._finish(list(runs.values()))
@@ -209,7 +211,7 @@ class LabelScheduler:
         standing = Standing(
             runs, self._measured(runs.values()), {}, nearest_median(bounds, self.config.calibration_labels)
         )
-        self._finish([runs[label] for label in standing.calibration])
+        self._finish([runs[label] for label in sorted({*standing.calibration, *finish} & runs.keys())])
         rng = np.random.default_rng(self.seed)
         rounds = 0
         while True:

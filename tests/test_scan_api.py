@@ -11,7 +11,7 @@ from cleanse_base.errors import ConfigError, DataError
 from scanner import make_config, scan
 from scanner.data import load_clean_data
 from scanner.report import ScanReport, format_summary
-from scanner.run_scan import minimum_accuracy
+from scanner.run_scan import likeliest_labels, minimum_accuracy, scan_inputs
 
 TARGET = 7
 FAST = {"reverse": {"max_steps": 200}}
@@ -74,6 +74,10 @@ def test_screened_schedule_gives_the_full_verdict_with_fewer_images(digits, mode
     assert all(result.final for result in screened.labels if result.flagged)
     assert screened.to_json_dict()["schedule"]["mode"] == "screened"
     assert all(result.steps == 2 * 10 for result in stopped)  # the default's two starts, both screened
+    # the likeliest target ran to its end and was retried, whatever its screen said
+    likeliest = likeliest_labels(scan_inputs(digits[model], digits["digits_test.npz"], screened.config))[0]
+    assert next(result for result in screened.labels if result.label == likeliest).final
+    assert likeliest in {retry.label for retry in screened.retry_stage.retries}
 
 
 @pytest.mark.slow

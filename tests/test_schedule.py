@@ -232,6 +232,25 @@ def test_the_replay_benchmark_drives_the_real_scheduler_on_a_recording():
     assert outcome.summary.images < sum(row["final_images"] for row in rows)
 
 
+def test_labels_to_finish_run_to_their_end_and_leave_the_verdict_as_it_was():
+    """The retry takes final labels only, so a screened scan finishes its likeliest targets whatever their screen
+    said: a label the scheduler stops runs to its end when named in `finish`, the verdict unchanged."""
+    from benchmarks.schedule_replay import RecordedSession
+
+    rng = np.random.default_rng(0)
+    rows = [recorded_label(label, 100, 50, 0.4 + rng.uniform(-0.05, 0.05)) for label in range(30)]
+    rows[3] = recorded_label(3, 40, 4, 0.95)
+    decision = EvidenceDecision()
+    session = RecordedSession(rows)
+    scheduled = LabelScheduler(session, ScheduleConfig(mode="screened"), decision, session.recorded_evidence)
+    stopped = [label for label, final in scheduled.run(range(30)).summary.final.items() if not final]
+    assert stopped
+    finishing = LabelScheduler(session, ScheduleConfig(mode="screened"), decision, session.recorded_evidence)
+    outcome = finishing.run(range(30), finish=stopped[:2])
+    assert all(outcome.summary.final[label] for label in stopped[:2])
+    assert decision.judge(outcome.evidence).flagged == [3]
+
+
 def test_a_flag_that_holds_only_while_stopped_labels_move_alike_is_not_settled():
     """The screen leaves every mask about as compact (0.40); at their ends the labels spread (0.40 +- 0.12). Moved
     by the same median, the stopped labels keep the screen's narrow spread, and a natural trigger of ordinary
