@@ -53,9 +53,15 @@ def retry_candidates(
     count = retry_count(len(norms), labels)
     smallest = sorted((label for label in norms if label in final), key=lambda label: (norms[label], label))[:count]
     chosen = dict.fromkeys(smallest, SMALLEST)
-    likely = [label for label in likeliest_order if label in norms and label in final][:likeliest]
+    likely = first_likeliest(likeliest_order, {label for label in norms if label in final}, likeliest)
     chosen.update({label: LIKELIEST for label in likely if label not in chosen})
     return chosen
+
+
+def first_likeliest(likeliest_order: Sequence[int], among: Collection[int], likeliest: int) -> list[int]:
+    """The first `likeliest` labels of `likeliest_order` that are in `among`: the likeliest targets a retry takes
+    (a screened scan runs them to their end, so that they are among its final labels)."""
+    return [label for label in likeliest_order if label in among][:likeliest]
 
 
 def likeliest_targets(log_probs: np.ndarray) -> list[int]:

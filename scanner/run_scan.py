@@ -27,7 +27,7 @@ from scanner.model import ScoringModel, accuracy, log_probabilities
 from scanner.pairs import PairProgress, PairSearch, PairTrigger, reverse_pairs
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
 from scanner.report import AdditiveStage, LabelResult, PairStage, RetryStage, ScalingChoice, ScanReport
-from scanner.retry import likeliest_targets, retried_labels, retry_candidates, retry_labels
+from scanner.retry import first_likeliest, likeliest_targets, retried_labels, retry_candidates, retry_labels
 from scanner.reverse import LabelTrigger, ReverseSession, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
@@ -184,7 +184,7 @@ def scan(
     decision = make_decision(config.decision, config.mad_threshold, config.alpha, config.inconclusive_factor)
     session, meter = label_reversal(inputs, config)
     likely = likeliest_labels(inputs) if retry_wanted(config) and config.retry.likeliest else []
-    finish = [label for label in likely if label in labels][: config.retry.likeliest]  # the retry takes them
+    finish = first_likeliest(likely, set(labels), config.retry.likeliest)  # the retry takes final labels only
     scheduler = LabelScheduler(session, config.schedule, decision, meter.measure, config.seed, on_label)
     outcome = scheduler.run(labels, finish)
     runs, evidence = outcome.runs, outcome.evidence
