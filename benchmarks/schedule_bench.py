@@ -1,14 +1,15 @@
 """The screened schedule against the full one: the same flagged labels, fewer images, less time.
 
-    python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--replica] [--screened DIR]
-        [--screen-starts N] [--labels-per-batch K]
+    python -m benchmarks.schedule_bench zoo [--only NAME,...] [--seeds 0,1,2] [--jobs 2] [--replica] [--full DIR]
+        [--screened DIR] [--screen-starts N] [--labels-per-batch K]
     python -m benchmarks.schedule_bench timed [--models digits,gtsrb,NAME] [--threads 2] [--full-labels N]
         [--labels-per-batch K,...] [--screen-starts 1,0] [--look-shares 0.5,1] [--device D]
 
 `zoo`: a screened CLI scan of each zoo model and seed (reports under .cache/zoo/scans-screened/), compared with
 the full scan that `benchmarks.zoo_scans` keeps (run here where missing), both judged by the evidence rule
 (the full scan's re-measured evidence where `benchmarks.detection_table --remeasure` left it; `--replica` adds
-the GTSRB replica, as `gtsrb-replica`): flagged labels,
+the GTSRB replica and the clean replica, as `gtsrb-replica` and `gtsrb-replica-clean`, which `--only` may name too):
+flagged labels,
 images used and their ratio, seconds (each scan on one thread; runs at different times, so compare the
 images). `timed`: both schedules one after the other in this process, on the same model, data and thread
 count: seconds, images, flagged labels and the ratios (`gtsrb` is the GTSRB replica, built when missing; with
@@ -38,7 +39,9 @@ from scanner.decision.rules import EvidenceDecision
 from scanner.mitigate.report_folder import read_scan_report
 
 SCREENED_DIR = REPO_ROOT / ".cache" / "zoo" / "scans-screened"
-REPLICA = "gtsrb-replica"
+# the seed's GTSRB models (benchmarks.bench_models names), not zoo models: the paper CNN with BadNets target 33, and
+# the same network trained clean
+REPLICAS = {"gtsrb-replica": "gtsrb", "gtsrb-replica-clean": "gtsrb-clean"}
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,15 @@ def judged(folder: Path) -> Judged:
 
 def compare_zoo(args: argparse.Namespace) -> None:
     only = args.only.split(",") if args.only else None
+    replicas = [name for name in only or () if name in REPLICAS] or (list(REPLICAS) if args.replica else [])
+    zoo_only = [name for name in only if name not in REPLICAS] if only else None
     data_dir = args.data or shared_data_dir()
     seeds = parse_ints(args.seeds)
-    full_jobs, missing = scan_jobs(only, seeds, args.max_images, DEFAULT_CACHE, data_dir, SCANS_DIR)
-    if args.replica:
-        full_jobs += replica_jobs(seeds, args.max_images, data_dir)
+    full_jobs, missing = (
+        scan_jobs(zoo_only, seeds, args.max_images, DEFAULT_CACHE, data_dir, args.full) if zoo_only != [] else ([], [])
+    )
+    full_jobs += replica_jobs(replicas, seeds, args.max_images, data_dir, args.full)
+    full_jobs = [dataclasses.replace(job, labels_per_batch=args.labels_per_batch) for job in full_jobs]
     screened_jobs = [
         dataclasses.replace(
             job,
@@ -97,15 +104,17 @@ def compare_zoo(args: argparse.Namespace) -> None:
         print(f"\n{same} of {rows} scans give the same verdict; mean images ratio {ratios / rows:.2f}x")
 
 
-def replica_jobs(seeds: list[int], max_images: int, data_dir: Path) -> list[ScanJob]:
-    """Full scans of the GTSRB replica (the seed's paper model, BadNets target 33), built when missing."""
-    replica = bench_model("gtsrb", data_dir)
-    return [
-        ScanJob(
-            REPLICA, seed, replica.model, replica.data, SCANS_DIR / REPLICA / f"seed{seed}", replica.targets, max_images
-        )
-        for seed in seeds
-    ]
+def replica_jobs(names: list[str], seeds: list[int], max_images: int, data_dir: Path, scans: Path) -> list[ScanJob]:
+    """Full scans of the named GTSRB replicas (REPLICAS), built when missing."""
+    jobs = []
+    for name in names:
+        replica = bench_model(REPLICAS[name], data_dir)
+        out = scans / name
+        jobs += [
+            ScanJob(name, seed, replica.model, replica.data, out / f"seed{seed}", replica.targets, max_images)
+            for seed in seeds
+        ]
+    return jobs
 
 
 def sampled_labels(classes: int, count: int, seed: int) -> list[int]:
@@ -193,10 +202,17 @@ def main(argv: list[str] | None = None) -> None:
     zoo.add_argument("--jobs", type=int, default=2)
     zoo.add_argument("--max-images", type=int, default=1000)
     zoo.add_argument("--data", type=Path, default=None)
-    zoo.add_argument("--replica", action="store_true", help="the GTSRB replica too (not a zoo model)")
+    zoo.add_argument(
+        "--replica",
+        action="store_true",
+        help=f"the GTSRB replicas too ({', '.join(REPLICAS)}: not zoo models; --only may name them instead)",
+    )
+    zoo.add_argument("--full", type=Path, default=SCANS_DIR, help="full scans kept here (%(default)s)")
     zoo.add_argument("--screened", type=Path, default=SCREENED_DIR, help="screened scans kept here (%(default)s)")
     zoo.add_argument("--screen-starts", type=int, default=ScheduleConfig().screen_starts, help="(0: all starts)")
-    zoo.add_argument("--labels-per-batch", type=int, default=1, help="labels per forward pass (1; 0: auto)")
+    zoo.add_argument(
+        "--labels-per-batch", type=int, default=1, help="labels per forward pass of both schedules (1; 0: auto)"
+    )
     zoo.set_defaults(run=compare_zoo)
     clock = commands.add_parser("timed", help="both schedules timed in one process")
     clock.add_argument(

@@ -306,7 +306,13 @@ shared_scan_options = options(
         "schedule_mode",
         type=click.Choice(SCHEDULES),
         help="full: every label to its own early stop (default); screened: a short screen of every label, then "
-        "only the labels that can still change the verdict run on.",
+        "only the labels that can still change the verdict run on; auto: screened from --screen-from labels up "
+        "under the evidence rule, else full.",
+    ),
+    click.option(
+        "--screen-from",
+        type=click.IntRange(min=1),
+        help="auto schedule: the fewest labels a scan screens (default 20; fewer run full).",
     ),
     click.option(
         "--screen-starts",

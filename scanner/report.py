@@ -26,7 +26,7 @@ from scanner.pairs import PairTrigger
 from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.19"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.20"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -46,7 +46,8 @@ SCHEMA_VERSION = "1.19"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # reversed again: each round's norm, the round kept, images, seconds; older reports: none, retry.rounds 0); 1.19:
 # decision "close_labels" (flagged labels whose own flag lies within the close band; derived when read), config
 # retry.likeliest and per retry "chosen_as" ("smallest" or "likeliest"; older reports: likeliest 0, every retry
-# "smallest", as they ran)
+# "smallest", as they ran); 1.20: config schedule.mode may be "auto" (the schedule that ran is "schedule.mode") and
+# schedule.screen_from (older reports: the default, unused by their `full` or `screened`)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -646,7 +647,9 @@ def schedule_text(report: ScanReport) -> str:
     screen_starts = report.config.schedule.screen_starts
     if per_label and schedule.get("stopped_labels") and 0 < screen_starts < reverse.starts:
         per_label += f" ({screen_starts} for the labels stopped early)"
-    return f", {schedule['mode']} schedule{per_label}: {schedule['images']:,} images{stopped}"
+    chosen = report.config.schedule
+    auto = f" (auto: {len(report.labels)} labels, screened from {chosen.screen_from})" if chosen.mode == "auto" else ""
+    return f", {schedule['mode']} schedule{auto}{per_label}: {schedule['images']:,} images{stopped}"
 
 
 def findings_text(flagged: list[str], most_suspicious: str, nothing: str) -> str:

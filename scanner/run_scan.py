@@ -185,7 +185,8 @@ def scan(
     session, meter = label_reversal(inputs, config)
     likely = likeliest_labels(inputs) if retry_wanted(config) and config.retry.likeliest else []
     finish = first_likeliest(likely, set(labels), config.retry.likeliest)  # the retry takes final labels only
-    scheduler = LabelScheduler(session, config.schedule, decision, meter.measure, config.seed, on_label)
+    schedule = config.schedule.for_scan(len(labels), config.decision)
+    scheduler = LabelScheduler(session, schedule, decision, meter.measure, config.seed, on_label)
     outcome = scheduler.run(labels, finish)
     runs, evidence = outcome.runs, outcome.evidence
     triggers = [session.result(runs[label]) for label in labels]
@@ -203,7 +204,7 @@ def scan(
     additive_started = time.perf_counter()
     # as many images a pass as the reversal's width held (on a GPU, fitted to its memory)
     additive_width = max(1, session.width * config.reverse.mini_batch // config.additive.mini_batch)
-    look = config.schedule.look(config.additive)  # a screened scan runs a share of the look's steps
+    look = schedule.look(config.additive)  # a screened scan runs a share of the look's steps
     additive = additive_look(inputs, config, look, meter, additive_width, additive_progress)
     additive_stage = AdditiveStage(
         len({p.label for p in additive.probes}),

@@ -190,3 +190,7 @@ def test_a_screened_schedule_runs_its_share_of_the_additive_looks_steps_and_full
 
     refused = CliRunner().invoke(main, ["scan", "model.onnx", "--data", "d.npz", "--look-share", "0"])
     assert refused.exit_code == 2 and "look-share" in refused.output
+    refused = CliRunner().invoke(main, ["scan", "model.onnx", "--data", "d.npz", "--screen-from", "0"])
+    assert refused.exit_code == 2 and "screen-from" in refused.output
+    settings = scan_settings({"schedule_mode": "auto", "screen_from": 30})
+    assert make_config(settings).schedule == ScheduleConfig(mode="auto", screen_from=30)

@@ -9,6 +9,7 @@ import pytest
 
 from cleanse_base.errors import ConfigError, DataError
 from scanner import make_config, scan
+from scanner.config import ScheduleConfig
 from scanner.data import load_clean_data
 from scanner.report import ScanReport, format_summary
 from scanner.run_scan import likeliest_labels, minimum_accuracy, scan_inputs
@@ -58,13 +59,17 @@ def test_clean_model_is_not_flagged(digits):
 @pytest.mark.slow
 @pytest.mark.parametrize("model, flagged", [("digits_infected.onnx", [TARGET]), ("digits_clean.onnx", [])])
 def test_screened_schedule_gives_the_full_verdict_with_fewer_images(digits, model, flagged):
+    # `auto` runs the 10 labels `full` (fewer than its 20) and screens them from 10 labels up
+    schedules = {"full": {"mode": "auto"}, "screened": {"mode": "auto", "screen_from": 10}}
     reports = {
-        mode: scan(
-            digits[model], digits["digits_test.npz"], make_config({"seed": 1, "schedule": {"mode": mode}, **NO_PAIRS})
-        )
-        for mode in ("full", "screened")
+        mode: scan(digits[model], digits["digits_test.npz"], make_config({"seed": 1, "schedule": chosen, **NO_PAIRS}))
+        for mode, chosen in schedules.items()
     }
     full, screened = reports["full"], reports["screened"]
+    assert full.schedule["mode"] == "full" and full.schedule["stopped_labels"] == 0
+    assert "full schedule (auto: 10 labels, screened from 20)" in format_summary(full)
+    assert "screened schedule (auto: 10 labels, screened from 10)" in format_summary(screened)
+    assert ScanReport.from_json(screened.to_json_dict()).config.schedule == ScheduleConfig("auto", screen_from=10)
     assert full.flagged == screened.flagged == flagged
     assert screened.schedule["images"] < full.schedule["images"]
     stopped = [result for result in screened.labels if not result.final]

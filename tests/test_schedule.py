@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -105,6 +106,20 @@ def test_schedule_config_is_validated():
     with pytest.raises(ConfigError, match="screen_starts"):
         ScheduleConfig(screen_starts=-1).validate()
     assert ScheduleConfig(screen_starts=0).screen_starts == 0  # every start
+    with pytest.raises(ConfigError, match="screen_from"):
+        ScheduleConfig(screen_from=0)
+
+
+def test_auto_screens_from_screen_from_labels_under_the_evidence_rule_and_the_scheduler_takes_it_resolved():
+    auto = ScheduleConfig(mode="auto", screen_from=20, screen_starts=1)
+    assert auto.for_scan(19, "evidence") == dataclasses.replace(auto, mode="full")
+    assert auto.for_scan(20, "evidence") == dataclasses.replace(auto, mode="screened")  # the other settings kept
+    assert auto.for_scan(200, "paper").mode == "full"  # the paper rule reverses every label whole
+    for mode in ("full", "screened"):  # a schedule the user chose runs as chosen
+        assert ScheduleConfig(mode=mode).for_scan(5, "paper").mode == mode
+        assert ScheduleConfig(mode=mode).for_scan(500, "evidence").mode == mode
+    with pytest.raises(ValueError, match="for_scan"):
+        LabelScheduler(None, auto, EvidenceDecision(), lambda *_: None)  # refused before the session is used
 
 
 class PlantedLinear(torch.nn.Module):
