@@ -6,7 +6,8 @@
 `record` reverses every label of a model (`digits`, `gtsrb` for the replica, or a zoo model's name) through a
 screen of `--screen-steps` steps (Adam updates on mini-batches of `--screen-mini-batch` images) and then on to
 its early stop, as the screened schedule would if it finished every label, and keeps per label the screen's
-bound, evidence and images, the final norm, evidence and images, and the best norm after every step
+bound, evidence and images, the final norm, evidence and images, and the best norm after every step, and the
+labels likeliest first (the retry's likeliest targets, which a screened scan runs to their end)
 (.cache/zoo/replay/<name>[-s<seed>]-mb<B>.json, one thread, `--seed` 0 by default, 1,000 clean images).
 
 `replay` runs the real LabelScheduler on each recording, its labels jumping to their recorded screened or final
@@ -34,8 +35,9 @@ from fixtures.paths import REPO_ROOT, shared_data_dir
 from scanner import make_config
 from scanner.decision.evidence import EvidenceMeter, LabelEvidence
 from scanner.decision.rules import EvidenceDecision
+from scanner.retry import first_likeliest
 from scanner.reverse import LabelRun, StartRun, TriggerReverser
-from scanner.run_scan import scan_inputs
+from scanner.run_scan import likeliest_labels, scan_inputs
 from scanner.schedule import LabelScheduler, screen
 
 REPLAY_DIR = REPO_ROOT / ".cache" / "zoo" / "replay"
@@ -79,7 +81,9 @@ def record(name: str, screen_steps: int, screen_mini_batch: int, data_dir: Path,
     ]
     out = REPLAY_DIR / f"{name}{f'-s{seed}' if seed else ''}-mb{screen_mini_batch}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": name, "seed": seed, "screen_steps": screen_steps, "labels": rows}))
+    likeliest = likeliest_labels(inputs)  # what the scan finishes for the retry, whatever the screen says
+    recording = {"model": name, "seed": seed, "screen_steps": screen_steps, "likeliest": likeliest, "labels": rows}
+    out.write_text(json.dumps(recording))
     return out
 
 
@@ -161,9 +165,12 @@ def replay(paths: list[Path], seeds: list[int], overrides: dict | None = None) -
             session = RecordedSession(rows)
             config = make_config(
                 {"schedule": {"mode": "screened", "screen_steps": recording["screen_steps"], **(overrides or {})}}
-            ).schedule
-            scheduler = LabelScheduler(session, config, decision, session.recorded_evidence, seed)  # type: ignore[arg-type]
-            outcome = scheduler.run(sorted(session.rows))
+            )
+            schedule = config.schedule
+            scheduler = LabelScheduler(session, schedule, decision, session.recorded_evidence, seed)  # type: ignore[arg-type]
+            # recordings from before the likeliest target (stop 34) finish none
+            finish = first_likeliest(recording.get("likeliest", []), set(session.rows), config.retry.likeliest)
+            outcome = scheduler.run(sorted(session.rows), finish)
             got = decision.judge(outcome.evidence)
             final = sum(outcome.summary.final.values())
             print(
