@@ -305,8 +305,8 @@ shared_scan_options = options(
         "--schedule",
         "schedule_mode",
         type=click.Choice(SCHEDULES),
-        help="full: every label to its own early stop (default); screened: a short screen of every label, then "
-        "only the labels that can still change the verdict run on; auto: screened from --screen-from labels up "
+        help="full: every label to its own early stop; screened: a short screen of every label, then only the "
+        "labels that can still change the verdict run on; auto (default): screened from --screen-from labels up "
         "under the evidence rule, else full.",
     ),
     click.option(

@@ -145,11 +145,12 @@ class ScheduleConfig:
     `screened` screens every label briefly and spends the rest where the verdict can still change; `auto` screens a
     scan of at least `screen_from` labels under the evidence rule and runs `full` otherwise (`for_scan`)."""
 
-    mode: str = "full"
+    mode: str = "auto"
     # `auto` screens from this many labels up. The screen saves more the more labels there are, and projects the
     # stopped labels from few finished ones: at 10 classes it saved 1.21x of the label stage's images and changed the
-    # flags of 2 of 33 zoo scans, at 43 it saved 1.64x with all 42 zoo scans flagging as `full` (docs/measurements.md,
-    # "Label schedule")
+    # flags of 2 of 33 zoo scans; at 43 it flagged what `full` flags on the 42 zoo scans (1.64x fewer images) and on
+    # 5 of the 6 replica scans, the sixth leaving out a close false flag of `full` (docs/measurements.md, "Label
+    # schedule")
     screen_from: int = 20
     screen_steps: int = 10  # steps every label runs before any is stopped
     calibration_labels: int = 5  # labels nearest the median run to the end: how stopped labels would have moved
