@@ -65,9 +65,7 @@ def compare_zoo(args: argparse.Namespace) -> None:
     zoo_only = [name for name in only if name not in REPLICAS] if only else None
     data_dir = args.data or shared_data_dir()
     seeds = parse_ints(args.seeds)
-    full_jobs, missing = (
-        scan_jobs(zoo_only, seeds, args.max_images, DEFAULT_CACHE, data_dir, args.full) if zoo_only != [] else ([], [])
-    )
+    full_jobs, missing = scan_jobs(zoo_only, seeds, args.max_images, DEFAULT_CACHE, data_dir, args.full)
     full_jobs += replica_jobs(replicas, seeds, args.max_images, data_dir, args.full)
     full_jobs = [dataclasses.replace(job, labels_per_batch=args.labels_per_batch) for job in full_jobs]
     screened_jobs = [

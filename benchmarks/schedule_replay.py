@@ -166,8 +166,7 @@ def replay(paths: list[Path], seeds: list[int], overrides: dict | None = None) -
             config = make_config(
                 {"schedule": {"mode": "screened", "screen_steps": recording["screen_steps"], **(overrides or {})}}
             )
-            schedule = config.schedule
-            scheduler = LabelScheduler(session, schedule, decision, session.recorded_evidence, seed)  # type: ignore[arg-type]
+            scheduler = LabelScheduler(session, config.schedule, decision, session.recorded_evidence, seed)  # type: ignore[arg-type]
             # recordings from before the likeliest target (stop 34) finish none
             finish = first_likeliest(recording.get("likeliest", []), set(session.rows), config.retry.likeliest)
             outcome = scheduler.run(sorted(session.rows), finish)

@@ -191,7 +191,7 @@ class LabelScheduler:
         self, session: ReverseSession, config: ScheduleConfig, decision: Decision, measure: Measure, seed: int = 0,
         progress: ProgressCallback | None = None,
     ):  # fmt: skip
-        if config.mode not in ("full", "screened"):
+        if config.mode == "auto":
             raise ValueError(f"schedule {config.mode!r}: resolve it for the scan first (ScheduleConfig.for_scan)")
         self.session = session
         self.config = config.validate()
