@@ -107,18 +107,20 @@ def probe_labels(
     seed: int = 0,
     labels_per_batch: int = 0,
     progress: AdditiveProgress | None = None,
+    predictions: np.ndarray | None = None,
 ) -> AdditiveSearch:
     """Every label's probe at the smallest bound of the ladder where the median label's success reaches
     MIN_MEDIAN_SUCCESS (the largest tried where none does; with many labels a bound whose sample falls short is
     left at once), and at the `config.rungs - 1` rungs above it where the ladder has them (each label going on
     from its perturbation at the rung below for `config.rung_steps` steps, as on a bound climbed to from one every
     label was probed at), `labels_per_batch` labels sharing each forward pass (0: as many as the reversal would
-    stack at this mini-batch)"""
+    stack at this mini-batch; `predictions`: the model's class of each image, where the caller has them)"""
     if config.steps == 0 or not labels:
         return AdditiveSearch([], (), 0)
     device = meter.device
     clean = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
-    predictions = predict_labels(model, images, device)
+    if predictions is None:
+        predictions = predict_labels(model, images, device)
     train = optimized_on(len(images), meter.chosen)
     pixels = int(np.prod(images.shape[2:]))
     width = labels_per_batch or auto_labels_per_batch(device, config.mini_batch, len(labels), pixels)

@@ -77,11 +77,14 @@ def reverse_pairs(
     device: torch.device,
     seed: int,
     progress: PairProgress | None = None,
+    predictions: np.ndarray | None = None,
 ) -> PairSearch:
     """Reverse a trigger for every pair from its source's clean images (those the model predicts as the source),
     every pair on the same budget; none when the pairs are more than `pairs.max_pairs`, or span too few targets to
-    be judged (fewer than MIN_SIDE: the scan's labels were narrowed)."""
-    predictions = predict_labels(model, images, device)
+    be judged (fewer than MIN_SIDE: the scan's labels were narrowed). `predictions`: the model's class of each image,
+    where the caller has them."""
+    if predictions is None:
+        predictions = predict_labels(model, images, device)
     chosen = candidate_pairs(predictions, targets, pairs.min_source_images)
     if len(chosen) > pairs.max_pairs or len({target for _, target in chosen}) < MIN_SIDE:
         return PairSearch([], len(chosen))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,17 @@ class ScanInputs:
     scaling_choice: ScalingChoice
     model: ScoringModel
 
+    @functools.cached_property
+    def log_probabilities(self) -> np.ndarray:
+        """The model's log-probabilities of every clean image, (images, classes): the likeliest targets, the pairs'
+        sources and the additive look's victims all read them (one pass over the data, not three)."""
+        return log_probabilities(self.model, self.data.images, self.device)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """The model's class for every clean image."""
+        return self.log_probabilities.argmax(axis=1)
+
 
 def scan_inputs(
     model_path: str | Path, data: str | Path | CleanData, config: ScanConfig, require_verdict: bool = False
@@ -153,7 +165,7 @@ def label_reversal(inputs: ScanInputs, config: ScanConfig) -> tuple[ReverseSessi
 
 def likeliest_labels(inputs: ScanInputs) -> list[int]:
     """Every class, likeliest target first, ranked on the scan's clean images (retry.likeliest_targets)."""
-    return likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device))
+    return likeliest_targets(inputs.log_probabilities)
 
 
 def scan(
@@ -347,6 +359,7 @@ def source_specific_pairs(inputs: ScanInputs, config: ScanConfig, progress: Pair
         inputs.device,
         config.seed,
         progress,
+        inputs.predictions,
     )
 
 
@@ -363,4 +376,6 @@ def additive_look(
     if config.decision != "evidence":
         return AdditiveSearch([], (), 0)
     images, labels = inputs.data.images, inputs.labels
-    return probe_labels(inputs.model, images, labels, look, meter, config.seed, labels_per_batch, progress)
+    return probe_labels(
+        inputs.model, images, labels, look, meter, config.seed, labels_per_batch, progress, inputs.predictions
+    )
