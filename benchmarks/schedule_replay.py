@@ -108,7 +108,7 @@ class RecordedSession:
     def open_starts(self, run: LabelRun) -> None:
         """Recordings hold one start per label: nothing more to open."""
 
-    def advance(self, runs, steps, progress=None, mini_batch=None) -> None:
+    def advance(self, runs, steps, progress=None, mini_batch=None, paused=None) -> None:
         for label_run in runs:
             row, run = self.rows[label_run.label], label_run.starts[0]  # recordings hold one start per label
             screening = run.steps == 0 and steps is not None

@@ -548,6 +548,7 @@ def scan(
         pair_progress=pair_progress(quiet),
         additive_progress=additive_progress(quiet),
         retry_progress=label_progress(quiet, "retry rounds"),
+        screen_progress=label_progress(quiet, "labels screened"),
     )
     if out:
         write_report(report, out, [config_file])

@@ -534,12 +534,15 @@ class ReverseSession:
         steps: int | None,
         progress: ProgressCallback | None = None,
         mini_batch: int | None = None,
+        paused: ProgressCallback | None = None,
     ) -> None:
         """Run each unfinished run for up to `steps` more steps (None: until it finishes). A run that finishes
         or has spent its steps leaves its slot to the next, so the batch stays full. `progress` gets the
-        result of each run that finishes. `mini_batch` (at most the config's) runs each step's Adam updates on
-        fewer images: as many updates per step, at a fraction of the cost, and a success test over fewer images
-        (benchmarks/schedule_replay.py records screens made this way)."""
+        result of each run that finishes, `paused` of each run whose starts have all spent their steps without it
+        finishing (as it leaves, not at the end: the label scheduler's screen shows its progress so). `mini_batch`
+        (at most the config's) runs each step's Adam updates on fewer images: as many updates per step, at a
+        fraction of the cost, and a success test over fewer images (benchmarks/schedule_replay.py records screens
+        made this way)."""
         mini_batch = min(mini_batch or self.reverser.config.mini_batch, self.reverser.config.mini_batch)
         channels, height, width = self.clean.shape[1:]
         trial = self.reverser.config.start_trial_steps
@@ -554,7 +557,7 @@ class ReverseSession:
             return min(stop_at[id(start)], trial) if owner[id(start)].in_trial(trial) else stop_at[id(start)]
 
         active: list[StartRun] = []
-        reported: set[int] = set()  # labels passed to `progress` (a trial can end two starts of one at once)
+        reported: set[int] = set()  # runs passed to `progress` or `paused` (a trial can end two starts of one at once)
         params = _SlotTensors(self.reverser.device, channels, height, width)
 
         def fill() -> None:
@@ -586,9 +589,12 @@ class ReverseSession:
                 kept = label_run.end_trial(trial)
                 if kept is not None and not kept.finished and kept.steps < stop_at[id(kept)]:
                     pending.insert(0, kept)  # the trial's winner goes on before the next label starts
-                if label_run.finished and progress and id(label_run) not in reported:
-                    reported.add(id(label_run))
-                    progress(self.result(label_run))
+                if id(label_run) in reported or any(owner[id(other)] is label_run for other in pending + active):
+                    continue
+                reported.add(id(label_run))
+                callback = progress if label_run.finished else paused
+                if callback:
+                    callback(self.result(label_run))
             fill()
 
     def result(self, run: LabelRun) -> LabelTrigger:

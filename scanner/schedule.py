@@ -40,7 +40,7 @@ import numpy as np
 from scanner.config import ScheduleConfig
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.rules import Decision, DecisionResult
-from scanner.reverse import LabelRun, ProgressCallback, ReverseSession
+from scanner.reverse import LabelRun, LabelTrigger, ProgressCallback, ReverseSession
 
 # the evidence fields a stopped label's projection moves by the finished labels' median change
 MOVING_MEASURES = tuple(item.name for item in dataclasses.fields(LabelEvidence) if item.name not in ("label", "norm"))
@@ -162,12 +162,30 @@ def screen(
     steps: int,
     progress: ProgressCallback | None = None,
     mini_batch: int | None = None,
+    screened: ProgressCallback | None = None,
 ) -> None:
     """Every run on by `steps` steps; a run that has not yet reached the success threshold runs on, `steps` at a
-    time, until it does (or finishes)."""
-    session.advance(runs, steps, progress, mini_batch)
+    time, until it does (or finishes). `progress` gets each run that finishes, `screened` each run once, as its
+    screen ends (finished, or paused with a trigger found)."""
+    shown: set[int] = set()
+
+    def ended(result: LabelTrigger) -> None:
+        if screened and result.label not in shown:
+            shown.add(result.label)
+            screened(result)
+
+    def finished(result: LabelTrigger) -> None:
+        if progress:
+            progress(result)
+        ended(result)
+
+    def paused(result: LabelTrigger) -> None:
+        if result.found:  # one without a trigger yet screens on
+            ended(result)
+
+    session.advance(runs, steps, finished, mini_batch, paused)
     while unfound := [run for run in runs if not run.finished and not math.isfinite(run.norm)]:
-        session.advance(unfound, steps, progress, mini_batch)
+        session.advance(unfound, steps, finished, mini_batch, paused)
 
 
 # ---------------------------------------------------------------- the scheduler
@@ -185,11 +203,12 @@ class Standing:
 
 
 class LabelScheduler:
-    """`LabelScheduler(session, config, decision, measure).run(labels) -> ScheduleOutcome`."""
+    """`LabelScheduler(session, config, decision, measure).run(labels) -> ScheduleOutcome`. `progress` gets each label
+    that runs to its end as it does, `screened` each label as its screen ends (under `screened`)."""
 
     def __init__(
         self, session: ReverseSession, config: ScheduleConfig, decision: Decision, measure: Measure, seed: int = 0,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback | None = None, screened: ProgressCallback | None = None,
     ):  # fmt: skip
         if config.mode == "auto":
             raise ValueError(f"schedule {config.mode!r}: resolve it for the scan first (ScheduleConfig.for_scan)")
@@ -198,7 +217,8 @@ class LabelScheduler:
         self.decision = decision
         self.measure = measure
         self.seed = seed
-        self.progress = progress
+        self.progress = progress  # each label that runs to its end, as it does
+        self.screened = screened  # each label as its screen ends (`screened` only)
 
     def run(self, labels: Sequence[int], finish: Sequence[int] = ()) -> ScheduleOutcome:
         """Every label reversed, each to its end or stopped where the verdict is settled; the labels in `finish`
@@ -208,7 +228,7 @@ class LabelScheduler:
             self._finish(list(runs.values()))
             return self._outcome(runs, self._measured(runs.values()), 0, [], [])
         runs = {label: self.session.start(label, self.config.screen_starts) for label in labels}
-        screen(self.session, list(runs.values()), self.config.screen_steps, self.progress)
+        screen(self.session, list(runs.values()), self.config.screen_steps, self.progress, screened=self.screened)
         bounds = {label: run.norm for label, run in runs.items()}
         standing = Standing(
             runs, self._measured(runs.values()), {}, nearest_median(bounds, self.config.calibration_labels)

@@ -61,11 +61,20 @@ def test_clean_model_is_not_flagged(digits):
 def test_screened_schedule_gives_the_full_verdict_with_fewer_images(digits, model, flagged):
     # `auto` runs the 10 labels `full` (fewer than its 20) and screens them from 10 labels up
     schedules = {"full": {"mode": "auto"}, "screened": {"mode": "auto", "screen_from": 10}}
+    screens: dict[str, list[tuple[int, int, int]]] = {mode: [] for mode in schedules}
     reports = {
-        mode: scan(digits[model], digits["digits_test.npz"], make_config({"seed": 1, "schedule": chosen, **NO_PAIRS}))
+        mode: scan(
+            digits[model],
+            digits["digits_test.npz"],
+            make_config({"seed": 1, "schedule": chosen, **NO_PAIRS}),
+            screen_progress=lambda result, done, total, mode=mode: screens[mode].append((result.label, done, total)),
+        )
         for mode, chosen in schedules.items()
     }
     full, screened = reports["full"], reports["screened"]
+    assert screens["full"] == []  # nothing screened
+    assert sorted(label for label, _, _ in screens["screened"]) == list(range(10))
+    assert [(done, total) for _, done, total in screens["screened"]] == [(done, 10) for done in range(1, 11)]
     assert full.schedule["mode"] == "full" and full.schedule["stopped_labels"] == 0
     assert "full schedule (auto: 10 labels, screened from 20)" in format_summary(full)
     assert "screened schedule (auto: 10 labels, screened from 10)" in format_summary(screened)

@@ -303,3 +303,42 @@ def test_a_close_call_is_settled_as_a_close_call():
         scheduler = LabelScheduler(session, ScheduleConfig(mode="screened"), decision, session.recorded_evidence, seed)
         result = decision.judge(scheduler.run(range(30)).evidence)
         assert result.flagged == [] and result.inconclusive, (seed, result.score)
+
+
+@pytest.mark.slow
+def test_the_screen_reports_every_label_once_as_its_screen_ends_before_the_labels_run_on():
+    images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(
+        mini_batch=16, images_per_step=64, max_steps=60, patience=2, early_stop_patience=6, starts=2,
+        start_trial_steps=8, labels_per_batch=3,
+    )  # fmt: skip
+    model, rule = PlantedLinear(), EvidenceDecision()
+    meter = EvidenceMeter(model, images, torch.device("cpu"))
+    passes = []
+    model.register_forward_hook(lambda *_: passes.append(1))
+    session = TriggerReverser(model, config, torch.device("cpu"), seed=0).session(images, 20)
+    events: list[tuple[str, int, int]] = []  # (what, label, forward passes so far)
+    outcome = LabelScheduler(
+        session, ScheduleConfig(mode="screened", screen_steps=8, calibration_labels=4), rule, meter.measure,
+        progress=lambda result: events.append(("final", result.label, len(passes))),
+        screened=lambda result: events.append(("screened", result.label, len(passes))),
+    ).run(list(range(20)))  # fmt: skip
+    screened = [(label, when) for kind, label, when in events if kind == "screened"]
+    assert sorted(label for label, _ in screened) == list(range(20))  # each label once
+    assert screened[0][1] < screened[-1][1]  # as each screen ends, not all at the end
+    # no label runs on before every screen has ended: what was reported before is the screen's
+    last = events.index(("screened", *screened[-1]))
+    assert all(kind == "screened" or outcome.runs[label].steps <= 8 for kind, label, _ in events[:last])
+    finals = [label for kind, label, _ in events if kind == "final"]
+    assert sorted(finals) == sorted(label for label, run in outcome.runs.items() if run.finished)
+
+
+def test_a_paused_run_is_reported_once_when_all_its_starts_have_spent_their_steps():
+    images = np.random.default_rng(0).uniform(0, 255, (32, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(mini_batch=8, images_per_step=16, max_steps=60, starts=2, start_trial_steps=0)
+    session = TriggerReverser(PlantedLinear(), config, torch.device("cpu"), seed=0).session(images, 5)
+    runs = [session.start(label) for label in range(5)]
+    paused, finished = [], []
+    session.advance(runs, 2, lambda result: finished.append(result.label), paused=lambda r: paused.append(r.label))
+    assert finished == [] and sorted(paused) == list(range(5))
+    assert all(start.steps == 2 for run in runs for start in run.starts)
