@@ -14,14 +14,21 @@ import pytest
 from fixtures.paths import shared_data_dir
 
 
+def fixture_folder(tmp_path_factory, name: str) -> Path:
+    """Where a session's built models go: the cache folder CLEANSE_TEST_FIXTURES names (kept between runs; a
+    subfolder per pytest-xdist worker, so that two workers never write one file), else a fresh temporary one."""
+    cache = os.environ.get("CLEANSE_TEST_FIXTURES")
+    if not cache:
+        return tmp_path_factory.mktemp(name)
+    return Path(cache) / os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> dict[str, Path]:
     """{file name: path} of the digits fixtures (infected target 7, clean, variants, test data, trigger)."""
     from fixtures.digits import build_digits
 
-    cache = os.environ.get("CLEANSE_TEST_FIXTURES")
-    folder = Path(cache) if cache else tmp_path_factory.mktemp("digits")
-    return build_digits(folder)
+    return build_digits(fixture_folder(tmp_path_factory, "digits"))
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +36,7 @@ def digits_label_specific(tmp_path_factory) -> Path:
     """A digits model with a label-specific backdoor (a white pixel sends class 3, only, to 5)."""
     from fixtures.digits import build_digits_label_specific
 
-    cache = os.environ.get("CLEANSE_TEST_FIXTURES")
-    return build_digits_label_specific(Path(cache) if cache else tmp_path_factory.mktemp("digits_label_specific"))
+    return build_digits_label_specific(fixture_folder(tmp_path_factory, "digits_label_specific"))
 
 
 @pytest.fixture(scope="session")
@@ -46,5 +52,4 @@ def digits_blended(tmp_path_factory) -> Path:
     """A digits model with a blended backdoor (a noise image at alpha 0.2 sends any digit to 4)."""
     from fixtures.digits import build_digits_blended
 
-    cache = os.environ.get("CLEANSE_TEST_FIXTURES")
-    return build_digits_blended(Path(cache) if cache else tmp_path_factory.mktemp("digits_blended"))
+    return build_digits_blended(fixture_folder(tmp_path_factory, "digits_blended"))
