@@ -2,8 +2,8 @@
 # Install everything the tests need (the keras and ray extras, and Chromium for the browser test where this
 # machine can install Debian packages), then run ruff and the whole suite. Tests whose tools are missing skip
 # with the reason. The suite runs one pytest worker per core (pytest-xdist; a test module stays on one worker, so
-# that a module's fixtures are built once): most tests scan on one thread (tests/conftest.py), and on 2 cores the
-# suite took 550 s against 1,032 s in one process.
+# that a module's fixtures are built once): most tests scan on one thread (tests/conftest.py), so one process
+# leaves the other cores idle (figures: README, "Development").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
