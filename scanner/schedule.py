@@ -166,22 +166,18 @@ def screen(
 ) -> None:
     """Every run on by `steps` steps; a run that has not yet reached the success threshold runs on, `steps` at a
     time, until it does (or finishes). `progress` gets each run that finishes, `screened` each run once, as its
-    screen ends (finished, or paused with a trigger found)."""
-    shown: set[int] = set()
-
-    def ended(result: LabelTrigger) -> None:
-        if screened and result.label not in shown:
-            shown.add(result.label)
-            screened(result)
+    screen ends (finished, or paused with a trigger found: a run leaves the loop below on the advance that reports
+    it, so none is reported twice)."""
 
     def finished(result: LabelTrigger) -> None:
         if progress:
             progress(result)
-        ended(result)
+        if screened:
+            screened(result)
 
     def paused(result: LabelTrigger) -> None:
-        if result.found:  # one without a trigger yet screens on
-            ended(result)
+        if screened and result.found:  # one without a trigger yet screens on
+            screened(result)
 
     session.advance(runs, steps, finished, mini_batch, paused)
     while unfound := [run for run in runs if not run.finished and not math.isfinite(run.norm)]:
