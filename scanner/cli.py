@@ -317,8 +317,8 @@ shared_scan_options = options(
     click.option(
         "--screen-starts",
         type=click.IntRange(min=0),
-        help="screened schedule: starts each label screens with (default 0: all); a label that runs on opens the "
-        "rest. Fewer is cheaper but misses triggers only another start finds, planted ones included.",
+        help="screened schedule: starts each label screens with (default 1; 0: all); a label that runs on opens "
+        "the rest.",
     ),
     fraction_option(
         "--look-share",

@@ -457,7 +457,8 @@ class _DecisionJson:
 def _as_they_ran(payload: Any) -> Any:
     """Settings older reports leave out, as those scans ran: before schema 1.3 every label ran `full`, before 1.14
     the additive look judged one bound, before 1.15 every rung started from zero, before 1.17 a screened scan ran the
-    whole look, before 1.18 no label was retried, before 1.19 no likeliest target."""
+    whole look, before 1.18 no label was retried, before 1.19 no likeliest target; before 1.8 a screen ran every
+    start."""
     config = payload.get("config") if isinstance(payload, dict) else None
     if not isinstance(config, dict):
         return payload
@@ -469,7 +470,7 @@ def _as_they_ran(payload: Any) -> Any:
     if schedule is None:  # before schema 1.3 every label ran to its end
         ran["schedule"] = {"mode": "full"}
     elif isinstance(schedule, dict):
-        ran["schedule"] = {"mode": "full", "look_share": 1.0, **schedule}
+        ran["schedule"] = {"mode": "full", "look_share": 1.0, "screen_starts": 0, **schedule}
     retry = config.get("retry")
     if retry is None:
         ran["retry"] = {"rounds": 0, "likeliest": 0}

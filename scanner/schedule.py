@@ -19,7 +19,9 @@ evidence. `screened`:
 4. Settled? The projection is only as good as the calibration labels, and no stopped label moves exactly as
    their median did: the decision judges `resamples` projections in which every stopped label moves as one
    calibration label drawn at random did (its shrink ratio, its measurements' moves), and the verdict is settled
-   when every one flags the same labels and agrees on whether the model is a close call (evidence rule). (Moving
+   when every one flags the same labels and agrees on whether the model is a close call (evidence rule), and every
+   flag lies past the threshold by the near band's width (`Decision.sure`: a projection can narrow the spread a
+   label is judged against, so a flag closer than that waits for more final labels). (Moving
    every stopped label by the same median keeps the screen's spread between them, which can be narrower or wider
    than the final spread and so inflate or deflate every z-score.) Otherwise `calibration_labels` more labels
    nearest the median run to their end, join the calibration, and the settle test repeats. Flagged labels are
@@ -293,10 +295,12 @@ class LabelScheduler:
         return near_labels(self.decision, evidence, trials)
 
     def _settled(self, standing: Standing, evidence: dict[int, LabelEvidence], rng: np.random.Generator) -> bool:
-        """Whether the flagged labels stay the same when every stopped label moves as a calibration label drawn at
-        random did (the projection's own uncertainty, label by label)."""
+        """Whether every flag is sure (`Decision.sure`) and the flagged labels stay the same when every stopped label
+        moves as a calibration label drawn at random did (the projection's own uncertainty, label by label)."""
         if len(standing.final) == len(standing.runs):
             return True
+        if not self.decision.sure(evidence):
+            return False
         verdict = verdict_of(self.decision.judge(evidence))
         stopped = [label for label in standing.runs if label not in standing.final]
         for _ in range(self.config.resamples):

@@ -172,6 +172,25 @@ def test_the_evidence_rule_flags_a_small_compact_working_trigger_and_not_natural
     assert clean.flagged == [] and clean.score > 0.01
 
 
+def test_a_flag_is_sure_only_past_the_threshold_by_the_near_bands_width():
+    """What the scheduler settles on while labels are projected (scanner/schedule.py): the near band (p-value 0.5,
+    an anomaly index 0.5 short) mirrored past the threshold."""
+    evidence_rule, paper_rule = EvidenceDecision(), PaperDecision()
+    assert evidence_rule.sure(evidence_set(NATURAL, compact=NATURAL_COMPACT))  # nothing flagged: nothing to doubt
+    for norm in np.geomspace(2.0, 40.0, 60):
+        evidence = evidence_set([*NATURAL[:19], float(norm)], compact=[*NATURAL_COMPACT[:19], 0.9])
+        result = evidence_rule.judge(evidence)
+        flag_p = result.judgements[19].p_value
+        assert evidence_rule.sure(evidence) == (not result.flagged or flag_p <= 0.001**2 / 0.5), norm
+        paper = paper_rule.judge(evidence)
+        indices = mad_outliers({label: item.norm for label, item in evidence.items()}).anomaly_indices
+        assert paper_rule.sure(evidence) == all(indices[label] > 2.5 for label in paper.flagged), norm
+    tiny = evidence_set([*NATURAL[:19], 2.0], compact=[*NATURAL_COMPACT[:19], 0.9])
+    assert evidence_rule.judge(tiny).flagged == [19] and evidence_rule.sure(tiny) and paper_rule.sure(tiny)
+    close = evidence_set([*NATURAL[:19], 29.0], compact=[*NATURAL_COMPACT[:19], 0.9])
+    assert evidence_rule.judge(close).flagged == [19] and not evidence_rule.sure(close)
+
+
 def test_a_large_trigger_is_never_flagged_however_strange_its_other_measures():
     evidence = evidence_set(
         [*NATURAL[:19], 400.0], core=[*NATURAL_CORE[:19], 1.0], compact=[*NATURAL_COMPACT[:19], 1.0]

@@ -180,10 +180,18 @@ class Decision(Protocol):
         """The labels among `labels` (default: all) flagged or near a flag: the scheduler finishes any label that
         could end here."""
 
+    def sure(self, evidence: Mapping[int, LabelEvidence]) -> bool:
+        """Whether every label flagged on `evidence` lies past the threshold by the near band's width: the scheduler
+        settles a verdict with some labels projected only where it is (a projection can narrow the spread every
+        label is judged against)."""
+
 
 # How near a flag the scheduler finishes a label that it could otherwise stop (scanner/schedule.py): a stopped
 # label's evidence is a projection, so the margin is wide. A p-value of 0.5 is about 1.8 z-units short of a flag at
-# alpha 0.001 on 43 labels; an anomaly index 0.5 short of the threshold.
+# alpha 0.001 on 43 labels; an anomaly index 0.5 short of the threshold. The same band mirrored past the threshold
+# (p-values: alpha**2 / 0.5, 2e-6 at alpha 0.001) is where a flag is sure enough to settle a verdict while labels
+# are projected (`Decision.sure`): on the zoo, stopped labels' projected compactness bunched and took a clean label's
+# p-value from 0.0012 (every label final) to 1.9e-5 (docs/measurements.md, "Label schedule").
 NEAR_P_VALUE = 0.5
 NEAR_ANOMALY_INDEX = 0.5
 
@@ -206,6 +214,11 @@ class PaperDecision:
         threshold = max(self.threshold - NEAR_ANOMALY_INDEX, self.threshold / 2)
         near = frozenset(mad_outliers(norms_of(evidence), threshold).flagged)
         return near if labels is None else near & frozenset(labels)
+
+    def sure(self, evidence: Mapping[int, LabelEvidence]) -> bool:
+        norms = norms_of(evidence)
+        flagged = mad_outliers(norms, self.threshold).flagged
+        return flagged == mad_outliers(norms, self.threshold + NEAR_ANOMALY_INDEX).flagged
 
 
 def norms_of(evidence: Mapping[int, LabelEvidence]) -> dict[int, float]:
@@ -275,6 +288,11 @@ class EvidenceDecision:
             for label, judgement in judgements.items()
             if judgement.p_value < max(NEAR_P_VALUE, self.alpha) and self._small(judgement.z_scores)
         )
+
+    def sure(self, evidence: Mapping[int, LabelEvidence]) -> bool:
+        judgements, _ = self._judgements(evidence, evidence)
+        sure_below = self.alpha**2 / max(NEAR_P_VALUE, self.alpha)
+        return all(judgement.p_value <= sure_below for judgement in judgements.values() if judgement.flagged)
 
     def judge(
         self,
