@@ -155,6 +155,12 @@ class ScheduleConfig:
     screen_steps: int = 10  # steps every label runs before any is stopped
     calibration_labels: int = 5  # labels nearest the median run to the end: how stopped labels would have moved
     resamples: int = 20  # projections, each stopped label moved as a random calibration label did, that must all agree
+    # labels drawn at random among the stopped ones that run to their end when a flag is short of sure
+    # (`Decision.sure`): an unbiased sample of how stopped labels move, every resample drawn from it must agree
+    # before such a flag settles (0: a flag short of sure waits for every label, as `full`). Calibration labels lie
+    # nearest the median and can move more alike than the rest; on the zoo this bounds what a marginal flag costs at
+    # 200 classes (docs/measurements.md, "Label schedule")
+    check_labels: int = 10
     # starts each label screens with (0: all of reverse.starts); a label that runs on (calibration, near a flag, the
     # likeliest targets) opens the rest then, and ends where it would have with all of them. One start halves the
     # screen; on the 14 GTSRB zoo models (seeds 0 to 2) and both replicas it flagged what every start flags
@@ -191,6 +197,8 @@ class ScheduleConfig:
         for name in ("screen_steps", "calibration_labels", "resamples", "screen_from"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"schedule.{name} must be positive, not {getattr(self, name)}")
+        if self.check_labels < 0:
+            raise ConfigError(f"schedule.check_labels must be 0 (none) or positive, not {self.check_labels}")
         if self.screen_starts < 0:
             raise ConfigError(f"schedule.screen_starts must be 0 (all) or positive, not {self.screen_starts}")
         if not (math.isfinite(self.look_share) and 0 < self.look_share <= 1):

@@ -26,7 +26,7 @@ from scanner.pairs import PairTrigger
 from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.20"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.21"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -47,7 +47,9 @@ SCHEMA_VERSION = "1.20"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # decision "close_labels" (flagged labels whose own flag lies within the close band; derived when read), config
 # retry.likeliest and per retry "chosen_as" ("smallest" or "likeliest"; older reports: likeliest 0, every retry
 # "smallest", as they ran); 1.20: config schedule.mode may be "auto" (the schedule that ran is "schedule.mode") and
-# schedule.screen_from (older reports: the default, unused by their `full` or `screened`)
+# schedule.screen_from (older reports: the default, unused by their `full` or `screened`); 1.21: config
+# schedule.check_labels and "schedule.check_labels" (labels drawn at random to check a flag short of sure; older
+# reports: 0, none drawn, as they ran)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -457,8 +459,8 @@ class _DecisionJson:
 def _as_they_ran(payload: Any) -> Any:
     """Settings older reports leave out, as those scans ran: before schema 1.3 every label ran `full`, before 1.14
     the additive look judged one bound, before 1.15 every rung started from zero, before 1.17 a screened scan ran the
-    whole look, before 1.18 no label was retried, before 1.19 no likeliest target; before 1.8 a screen ran every
-    start."""
+    whole look, before 1.18 no label was retried, before 1.19 no likeliest target, before 1.21 no check label; before
+    1.8 a screen ran every start."""
     config = payload.get("config") if isinstance(payload, dict) else None
     if not isinstance(config, dict):
         return payload
@@ -470,7 +472,7 @@ def _as_they_ran(payload: Any) -> Any:
     if schedule is None:  # before schema 1.3 every label ran to its end
         ran["schedule"] = {"mode": "full"}
     elif isinstance(schedule, dict):
-        ran["schedule"] = {"mode": "full", "look_share": 1.0, "screen_starts": 0, **schedule}
+        ran["schedule"] = {"mode": "full", "look_share": 1.0, "screen_starts": 0, "check_labels": 0, **schedule}
     retry = config.get("retry")
     if retry is None:
         ran["retry"] = {"rounds": 0, "likeliest": 0}

@@ -20,12 +20,15 @@ evidence. `screened`:
    their median did: the decision judges `resamples` projections in which every stopped label moves as one
    calibration label drawn at random did (its shrink ratio, its measurements' moves), and the verdict is settled
    when every one flags the same labels and agrees on whether the model is a close call (evidence rule), and every
-   flag lies past the threshold by the near band's width (`Decision.sure`: a projection can narrow the spread a
-   label is judged against, so a flag closer than that waits for more final labels). (Moving
-   every stopped label by the same median keeps the screen's spread between them, which can be narrower or wider
-   than the final spread and so inflate or deflate every z-score.) Otherwise `calibration_labels` more labels
-   nearest the median run to their end, join the calibration, and the settle test repeats. Flagged labels are
-   always final; in the worst case every label finishes, as in `full`.
+   flag lies past the threshold by the near band's width (`Decision.sure`). (Moving every stopped label by the same
+   median keeps the screen's spread between them, which can be narrower or wider than the final spread and so
+   inflate or deflate every z-score.) Otherwise `calibration_labels` more labels nearest the median run to their
+   end, join the calibration, and the settle test repeats.
+5. Checked? Calibration labels lie nearest the median and can move more alike than the others, so resamples drawn
+   from them can keep a spread narrower than the final one. A flag short of sure makes `check_labels` stopped labels
+   drawn at random run to their end (then `calibration_labels` more each round): an unbiased sample of how stopped
+   labels move. The flag settles once the resamples drawn from that sample agree too. Flagged labels are always
+   final; in the worst case every label finishes, as in `full`.
 
 The decision is a parameter, so the settle test asks the same question as the verdict.
 """
@@ -58,6 +61,7 @@ class ScheduleSummary:
     rounds: int  # settle tests run
     calibration_ratios: list[float]  # shrink ratios the last projection drew from (empty for `full`)
     calibration_labels: list[int]  # the labels run to their end to calibrate the projection
+    check_labels: list[int]  # the labels drawn at random and run to their end to check a flag short of sure
     steps: int  # optimization steps over all labels
     images: int  # clean images pushed forward and backward over all labels
 
@@ -77,6 +81,7 @@ class ScheduleSummary:
             ),
             "calibration_ratios": [round(ratio, 4) for ratio in self.calibration_ratios],
             "calibration_labels": self.calibration_labels,
+            "check_labels": self.check_labels,
             "steps": self.steps,
             "images": self.images,
         }
@@ -192,12 +197,13 @@ def screen(
 @dataclass
 class Standing:
     """Where a screened schedule stands: every label's run, its evidence as the screen left it, the finished
-    labels' final evidence, and the calibration labels."""
+    labels' final evidence, the calibration labels, and the labels drawn at random to check a flag."""
 
     runs: dict[int, LabelRun]
     screened: dict[int, LabelEvidence]
     final: dict[int, LabelEvidence]
     calibration: list[int]
+    checks: list[int] = dataclasses.field(default_factory=list)
 
 
 class LabelScheduler:
@@ -224,7 +230,7 @@ class LabelScheduler:
         if self.config.mode == "full" or len(labels) <= self.config.calibration_labels + 1:
             runs = {label: self.session.start(label) for label in labels}
             self._finish(list(runs.values()))
-            return self._outcome(runs, self._measured(runs.values()), 0, [], [])
+            return self._outcome(runs, self._measured(runs.values()), 0, [], Standing(runs, {}, {}, []))
         runs = {label: self.session.start(label, self.config.screen_starts) for label in labels}
         screen(self.session, list(runs.values()), self.config.screen_steps, self.progress, screened=self.screened)
         bounds = {label: run.norm for label, run in runs.items()}
@@ -248,10 +254,15 @@ class LabelScheduler:
                 steps = {run.steps for run in runs.values() if not run.finished}
                 typical = [runs[label] for label in standing.calibration]
                 pooled = sorted({ratio for step in steps for ratio in shrink_ratios(typical, step).tolist()})
-                return self._outcome(runs, evidence, rounds, pooled, standing.calibration)
+                return self._outcome(runs, evidence, rounds, pooled, standing)
             stopped = {label: run.norm for label, run in runs.items() if not run.finished}
-            more = nearest_median(stopped, self.config.calibration_labels)
-            standing.calibration = [*standing.calibration, *more]
+            if self.config.check_labels and not self.decision.sure(evidence):
+                count = max(self.config.check_labels - len(standing.checks), self.config.calibration_labels)
+                more = sorted(rng.choice(sorted(stopped), min(count, len(stopped)), replace=False).tolist())
+                standing.checks = [*standing.checks, *more]
+            else:
+                more = nearest_median(stopped, self.config.calibration_labels)
+                standing.calibration = [*standing.calibration, *more]
             self._finish([runs[label] for label in more])
 
     def _projection(
@@ -295,18 +306,23 @@ class LabelScheduler:
         return near_labels(self.decision, evidence, trials)
 
     def _settled(self, standing: Standing, evidence: dict[int, LabelEvidence], rng: np.random.Generator) -> bool:
-        """Whether every flag is sure (`Decision.sure`) and the flagged labels stay the same when every stopped label
-        moves as a calibration label drawn at random did (the projection's own uncertainty, label by label)."""
+        """Whether the verdict stays the same when every stopped label moves as a calibration label drawn at random
+        did (the projection's own uncertainty, label by label), and, where a flag is short of sure
+        (`Decision.sure`), as a check label drawn at random did, once there are `check_labels` of them."""
         if len(standing.final) == len(standing.runs):
             return True
+        pools = [standing.calibration]
         if not self.decision.sure(evidence):
-            return False
+            if not self.config.check_labels or len(standing.checks) < self.config.check_labels:
+                return False
+            pools.append(standing.checks)
         verdict = verdict_of(self.decision.judge(evidence))
         stopped = [label for label in standing.runs if label not in standing.final]
-        for _ in range(self.config.resamples):
-            drawn = dict(zip(stopped, rng.choice(standing.calibration, len(stopped)).tolist(), strict=True))
-            if verdict_of(self.decision.judge(self._projection(standing, drawn)[0])) != verdict:
-                return False
+        for pool in pools:
+            for _ in range(self.config.resamples):
+                drawn = dict(zip(stopped, rng.choice(pool, len(stopped)).tolist(), strict=True))
+                if verdict_of(self.decision.judge(self._projection(standing, drawn)[0])) != verdict:
+                    return False
         return True
 
     def _measured(self, runs) -> dict[int, LabelEvidence]:
@@ -328,14 +344,15 @@ class LabelScheduler:
         evidence: dict[int, LabelEvidence],
         rounds: int,
         ratios: list[float],
-        calibration: list[int],
+        standing: Standing,
     ) -> ScheduleOutcome:
         summary = ScheduleSummary(
             mode=self.config.mode,
             final={label: run.finished for label, run in runs.items()},
             rounds=rounds,
             calibration_ratios=ratios,
-            calibration_labels=sorted(calibration),
+            calibration_labels=sorted(standing.calibration),
+            check_labels=sorted(standing.checks),
             steps=sum(run.steps_spent for run in runs.values()),
             images=sum(run.images for run in runs.values()),
         )

@@ -80,6 +80,9 @@ def test_screened_schedule_gives_the_full_verdict_with_fewer_images(digits, mode
     assert "screened schedule (auto: 10 labels, screened from 10)" in format_summary(screened)
     written = screened.to_json_dict()
     assert ScanReport.from_json(written).config.schedule == ScheduleConfig("auto", screen_from=10)
+    assert written["schedule"]["check_labels"] == sorted(written["schedule"]["check_labels"])
+    del written["config"]["schedule"]["check_labels"]  # a report from before schema 1.21 drew no check label
+    assert ScanReport.from_json(written).config.schedule.check_labels == 0
     del written["config"]["schedule"]  # a report from before schema 1.3 ran every label to its end
     assert ScanReport.from_json(written).config.schedule.mode == "full"
     assert full.flagged == screened.flagged == flagged

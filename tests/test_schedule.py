@@ -106,6 +106,9 @@ def test_schedule_config_is_validated():
     with pytest.raises(ConfigError, match="screen_starts"):
         ScheduleConfig(screen_starts=-1).validate()
     assert ScheduleConfig(screen_starts=0).screen_starts == 0  # every start
+    with pytest.raises(ConfigError, match="check_labels"):
+        ScheduleConfig(check_labels=-1)
+    assert ScheduleConfig(check_labels=0).check_labels == 0  # a flag short of sure waits for every label
     with pytest.raises(ConfigError, match="screen_from"):
         ScheduleConfig(screen_from=0)
 
@@ -323,6 +326,41 @@ def test_a_flag_short_of_sure_waits_for_more_final_labels():
     )
     result = decision.judge(outcome.evidence)
     assert result.flagged == [] and result.inconclusive and result.score == pytest.approx(truth.score)
+
+
+def test_a_flag_short_of_sure_settles_once_labels_drawn_at_random_agree_before_every_label_finishes():
+    """60 labels whose masks move from the screen to their ends each its own way (+- 0.03 compactness), label 5 a
+    planted-looking trigger flagged at a p-value between sure (2e-6) and alpha with every label final. Waiting for a
+    sure flag finishes every label; ten labels drawn at random show how stopped labels move, every resample drawn
+    from them keeps the flag, and the verdict settles with most labels stopped."""
+    from benchmarks.schedule_replay import RecordedSession
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for label in range(60):
+        bound, compactness = 100 * rng.uniform(0.8, 1.25), float(np.clip(0.4 + rng.normal(0, 0.06), 0.05, 0.95))
+        rows.append(
+            recorded_label(
+                label, bound, bound * rng.uniform(0.45, 0.55), compactness, compactness + rng.normal(0, 0.03)
+            )
+        )
+    rows[5] = recorded_label(5, 60, 30, 0.65)
+    decision = EvidenceDecision()
+    truth = decision.judge({row["label"]: LabelEvidence(**row["final_evidence"]) for row in rows})
+    assert truth.flagged == [5] and 2e-6 < truth.score < 1e-3
+    session = RecordedSession(rows)
+    waiting = LabelScheduler(
+        session, ScheduleConfig(mode="screened", check_labels=0), decision, session.recorded_evidence
+    )
+    outcome = waiting.run(range(60))
+    assert all(outcome.summary.final.values()) and outcome.summary.check_labels == []
+    for seed in range(3):
+        scheduler = LabelScheduler(session, ScheduleConfig(mode="screened"), decision, session.recorded_evidence, seed)
+        outcome = scheduler.run(range(60))
+        summary = outcome.summary
+        assert decision.judge(outcome.evidence).flagged == [5], seed
+        assert len(summary.check_labels) >= 10 and all(summary.final[label] for label in summary.check_labels)
+        assert sum(summary.final.values()) < 40, (seed, sum(summary.final.values()))
 
 
 def test_a_close_call_is_settled_as_a_close_call():
