@@ -230,7 +230,7 @@ class LabelScheduler:
         if self.config.mode == "full" or len(labels) <= self.config.calibration_labels + 1:
             runs = {label: self.session.start(label) for label in labels}
             self._finish(list(runs.values()))
-            return self._outcome(runs, self._measured(runs.values()), 0, [], Standing(runs, {}, {}, []))
+            return self._outcome(runs, self._measured(runs.values()), 0, [])
         runs = {label: self.session.start(label, self.config.screen_starts) for label in labels}
         screen(self.session, list(runs.values()), self.config.screen_steps, self.progress, screened=self.screened)
         bounds = {label: run.norm for label, run in runs.items()}
@@ -250,13 +250,14 @@ class LabelScheduler:
             if near:
                 self._finish([runs[label] for label in sorted(near)])
                 continue
-            if self._settled(standing, evidence, rng):
+            sure = self.decision.sure(evidence)
+            if self._settled(standing, evidence, sure, rng):
                 steps = {run.steps for run in runs.values() if not run.finished}
                 typical = [runs[label] for label in standing.calibration]
                 pooled = sorted({ratio for step in steps for ratio in shrink_ratios(typical, step).tolist()})
-                return self._outcome(runs, evidence, rounds, pooled, standing)
+                return self._outcome(runs, evidence, rounds, pooled, standing.calibration, standing.checks)
             stopped = {label: run.norm for label, run in runs.items() if not run.finished}
-            if self.config.check_labels and not self.decision.sure(evidence):
+            if self.config.check_labels and not sure:
                 count = max(self.config.check_labels - len(standing.checks), self.config.calibration_labels)
                 more = sorted(rng.choice(sorted(stopped), min(count, len(stopped)), replace=False).tolist())
                 standing.checks = [*standing.checks, *more]
@@ -305,14 +306,16 @@ class LabelScheduler:
         }
         return near_labels(self.decision, evidence, trials)
 
-    def _settled(self, standing: Standing, evidence: dict[int, LabelEvidence], rng: np.random.Generator) -> bool:
+    def _settled(
+        self, standing: Standing, evidence: dict[int, LabelEvidence], sure: bool, rng: np.random.Generator
+    ) -> bool:
         """Whether the verdict stays the same when every stopped label moves as a calibration label drawn at random
-        did (the projection's own uncertainty, label by label), and, where a flag is short of sure
-        (`Decision.sure`), as a check label drawn at random did, once there are `check_labels` of them."""
+        did (the projection's own uncertainty, label by label), and, where a flag is short of sure (`sure`:
+        `Decision.sure` on `evidence`), as a check label drawn at random did, once there are `check_labels` of them."""
         if len(standing.final) == len(standing.runs):
             return True
         pools = [standing.calibration]
-        if not self.decision.sure(evidence):
+        if not sure:
             if not self.config.check_labels or len(standing.checks) < self.config.check_labels:
                 return False
             pools.append(standing.checks)
@@ -344,15 +347,16 @@ class LabelScheduler:
         evidence: dict[int, LabelEvidence],
         rounds: int,
         ratios: list[float],
-        standing: Standing,
+        calibration: Sequence[int] = (),
+        checks: Sequence[int] = (),
     ) -> ScheduleOutcome:
         summary = ScheduleSummary(
             mode=self.config.mode,
             final={label: run.finished for label, run in runs.items()},
             rounds=rounds,
             calibration_ratios=ratios,
-            calibration_labels=sorted(standing.calibration),
-            check_labels=sorted(standing.checks),
+            calibration_labels=sorted(calibration),
+            check_labels=sorted(checks),
             steps=sum(run.steps_spent for run in runs.values()),
             images=sum(run.images for run in runs.values()),
         )
