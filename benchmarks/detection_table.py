@@ -22,9 +22,10 @@ alone (the evidence rule before the look), on the scans that have pair records.
 
 `--additive DIR` (default .cache/zoo/additive, from `python -m benchmarks.additive_scans`; a scan whose report judged
 the additive look brings its own, unless `--additive-records` puts the records first) adds the additive look the
-same way: `evidence` judges labels, pairs and the additive look as `cleanse scan` does, `one-rung` with the additive
-look at its settled bound alone (`--additive-rungs 1`, the look before schema 1.14), `no-additive` the labels and
-pairs alone, on the scans that have records.
+same way: `evidence` judges labels, pairs and the additive look as `cleanse scan` does, `no-carry` the same with
+each pair judged on its norm alone (not on where its trigger carries the other classes: the look before schema 1.22;
+the pair records of benchmarks/pair_scans.py hold the carry since), `no-additive` the labels and pairs alone, on the
+scans that have records.
 
 `--retry DIR` (default .cache/zoo/retry, from `python -m benchmarks.retry_scans`) adds the retry: each retried
 label keeps the smallest trigger over its scan's and every round's, as `cleanse scan` keeps it (`--retry-rounds`,
@@ -57,6 +58,7 @@ from fixtures.zoo import ZooCard, model_paths
 from scanner.config import RetryConfig
 from scanner.decision.additive import AdditiveLooks, AdditiveMeasurement, looks_by_bound
 from scanner.decision.evidence import LabelEvidence
+from scanner.decision.pairs import Carried
 from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import ScanReport
@@ -73,6 +75,7 @@ class ZooScan:
     evidence: dict[int, LabelEvidence]
     report: ScanReport
     pairs: dict[tuple[int, int], float] | None = None  # (source, target) -> L1 norm, from benchmarks.pair_scans
+    carried: dict[tuple[int, int], tuple[Carried, ...]] | None = None  # where each pair's trigger sends the others
     additive: AdditiveLooks | None = None  # bound -> label -> its look, from benchmarks.additive_scans
     first_evidence: dict[int, LabelEvidence] | None = None  # before the retry of benchmarks.retry_scans, where retried
 
@@ -138,21 +141,33 @@ def saved_evidence(report: ScanReport, folder: Path) -> dict[int, LabelEvidence]
     return label_evidence(report)
 
 
+Pairs = dict[tuple[int, int], float]
+CarriedPairs = dict[tuple[int, int], tuple[Carried, ...]]
+
+
 def saved_pairs(
     report: ScanReport, pairs_dir: Path | None, model: str, seed: int, records_first: bool = False
-) -> dict[tuple[int, int], float] | None:
-    """The scan's pair norms: its own where its scan ran the pair stage (since pairs ran in `cleanse scan`; none
-    where the whole table exceeded --pairs) unless `records_first` and a record exists, else the pair record of
-    benchmarks/pair_scans.py in `pairs_dir`, if any."""
+) -> tuple[Pairs, CarriedPairs] | None:
+    """The scan's pair norms and where each pair's trigger carries the other classes (where measured): its own
+    where its scan ran the pair stage (since pairs ran in `cleanse scan`; none where the whole table exceeded
+    --pairs) unless `records_first` and a record exists, else the pair record of benchmarks/pair_scans.py in
+    `pairs_dir`, if any."""
     if not pairs_dir:
         return None
     record = pairs_dir / model / f"seed{seed}.json"
     judged = report.decision.pairs if report.decision is not None else []
     if (judged or report.pair_stage.needed) and not (records_first and record.is_file()):
-        return {(pair.source, pair.target): pair.norm for pair in judged}
+        return (
+            {(pair.source, pair.target): pair.norm for pair in judged},
+            {(pair.source, pair.target): pair.carried for pair in judged if pair.carried},
+        )
     if not record.is_file():
         return None
-    return {(p["source"], p["target"]): p["l1_norm"] for p in json.loads(record.read_text())["pairs"]}
+    pairs = json.loads(record.read_text())["pairs"]
+    return (
+        {(p["source"], p["target"]): p["l1_norm"] for p in pairs},
+        {(p["source"], p["target"]): tuple(Carried(*c) for c in p["carried"]) for p in pairs if p.get("carried")},
+    )
 
 
 def saved_additive(
@@ -233,9 +248,10 @@ def load_scans(
         else:
             evidence = saved_evidence(report, folder)
         seed = int(folder.name.removeprefix("seed"))
-        pairs = saved_pairs(report, pairs_dir, model, seed, pairs_records_first)
-        if pairs_dir and pairs is None:
+        saved = saved_pairs(report, pairs_dir, model, seed, pairs_records_first)
+        if pairs_dir and saved is None:
             continue  # judged on the scans with pair records only
+        pairs, carried = saved if saved is not None else (None, None)
         additive = saved_additive(report, additive_dir, model, seed, additive_records_first)
         if additive_dir and additive is None:
             continue
@@ -261,6 +277,7 @@ def load_scans(
                 evidence=evidence,
                 report=report,
                 pairs=pairs,
+                carried=carried,
                 additive=additive,
                 first_evidence=first_evidence,
             )
@@ -287,18 +304,22 @@ def settled_bound(looks: AdditiveLooks | None) -> AdditiveLooks | None:
 
 def judge_all(scans: list[ZooScan], rules: dict[str, object]) -> dict[tuple[str, str, int], DecisionResult]:
     """Every scan judged by every rule; the `evidence` rule with the scan's pairs and additive look where it has
-    them, `one-rung` with the look at its settled bound alone, `no-additive` with its pairs alone, `no-retry` as
-    `evidence` on the scan's labels before the retry; `paper` judges those too (the retry is the evidence rule's)."""
+    them (and where each pair's trigger carries the other classes, where measured), `one-rung` with the look at its
+    settled bound alone, `no-carry` with each pair judged on its norm alone, `no-additive` with its pairs alone,
+    `no-retry` as `evidence` on the scan's labels before the retry; `paper` judges those too (the retry is the
+    evidence rule's)."""
     additive = {
         "evidence": lambda scan: scan.additive,
         "one-rung": lambda scan: settled_bound(scan.additive),
         "no-retry": lambda scan: scan.additive,
+        "no-carry": lambda scan: scan.additive,
     }
     return {
         (name, s.model, s.seed): rule.judge(  # type: ignore[attr-defined]
             s.first_evidence if name in ("no-retry", "paper") and s.first_evidence is not None else s.evidence,
-            s.pairs if name in ("evidence", "one-rung", "no-additive", "no-retry") else None,
+            s.pairs if name in ("evidence", "one-rung", "no-additive", "no-retry", "no-carry") else None,
             additive[name](s) if name in additive else None,
+            s.carried if name != "no-carry" else None,
         )
         for name, rule in rules.items()
         for s in scans
@@ -498,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.additive:
         rules = {
             "evidence": rules["evidence"],
-            "one-rung": EvidenceDecision(args.alpha),
+            "no-carry": EvidenceDecision(args.alpha),
             "no-additive": EvidenceDecision(args.alpha),
             "paper": rules["paper"],
         }

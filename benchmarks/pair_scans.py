@@ -47,7 +47,14 @@ def pair_record(
         "seconds": time.perf_counter() - started,
         "images": sum(trigger.images for trigger in triggers),
         "pairs": [
-            {"source": t.source, "target": t.target, "l1_norm": t.norm, "found": t.found, "images": t.source_images}
+            {
+                "source": t.source,
+                "target": t.target,
+                "l1_norm": t.norm,
+                "found": t.found,
+                "images": t.source_images,
+                "carried": [[c.label, c.to, c.share] for c in t.carried],
+            }
             for t in triggers
         ],
     }

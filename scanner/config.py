@@ -220,6 +220,9 @@ class PairConfig:
     # each pair's mask begins uniform on [0, this] (ReverseConfig.initial_mask_max); small masks shrank the natural
     # pairs with the planted ones on the zoo (docs/measurements.md, "Detection on the model zoo"): the reference's 1
     initial_mask_max: float = 1.0
+    # images of each class every pair's trigger is stamped on to measure where it carries them (scanner.pairs.
+    # carried_share: an all-to-all backdoor's trigger carries each class to a label of its own)
+    carry_images: int = 20
 
     def __post_init__(self) -> None:
         self.validate()
@@ -227,7 +230,7 @@ class PairConfig:
     def validate(self) -> PairConfig:
         if self.max_pairs < 0:
             raise ConfigError(f"pairs.max_pairs must be 0 (none) or positive, not {self.max_pairs}")
-        for name in ("steps", "images_per_step", "min_source_images"):
+        for name in ("steps", "images_per_step", "min_source_images", "carry_images"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"pairs.{name} must be positive, not {getattr(self, name)}")
         if not (math.isfinite(self.initial_mask_max) and 0 < self.initial_mask_max <= 1):

@@ -179,6 +179,7 @@ def pairs_section(report: ScanReport, folder: Path) -> str:
             str(p.target),
             f"{p.norm:.2f}",
             f"{p.z:+.2f}",
+            ", ".join(map(str, p.carried_to)),
             f"{p.p_value:.3g}",
             "flagged" if p.flagged else "",
         ]
@@ -195,10 +196,12 @@ def pairs_section(report: ScanReport, folder: Path) -> str:
     return f"""<h2 id="pairs">Source-specific pairs</h2>
 <p>{stage.pairs} source -> target pairs reversed from the source class's images alone ({stage.images:,} images,
 {stage.seconds:.1f} s), for backdoors only one class carries. Each pair's log L1 norm after its source's and its
-target's typical norms are taken out (median polish), as a robust z-score; the p-value (Student's t, 5 degrees of
-freedom) is corrected for the {len(pairs)} pairs. Flagged below {report.judged.threshold:g}; the
-{min(PAIRS_SHOWN, len(pairs))} most suspicious:</p>
-{table(["source", "target", "L1 norm", "z", "p-value", ""], rows, {2, 3, 4})}
+target's typical norms are taken out (median polish), as a robust z-score (Student's t, 5 degrees of freedom); and
+the labels its trigger carries most images of another class to (an all-to-all backdoor's patch carries each class to
+a label of its own), against the model's rate (binomial). The p-value, the smaller of the two looks, is corrected
+for the {len(pairs)} pairs. Flagged below {report.judged.threshold:g}; the {min(PAIRS_SHOWN, len(pairs))} most
+suspicious:</p>
+{table(["source", "target", "L1 norm", "z", "carries to", "p-value", ""], rows, {2, 3, 5})}
 {pair_images(images)}"""
 
 

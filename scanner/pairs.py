@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from scanner.config import PairConfig, ReverseConfig
-from scanner.decision.pairs import MIN_SIDE
+from scanner.decision.pairs import MIN_SIDE, Carried
 from scanner.model import predict_labels
 from scanner.reverse import TriggerReverser
 
@@ -36,6 +36,8 @@ class PairTrigger:
     found: bool  # False: no step reached the success threshold; the mask is the last one
     source_images: int  # clean images of the source class it was reversed from
     images: int  # images pushed forward and backward
+    # where the trigger carries each other class's images besides the target (`carried_classes`); empty: not measured
+    carried: tuple[Carried, ...] = ()
 
 
 def candidate_pairs(predictions: np.ndarray, targets: Sequence[int], min_images: int) -> list[tuple[int, int]]:
@@ -44,6 +46,34 @@ def candidate_pairs(predictions: np.ndarray, targets: Sequence[int], min_images:
     counts = np.bincount(predictions, minlength=max(targets, default=0) + 1)
     sources = [source for source, count in enumerate(counts) if count >= min_images]
     return [(source, target) for source in sources for target in targets if target != source]
+
+
+def carried_classes(before: np.ndarray, after: np.ndarray, source: int, target: int, min_images: int) -> list[Carried]:
+    """For each class other than `source` with at least `min_images` images (`before`: their class, `after`: the
+    class once stamped with a pair's trigger), the one label, neither the class nor `target`, that the largest share
+    of its images went to. A natural trigger of the target sends other classes to the target or nowhere; a planted
+    y -> y + 1 patch sends each class to its own next label."""
+    carried = []
+    for label in np.unique(before):
+        moved = after[before == label]
+        if label == source or len(moved) < min_images:
+            continue
+        elsewhere = moved[(moved != label) & (moved != target)]
+        counts = np.bincount(elsewhere) if len(elsewhere) else np.zeros(1, dtype=int)
+        to = int(counts.argmax()) if len(elsewhere) else -1
+        carried.append(Carried(int(label), to, float(counts.max() / len(moved))))
+    return carried
+
+
+def stamped(images: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """`images` (N, C, H, W raw pixels) with the trigger: (1 - mask) * x + mask * pattern."""
+    return ((1 - mask[None, None]) * images + mask[None, None] * pattern[None]).astype(np.float32)
+
+
+def carry_sample(predictions: np.ndarray, per_class: int) -> np.ndarray:
+    """The indices of the first `per_class` images predicted as each class: the images every pair's carry is
+    measured on."""
+    return np.concatenate([np.flatnonzero(predictions == label)[:per_class] for label in np.unique(predictions)])
 
 
 def pair_reverse_config(reverse: ReverseConfig, pairs: PairConfig) -> ReverseConfig:
@@ -101,9 +131,12 @@ def reverse_pairs(
             progress(done, len(runs))
 
     session.advance(runs, None, one_finished)
+    sample = carry_sample(predictions, pairs.carry_images)
     results = []
     for (source, target), run in zip(chosen, runs, strict=True):
         trigger = session.result(run)
+        after = predict_labels(model, stamped(images[sample], trigger.mask, trigger.pattern), device)
+        carried = carried_classes(predictions[sample], after, source, target, pairs.min_source_images)
         results.append(
             PairTrigger(
                 source,
@@ -114,6 +147,7 @@ def reverse_pairs(
                 trigger.found,
                 len(pools[source]),
                 run.images,
+                tuple(carried),
             )
         )
     return PairSearch(results, len(chosen))

@@ -26,7 +26,7 @@ from scanner.pairs import PairTrigger
 from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.21"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.22"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -49,7 +49,10 @@ SCHEMA_VERSION = "1.21"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # "smallest", as they ran); 1.20: config schedule.mode may be "auto" (the schedule that ran is "schedule.mode") and
 # schedule.screen_from (older reports: the default, unused by their `full` or `screened`); 1.21: config
 # schedule.check_labels and "schedule.check_labels" (labels drawn at random to check a flag short of sure; older
-# reports: 0, none drawn, as they ran)
+# reports: 0, none drawn, as they ran); 1.22: config pairs.carry_images and per pair "carried_to" and "carry_p_value"
+# (where the pair's trigger carries the other classes; a pair's p-value the smaller of its norm's and its carry's;
+# older reports: not measured, the norm's alone), and "carried" (each other class's label and share; "carried_to" is
+# derived from it)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -504,7 +507,7 @@ def _decision_from_json(
 
 
 def _pair_from_json(entry: dict[str, Any], where: str) -> PairJudgement:
-    renamed = {("norm" if key == "l1_norm" else key): value for key, value in entry.items()}
+    renamed = {("norm" if key == "l1_norm" else key): value for key, value in entry.items() if key != "carried_to"}
     return from_plain(PairJudgement, renamed, where, ConfigError)
 
 
@@ -666,7 +669,8 @@ def findings_text(flagged: list[str], most_suspicious: str, nothing: str) -> str
 
 
 def pair_text(pair: PairJudgement) -> str:
-    return f"{pair.source} -> {pair.target}: L1 {pair.norm:.2f}, z {pair.z:.2f}, p {pair.p_value:.3g}"
+    carries = f", carries classes to {', '.join(map(str, pair.carried_to))}" if pair.carried_to else ""
+    return f"{pair.source} -> {pair.target}: L1 {pair.norm:.2f}, z {pair.z:.2f}{carries}, p {pair.p_value:.3g}"
 
 
 def pairs_lines(report: ScanReport) -> list[str]:

@@ -231,7 +231,12 @@ def scan(
         look.steps if additive.probes else 0,
         look.rung_steps if len(additive.epsilons) > 1 else 0,
     )
-    judged = decision.judge(evidence, {(p.source, p.target): p.norm for p in pairs}, additive.looks())
+    judged = decision.judge(
+        evidence,
+        {(p.source, p.target): p.norm for p in pairs},
+        additive.looks(),
+        {(p.source, p.target): p.carried for p in pairs if p.carried},
+    )
     label_results = [
         LabelResult(
             label=t.label,

@@ -40,6 +40,14 @@ def digits_label_specific(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_all_to_all(tmp_path_factory) -> Path:
+    """A digits model with an all-to-all backdoor (a white 2x2 patch sends digit y to y + 1)."""
+    from fixtures.digits import build_digits_all_to_all
+
+    return build_digits_all_to_all(fixture_folder(tmp_path_factory, "digits_all_to_all"))
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     folder = shared_data_dir()
     if not (folder / "gtsrb_test.npz").exists():

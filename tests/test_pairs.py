@@ -11,10 +11,10 @@ from torch import nn
 
 from scanner.config import PRESETS, ConfigError, PairConfig, ReverseConfig
 from scanner.decision.evidence import LabelEvidence
-from scanner.decision.pairs import MIN_SIDE, judge_pairs, pair_z_scores
+from scanner.decision.pairs import MIN_SIDE, Carried, carried_to, carry_tails, judge_pairs, pair_z_scores
 from scanner.decision.rules import EvidenceDecision, PaperDecision
-from scanner.decision.statistics import median_polish, normal_upper_tail, student_t_upper_tail
-from scanner.pairs import candidate_pairs, pair_reverse_config, reverse_pairs
+from scanner.decision.statistics import binomial_upper_tail, median_polish, normal_upper_tail, student_t_upper_tail
+from scanner.pairs import candidate_pairs, carried_classes, pair_reverse_config, reverse_pairs, stamped
 from scanner.reverse import TriggerReverser
 
 CPU = torch.device("cpu")
@@ -77,6 +77,63 @@ def test_pairs_spanning_too_few_sources_or_targets_are_not_judged():
     assert MIN_SIDE == 3 and pair_z_scores(few) == {} and judge_pairs(few, 0.001, 1.0) == []
 
 
+# ---------------------------------------------------------------- where a pair's trigger carries the other classes
+
+
+def test_binomial_tail_matches_closed_forms():
+    assert binomial_upper_tail(0, 9, 0.3) == 1.0
+    assert binomial_upper_tail(9, 9, 0.1) == pytest.approx(1e-9)
+    assert binomial_upper_tail(1, 9, 0.1) == pytest.approx(1 - 0.9**9)
+    assert binomial_upper_tail(2, 3, 0.5) == pytest.approx(0.5)
+
+
+def test_carried_classes_name_where_most_of_each_other_class_went_besides_its_label_and_the_target():
+    before = np.repeat([0, 1, 2, 3], 10)
+    after = before.copy()
+    after[10:18] = 2  # class 1: 8 of 10 to label 2
+    after[20:30] = 3  # class 2: every image to the target
+    after[30:33] = 0  # class 3: 3 of 10 to label 0
+    carried = carried_classes(before, after, source=0, target=3, min_images=5)
+    assert carried == [Carried(1, 2, 0.8), Carried(2, -1, 0.0), Carried(3, 0, 0.3)]  # the source is left out
+    assert carried_to(carried) == (2,)  # only class 1 went mostly elsewhere
+    assert carried_classes(before, after, source=0, target=3, min_images=11) == []  # classes too small to measure
+    mask, pattern = np.zeros((2, 2)), np.full((1, 2, 2), 255.0)
+    mask[0, 0] = 1
+    assert stamped(np.zeros((1, 1, 2, 2)), mask, pattern)[0, 0].tolist() == [[255.0, 0.0], [0.0, 0.0]]
+
+
+def cycle_carried(classes: int, shift: bool, source: int) -> tuple[Carried, ...]:
+    """Where a pair's trigger sends the other classes: with `shift`, each class y to y + 1 (an all-to-all patch),
+    else nowhere."""
+    return tuple(
+        Carried(u, (u + 1) % classes if shift else -1, 0.9 if shift else 0.0) for u in range(classes) if u != source
+    )
+
+
+def test_a_pair_carrying_each_other_class_to_a_label_of_its_own_is_flagged_and_one_carrying_to_one_label_is_not():
+    rng = np.random.default_rng(2)
+    norms = pair_table(10, rng)
+    norms[6, 7] /= 2  # two small pairs, not small enough to be findings alone (z about 7.3)
+    norms[2, 5] /= 2
+    carried = {pair: cycle_carried(10, False, pair[0]) for pair in norms}
+    nothing_carried = {(p.source, p.target): p for p in judge_pairs(norms, 0.001, 1.0, carried)}
+    assert not any(pair.flagged for pair in nothing_carried.values())
+    assert nothing_carried[6, 7].carry_p_value == 1.0 and nothing_carried[6, 7].carried_to == ()
+    unmeasured = {(p.source, p.target): p for p in judge_pairs(norms, 0.001, 1.0)}
+    assert unmeasured[6, 7].carry_p_value is None
+    assert 0.03 < unmeasured[6, 7].p_value < nothing_carried[6, 7].p_value < 0.1  # the second look is paid for
+    carried[6, 7] = cycle_carried(10, True, 6)
+    carried[2, 5] = tuple(Carried(u, 8, 0.9) for u in range(10) if u not in (2, 8))  # every class to one label
+    judged = {(p.source, p.target): p for p in judge_pairs(norms, 0.001, 1.0, carried)}
+    cycle, one_label = judged[6, 7], judged[2, 5]
+    assert cycle.flagged and cycle.carried_to == (0, 1, 2, 3, 4, 5, 6, 8, 9) and cycle.carry_p_value < 1e-12
+    assert cycle.p_value == pytest.approx(2 * 90 * carry_tails(carried)[6, 7], rel=1e-6)
+    assert not one_label.flagged and one_label.carried_to == (8,) and one_label.p_value > 0.05
+    # a pair whose trigger is not small is no finding, whatever it carries
+    large = {**norms, (6, 7): norms[6, 7] * 8}
+    assert not {(p.source, p.target): p for p in judge_pairs(large, 0.001, 1.0, carried)}[6, 7].flagged
+
+
 # ---------------------------------------------------------------- the evidence rule with pairs
 
 
@@ -101,6 +158,9 @@ def test_a_flagged_pair_flags_its_target_and_gives_the_model_its_score():
         "z": round(result.pairs[0].z, 4),
         "p_value": result.pairs[0].p_value,
         "flagged": True,
+        "carried_to": [],
+        "carry_p_value": None,
+        "carried": [],
     }
     labels_only = EvidenceDecision().judge(label_evidence(NATURAL_LABELS))
     assert labels_only.flagged == [] and labels_only.pairs == [] and labels_only.suspect_pair is None
@@ -185,6 +245,11 @@ def test_a_pair_mask_range_outside_zero_to_one_is_refused(value: float):
         PairConfig(initial_mask_max=value)
 
 
+def test_a_carry_sample_of_no_images_is_refused():
+    with pytest.raises(ConfigError, match="pairs.carry_images must be positive"):
+        PairConfig(carry_images=0)
+
+
 class SourceGate(nn.Module):
     """A planted label-specific backdoor on 8x8 images: class = the brightest quadrant, except that a bright top-left
     pixel on a class-2 image (brightest bottom-left) gives class 0."""
@@ -221,6 +286,7 @@ def test_reverse_pairs_finds_the_planted_source_specific_trigger():
     planted = norms.pop((2, 0))
     assert planted < 0.5 * min(norms.values())
     assert all(t.source_images == 20 and t.images > 0 for t in triggers)
+    assert all(sorted(c.label for c in t.carried) == sorted({0, 1, 2, 3} - {t.source}) for t in triggers)
     assert (
         reverse_pairs(model, images, range(4), config, PairConfig(max_pairs=11), torch.device("cpu"), 0).triggers == []
     )
@@ -258,5 +324,37 @@ def test_the_source_specific_look_on_a_label_specific_digits_model(digits, digit
     assert [p.to_dict() for p in again.judged.pairs] == [p.to_dict() for p in pairs]
     assert again.pair_stage == report.pair_stage
     assert again.config.pairs.steps == 60
+    assert all(len(p.carried) == 9 and p.carry_p_value is not None for p in pairs)  # where every trigger carries
+    assert "<th>carries to</th>" in html
     none = scan(digits_label_specific, digits["digits_test.npz"], make_config({"pairs": {"max_pairs": 0}}))
     assert none.judged.pairs == [] and none.pair_stage.pairs == 0 and "pairs " not in format_summary(none)
+
+
+@pytest.mark.slow
+def test_a_pair_trigger_of_an_all_to_all_model_carries_the_other_classes_each_to_the_next(digits, digits_all_to_all):
+    """The pairs to three targets: on the all-to-all digits model the reversal of a pair of the cycle finds the patch,
+    which carries most other classes each to y + 1; on the clean model no pair's trigger carries more than a few
+    classes anywhere (measured: the cycle's 9 -> 0 and 4 -> 5 carry 7 and 6 of 9 classes to y + 1, and no clean pair 3
+    or more)."""
+    from scanner import make_config
+    from scanner.run_scan import scan_inputs
+
+    def triggers(model):
+        config = make_config({})
+        inputs = scan_inputs(model, digits["digits_test.npz"], config)
+        found = reverse_pairs(
+            inputs.model, inputs.data.images, (0, 5, 9), config.reverse, config.pairs, inputs.device, 0
+        )
+        return found.triggers
+
+    def to_next(trigger) -> int:
+        return sum(c.share > 0.5 and c.to == (c.label + 1) % 10 for c in trigger.carried)
+
+    planted = {(t.source, t.target): t for t in triggers(digits_all_to_all)}
+    assert max(to_next(planted[9, 0]), to_next(planted[4, 5])) >= 5
+    judged = judge_pairs(
+        {p: t.norm for p, t in planted.items()}, 0.001, 1.0, {p: t.carried for p, t in planted.items()}
+    )
+    most_carrying = min(judged, key=lambda j: j.carry_p_value)
+    assert most_carrying.target == (most_carrying.source + 1) % 10
+    assert all(len(carried_to(t.carried)) < 4 for t in triggers(digits["digits_clean.onnx"]))

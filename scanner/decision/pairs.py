@@ -1,5 +1,5 @@
 """The evidence rule's source-specific look: is one (source, target) pair's trigger smaller than its source and
-its target explain?
+its target explain, or does it carry the other classes each to a label of their own?
 
 Some sources are easy to move anywhere (a thin digit 1) and some targets easy to reach from anywhere, so a pair's
 log norm is judged after Tukey's median polish takes out each source's and each target's typical log norm; the
@@ -8,20 +8,44 @@ normal's: pooled over 540 pairs of 6 clean 10-class zoo models (seed 0), their u
 1.56, 2.13, 3.26, 3.92) follow Student's t with 5 degrees of freedom (1.48, 2.02, 3.36, 4.03), so the p-value is
 its tail, corrected for the number of pairs (Sidak). The README (How a scan works, step 6) gives its calibration
 on every clean zoo scan.
+
+An all-to-all backdoor (each class y to y + 1) plants one patch that sends every class somewhere, each to its own
+label, so a pair whose reversal found it carries the other classes' images along (`Carried`, measured in
+scanner/pairs.py): most images of class u go to one label v_u, a different v_u for each u. A natural trigger of the
+target sends other classes to the target or leaves them. So each pair also counts the distinct labels that receive
+most (more than half) of some other class's images; against the rate at which the model's pairs do that at all
+(every pair pooled, Laplace's rule of succession), its binomial tail is the carry's p-value. The pair's p-value is the
+smaller of its two looks, each paid for (Bonferroni), corrected for the number of pairs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from scanner.decision.statistics import median_polish, robust_scale, sidak, student_t_upper_tail
+from scanner.decision.statistics import (
+    binomial_upper_tail,
+    median_polish,
+    robust_scale,
+    sidak,
+    student_t_upper_tail,
+)
 
 PAIR_TAIL_DOF = 5
 PAIR_Z_FLOOR = 0.05  # smallest scale (of log norms) a z-score divides by
 MIN_SIDE = 3  # fewest sources and targets a polish needs
+MOST = 0.5  # a class is carried to a label when more than this share of its stamped images goes there
+
+
+@dataclass(frozen=True)
+class Carried:
+    """Where a pair's trigger sends one other class's images, besides its own label and the pair's target."""
+
+    label: int  # the class whose images were stamped
+    to: int  # the label, neither the class nor the pair's target, most of them went to (-1: none went elsewhere)
+    share: float  # the share of the class's stamped images sent there
 
 
 @dataclass(frozen=True)
@@ -30,8 +54,14 @@ class PairJudgement:
     target: int
     norm: float
     z: float  # positive = smaller than its source and target explain
-    p_value: float  # family-wise, corrected for the number of pairs
+    p_value: float  # family-wise, corrected for the number of pairs: the smaller of the norm's and the carry's
     flagged: bool
+    carried: tuple[Carried, ...] = ()  # where its trigger sends each other class (empty: not measured)
+    carry_p_value: float | None = None  # the carry's look alone, family-wise (None: not measured)
+
+    @property
+    def carried_to(self) -> tuple[int, ...]:
+        return carried_to(self.carried)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -41,7 +71,25 @@ class PairJudgement:
             "z": round(self.z, 4),
             "p_value": self.p_value,
             "flagged": self.flagged,
+            "carried_to": list(self.carried_to),  # derived from "carried", for a reader's convenience
+            "carry_p_value": self.carry_p_value,
+            "carried": [{"label": c.label, "to": c.to, "share": round(c.share, 4)} for c in self.carried],
         }
+
+
+def carried_to(carried: Sequence[Carried]) -> tuple[int, ...]:
+    """The distinct labels that receive most (more than `MOST`) of some class's stamped images, in order."""
+    return tuple(sorted({item.to for item in carried if item.share > MOST and item.to >= 0}))
+
+
+def carry_tails(carried: Mapping[tuple[int, int], Sequence[Carried]]) -> dict[tuple[int, int], float]:
+    """Each pair's chance, one pair alone, of carrying as many classes to labels of their own as it does, were every
+    class carried at the model's own rate: the binomial tail of its distinct labels (`carried_to`) over its classes
+    measured, the rate pooled over every pair with Laplace's rule of succession (a rate of 0 would make one carried
+    class a finding)."""
+    counts = {pair: (len(carried_to(items)), len(items)) for pair, items in carried.items()}
+    rate = (sum(k for k, _ in counts.values()) + 1) / (sum(n for _, n in counts.values()) + 2)
+    return {pair: binomial_upper_tail(k, n, rate) for pair, (k, n) in counts.items()}
 
 
 def pair_z_scores(norms: Mapping[tuple[int, int], float]) -> dict[tuple[int, int], float]:
@@ -62,13 +110,34 @@ def pair_z_scores(norms: Mapping[tuple[int, int], float]) -> dict[tuple[int, int
     return {pair: float((median - value) / scale) for pair, value in zip(norms, values, strict=True)}
 
 
-def judge_pairs(norms: Mapping[tuple[int, int], float], alpha: float, candidate_z: float) -> list[PairJudgement]:
+def judge_pairs(
+    norms: Mapping[tuple[int, int], float],
+    alpha: float,
+    candidate_z: float,
+    carried: Mapping[tuple[int, int], Sequence[Carried]] | None = None,
+) -> list[PairJudgement]:
     """Every pair's judgement, most suspicious first: flagged when its p-value is below `alpha` and its z-score
-    above `candidate_z`."""
+    above `candidate_z` (a planted trigger is a small one, whatever it carries). With `carried` (where each pair's
+    trigger sends the other classes), the p-value is the smaller of the norm's and the carry's, each paid for."""
     z_scores = pair_z_scores(norms)
+    tails = carry_tails({pair: carried[pair] for pair in z_scores if pair in carried}) if carried else {}
     judgements = []
     for (source, target), z in z_scores.items():
-        p_value = sidak(student_t_upper_tail(z, PAIR_TAIL_DOF), len(z_scores))
+        tail = student_t_upper_tail(z, PAIR_TAIL_DOF)
+        carry_tail = tails.get((source, target))
+        looks = 1 if carry_tail is None else 2
+        p_value = sidak(min(1.0, looks * min(tail, 1.0 if carry_tail is None else carry_tail)), len(z_scores))
         flagged = p_value < alpha and z > candidate_z
-        judgements.append(PairJudgement(source, target, norms[source, target], z, p_value, flagged))
+        judgements.append(
+            PairJudgement(
+                source,
+                target,
+                norms[source, target],
+                z,
+                p_value,
+                flagged,
+                tuple(carried[source, target]) if carry_tail is not None else (),
+                None if carry_tail is None else sidak(carry_tail, len(z_scores)),
+            )
+        )
     return sorted(judgements, key=lambda judgement: (judgement.p_value, -judgement.z))

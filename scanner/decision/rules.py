@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from scanner.decision.additive import AdditiveJudgement, AdditiveLooks, flagged_looks, judge_additive
 from scanner.decision.evidence import LabelEvidence
-from scanner.decision.pairs import PairJudgement, judge_pairs
+from scanner.decision.pairs import Carried, PairJudgement, judge_pairs
 from scanner.decision.statistics import normal_upper_tail, robust_z, sidak, stouffer
 from scanner.mad import MadResult, mad_outliers
 
@@ -174,6 +174,7 @@ class Decision(Protocol):
         evidence: Mapping[int, LabelEvidence],
         pairs: Mapping[tuple[int, int], float] | None = None,
         additive: AdditiveLooks | None = None,
+        carried: Mapping[tuple[int, int], Sequence[Carried]] | None = None,
     ) -> DecisionResult: ...
 
     def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
@@ -206,8 +207,9 @@ class PaperDecision:
         evidence: Mapping[int, LabelEvidence],
         pairs: Mapping[tuple[int, int], float] | None = None,
         additive: AdditiveLooks | None = None,
+        carried: Mapping[tuple[int, int], Sequence[Carried]] | None = None,
     ) -> DecisionResult:
-        """The paper's rule judges labels only: `pairs` and `additive` are not looked at."""
+        """The paper's rule judges labels only: `pairs`, `additive` and `carried` are not looked at."""
         return paper_result(mad_outliers(norms_of(evidence), self.threshold))
 
     def near(self, evidence: Mapping[int, LabelEvidence], labels: Iterable[int] | None = None) -> frozenset[int]:
@@ -299,18 +301,20 @@ class EvidenceDecision:
         evidence: Mapping[int, LabelEvidence],
         pairs: Mapping[tuple[int, int], float] | None = None,
         additive: AdditiveLooks | None = None,
+        carried: Mapping[tuple[int, int], Sequence[Carried]] | None = None,
     ) -> DecisionResult:
         """Judge every label, and with `pairs` ((source, target) -> the L1 norm of the trigger reversed from the
-        source's images, scanner/pairs.py) every pair: a flagged pair flags its target; with `additive` (bound ->
-        label -> what its additive perturbation did, scanner/additive.py) every label's additive look at every
-        bound: a flagged look flags its label."""
+        source's images, scanner/pairs.py) every pair: a flagged pair flags its target (with `carried`, where each
+        pair's trigger sends the other classes, judged on that too); with `additive` (bound -> label -> what its
+        additive perturbation did, scanner/additive.py) every label's additive look at every bound: a flagged look
+        flags its label."""
         judgements, measures = self._judgements(evidence, evidence)
         flagged = [
             label
             for label in sorted(judgements, key=lambda label: judgements[label].p_value)
             if judgements[label].flagged
         ]
-        pair_judgements = judge_pairs(pairs, self.alpha, self.candidate_z) if pairs else []
+        pair_judgements = judge_pairs(pairs, self.alpha, self.candidate_z, carried) if pairs else []
         flagged += list(dict.fromkeys(p.target for p in pair_judgements if p.flagged and p.target not in flagged))
         additive_judgements = judge_additive(additive, self.alpha, self.candidate_z) if additive else []
         flagged += [label for label in flagged_looks(additive_judgements) if label not in flagged]

@@ -80,3 +80,11 @@ def student_t_upper_tail(t: float, dof: int) -> float:
         inside = math.sin(theta) * total
     tail = max(0.0, (1.0 - inside) / 2)
     return tail if t >= 0 else 1.0 - tail
+
+
+def binomial_upper_tail(successes: int, trials: int, rate: float) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, rate)."""
+    if successes <= 0:
+        return 1.0
+    terms = (math.comb(trials, k) * rate**k * (1 - rate) ** (trials - k) for k in range(successes, trials + 1))
+    return min(1.0, sum(terms))
