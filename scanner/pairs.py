@@ -9,6 +9,10 @@ its source's and its target's other pairs (scanner/decision/pairs.py), which nee
 43-class GTSRB models, 90 pairs chosen as K-Arm's pre-screen does (each source's likeliest targets by mean
 log-probability, about 2 a source) left each source and target with too few pairs to judge against: clean models
 scored z 10 to 23 there (benchmarks/pair_scans.py).
+
+Each pair's trigger is then stamped on a few clean images of every class (`PairConfig.carry_images`), and where it
+carries each other class (`carried_classes`) is kept: an all-to-all backdoor's patch, found by a pair of its cycle,
+sends each class to a label of its own (scanner/decision/pairs.py judges that).
 """
 
 from __future__ import annotations
@@ -132,11 +136,12 @@ def reverse_pairs(
 
     session.advance(runs, None, one_finished)
     sample = carry_sample(predictions, pairs.carry_images)
+    carry_min_images = min(pairs.min_source_images, pairs.carry_images)  # a class measured on fewer images is left out
     results = []
     for (source, target), run in zip(chosen, runs, strict=True):
         trigger = session.result(run)
         after = predict_labels(model, stamped(images[sample], trigger.mask, trigger.pattern), device)
-        carried = carried_classes(predictions[sample], after, source, target, pairs.min_source_images)
+        carried = carried_classes(predictions[sample], after, source, target, carry_min_images)
         results.append(
             PairTrigger(
                 source,

@@ -287,6 +287,9 @@ def test_reverse_pairs_finds_the_planted_source_specific_trigger():
     assert planted < 0.5 * min(norms.values())
     assert all(t.source_images == 20 and t.images > 0 for t in triggers)
     assert all(sorted(c.label for c in t.carried) == sorted({0, 1, 2, 3} - {t.source}) for t in triggers)
+    few = dataclasses.replace(pairs, carry_images=5)  # fewer than min_source_images: every class still measured
+    measured = reverse_pairs(model, images, range(4), config, few, torch.device("cpu"), seed=0).triggers
+    assert all(len(t.carried) == 3 for t in measured)
     assert (
         reverse_pairs(model, images, range(4), config, PairConfig(max_pairs=11), torch.device("cpu"), 0).triggers == []
     )
