@@ -221,7 +221,7 @@ class PairConfig:
     # pairs with the planted ones on the zoo (docs/measurements.md, "Detection on the model zoo"): the reference's 1
     initial_mask_max: float = 1.0
     # images of each class every pair's trigger is stamped on to measure where it carries them (scanner.pairs.
-    # carried_share: an all-to-all backdoor's trigger carries each class to a label of its own)
+    # carried_classes: an all-to-all backdoor's trigger carries each class to a label of its own)
     carry_images: int = 20
 
     def __post_init__(self) -> None:

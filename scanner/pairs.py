@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from scanner.config import PairConfig, ReverseConfig
+from scanner.decision.evidence import stamp_arrays
 from scanner.decision.pairs import MIN_SIDE, Carried
 from scanner.model import predict_labels
 from scanner.reverse import TriggerReverser
@@ -70,8 +71,8 @@ def carried_classes(before: np.ndarray, after: np.ndarray, source: int, target: 
 
 
 def stamped(images: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:
-    """`images` (N, C, H, W raw pixels) with the trigger: (1 - mask) * x + mask * pattern."""
-    return ((1 - mask[None, None]) * images + mask[None, None] * pattern[None]).astype(np.float32)
+    """`images` (N, C, H, W raw pixels) with the trigger, by the reversal's own stamp."""
+    return stamp_arrays(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), mask, pattern).numpy()
 
 
 def carry_sample(predictions: np.ndarray, per_class: int) -> np.ndarray:
