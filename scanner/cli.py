@@ -365,8 +365,8 @@ shared_scan_options = options(
         "--retry-rounds",
         minimum=0,
         help="evidence rule: fresh reversals of each label with one of the smallest triggers or the likeliest "
-        "targets, which keeps the smallest found: a start can miss a planted trigger that another finds (default 2; "
-        "0: none).",
+        "targets, which keeps the smallest found: a start can miss a planted trigger that another finds; a label "
+        "flagged surely already is left as it is (default 2; 0: none).",
     ),
     count_option(
         "--retry-labels",

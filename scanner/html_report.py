@@ -279,11 +279,20 @@ def retry_section(report: ScanReport) -> str:
         for retry in stage.retries
     ]
     rounds = [f"round {r}" for r in range(1, stage.rounds + 1)]
+    sure = (
+        f"<p>{escape(stage.sure_text().capitalize())}: the retry looks for a trigger a start missed, and a smaller one "
+        "could only flag it more surely.</p>"
+        if stage.sure_flags
+        else ""
+    )
+    if not stage.retries:
+        return f"""<h2 id="retry">Retry</h2>\n{sure}"""
     return f"""<h2 id="retry">Retry</h2>
 <p>{stage.subject().capitalize()} reversed {stage.rounds} more time(s) from fresh starts ({stage.images:,} images,
 {stage.seconds:.1f} s): a reversal can miss a planted trigger that another start finds. Each label keeps its smallest
 trigger, judged as above. The likeliest target is the label with the highest mean log-probability on the other
 classes' clean images: a planted target draws probability from every class.</p>
+{sure}
 {table(["label", "chosen as", "first L1", *rounds, "kept"], rows, set(range(2, stage.rounds + 3)))}"""
 
 

@@ -26,7 +26,7 @@ from scanner.pairs import PairTrigger
 from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.22"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.23"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -52,7 +52,8 @@ SCHEMA_VERSION = "1.22"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # reports: 0, none drawn, as they ran); 1.22: config pairs.carry_images and per pair "carried_to" and "carry_p_value"
 # (where the pair's trigger carries the other classes; a pair's p-value the smaller of its norm's and its carry's;
 # older reports: not measured, the norm's alone), and "carried" (each other class's label and share; "carried_to" is
-# derived from it)
+# derived from it); 1.23: "retry_stage.sure_flags" (labels the retry chose but left as they were, their flag sure
+# already; older reports: none, every chosen label retried)
 TRIGGER_FOLDER = "triggers"
 CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
@@ -141,6 +142,8 @@ class RetryStage:
     retries: list[Retry] = field(default_factory=list)
     images: int = 0  # images pushed forward and backward over every round
     seconds: float = 0.0
+    # chosen, but flagged surely already (Decision.sure_flags): a smaller trigger could only flag them more surely
+    sure_flags: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # a report folder is untrusted: every round a norm, the kept round one of them
@@ -166,7 +169,15 @@ class RetryStage:
         found = "; ".join(replaced) if replaced else "no smaller trigger found"
         times = "time" if self.rounds == 1 else "times"
         cost = f"{self.images:,} images, {self.seconds:.1f} s"
-        return f"{self.subject()} reversed {self.rounds} more {times}: {found} ({cost})"
+        retried = f"{self.subject()} reversed {self.rounds} more {times}: {found} ({cost})" if self.retries else ""
+        return "; ".join(part for part in (retried, self.sure_text()) if part)
+
+    def sure_text(self) -> str:
+        """The labels left as they were because their flag is sure, as a clause (empty where none)."""
+        if not self.sure_flags:
+            return ""
+        labels = ", ".join(map(str, self.sure_flags))
+        return f"label{'s' if len(self.sure_flags) > 1 else ''} {labels} flagged surely already, not retried"
 
     def subject(self) -> str:
         """Which labels were retried, as a noun phrase: "the smallest trigger (label 12) and the likeliest target
@@ -727,7 +738,7 @@ def format_summary(report: ScanReport) -> str:
         "",
         f"median L1 {report.mad.median:.2f}, MAD {report.mad.mad:.2f}, anomaly index {report.mad.anomaly_index:.2f} "
         f"(threshold {report.mad.threshold:g})",
-        *([f"retry      {report.retry_stage.text()}"] if report.retry_stage.rounds else []),
+        *([f"retry      {report.retry_stage.text()}"] if report.retry_stage.text() else []),
         f"decision   {rule_text(report.judged)}",
         *pairs_lines(report),
         *additive_lines(report),

@@ -15,6 +15,9 @@ A planted trigger the first round missed need not be among the smallest (a 6 px 
 but its label draws probability from every class's clean images: the label with the highest mean log-probability on
 other classes' images (K-Arm's pre-screen, Shen et al. ICML 2021) is retried too. On the zoo it ranked a planted
 target first on 5 of the 6 GTSRB patch models (docs/measurements.md, "Retry").
+
+The retry asks whether a label could be flagged, so a chosen label that the decision already flags surely
+(Decision.sure_flags) is left as it is (scanner/run_scan.py): a smaller trigger could only flag it more surely.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -210,7 +210,9 @@ def scan(
         if not runs[trigger.label].finished:  # stopped by the scheduler: done all the same
             on_label(trigger)
     final = {label for label in labels if runs[label].finished}
-    triggers, retry_stage = retry_suspects(config, session, meter, triggers, evidence, final, likely, retry_progress)
+    triggers, retry_stage = retry_suspects(
+        config, session, meter, triggers, evidence, final, likely, decision.sure_flags(evidence), retry_progress
+    )
     estimates = norms_of(evidence)
     mad = mad_outliers(estimates, config.mad_threshold)
     pair_started = time.perf_counter()
@@ -317,23 +319,28 @@ def retry_suspects(
     evidence: dict[int, LabelEvidence],
     final: set[int],
     likely: list[int],
+    sure: Collection[int] = (),
     progress: Callable[[LabelTrigger, int, int], None] | None = None,
 ) -> tuple[list[LabelTrigger], RetryStage]:
     """The evidence rule's retry (scanner/retry.py), where wanted: the labels with the smallest triggers and the
     likeliest targets (`likely`, likeliest first) reversed again, each keeping its smallest trigger; `evidence` is
-    measured again where a round's trigger replaced the first. The triggers the scan keeps, and what the retry did."""
+    measured again where a round's trigger replaced the first. A chosen label in `sure` (flagged surely already,
+    Decision.sure_flags) is left as it is: the retry looks for triggers a start missed, and a smaller one could only
+    flag it more surely. The triggers the scan keeps, and what the retry did."""
     if not retry_wanted(config):
         return triggers, RetryStage()
     started = time.perf_counter()
     retry = config.retry
-    chosen = retry_candidates(norms_of(evidence), final, retry.labels, likely, retry.likeliest)
+    candidates = retry_candidates(norms_of(evidence), final, retry.labels, likely, retry.likeliest)
+    chosen = {label: why for label, why in candidates.items() if label not in sure}
     by_label = {trigger.label: trigger for trigger in triggers}
     first = {label: by_label[label] for label in chosen}
     on_round = counted(progress, len(chosen) * retry.rounds)
     kept, retries = retry_labels(session, first, retry.rounds, retry.initial_mask_max, on_round, chosen)
     for label in retried_labels(retries):
         evidence[label] = meter.measure(label, kept[label].mask, kept[label].pattern)
-    stage = RetryStage(retry.rounds, retries, sum(r.images for r in retries), time.perf_counter() - started)
+    left = [label for label in candidates if label not in chosen]
+    stage = RetryStage(retry.rounds, retries, sum(r.images for r in retries), time.perf_counter() - started, left)
     return [kept.get(trigger.label, trigger) for trigger in triggers], stage
 
 

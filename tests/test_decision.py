@@ -182,13 +182,20 @@ def test_a_flag_is_sure_only_past_the_threshold_by_the_near_bands_width():
         result = evidence_rule.judge(evidence)
         flag_p = result.judgements[19].p_value
         assert evidence_rule.sure(evidence) == (not result.flagged or flag_p <= 0.001**2 / 0.5), norm
+        assert evidence_rule.sure_flags(evidence) == ({19} if result.flagged and flag_p <= 0.001**2 / 0.5 else set())
         paper = paper_rule.judge(evidence)
         indices = mad_outliers({label: item.norm for label, item in evidence.items()}).anomaly_indices
         assert paper_rule.sure(evidence) == all(indices[label] > 2.5 for label in paper.flagged), norm
+        assert paper_rule.sure_flags(evidence) == {label for label in paper.flagged if indices[label] > 2.5}, norm
     tiny = evidence_set([*NATURAL[:19], 2.0], compact=[*NATURAL_COMPACT[:19], 0.9])
     assert evidence_rule.judge(tiny).flagged == [19] and evidence_rule.sure(tiny) and paper_rule.sure(tiny)
     close = evidence_set([*NATURAL[:19], 29.0], compact=[*NATURAL_COMPACT[:19], 0.9])
     assert evidence_rule.judge(close).flagged == [19] and not evidence_rule.sure(close)
+    assert evidence_rule.sure_flags(close) == set()
+    # two flags, one sure: the model is not sure, the one label is (the retry leaves it be, scanner/run_scan.py)
+    both = evidence_set([*NATURAL[:18], 2.0, 20.0], compact=[*NATURAL_COMPACT[:18], 0.9, 0.9])
+    assert evidence_rule.judge(both).flagged == [18, 19]
+    assert not evidence_rule.sure(both) and evidence_rule.sure_flags(both) == {18}
 
 
 def test_a_large_trigger_is_never_flagged_however_strange_its_other_measures():

@@ -168,16 +168,23 @@ def test_a_scan_retries_its_smallest_triggers_and_reports_them(digits, tmp_path)
     model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
     first = scan(model, data, make_config({**settings, "retry": {"rounds": 0}}))
     report = scan(model, data, make_config({**settings, "retry": {"rounds": 1, "labels": 3, "likeliest": 4}}))
+    # a label flagged surely already (p-value at most alpha**2 / 0.5) is chosen but left as it was
+    sure = {label for label, judged in first.judged.judgements.items() if judged.flagged and judged.p_value <= 2e-6}
     smallest = sorted(first.labels, key=lambda result: result.l1_norm)[:3]
+    retried = [result for result in smallest if result.label not in sure]
     stage = report.retry_stage
-    assert stage.rounds == 1 and [retry.label for retry in stage.retries[:3]] == [result.label for result in smallest]
-    assert [retry.first_norm for retry in stage.retries[:3]] == [result.l1_norm for result in smallest]
-    assert [retry.chosen_as for retry in stage.retries[:3]] == [SMALLEST] * 3
-    # the 4 likeliest targets (drawing most log-probability from other classes' images) not already retried
+    assert stage.rounds == 1 and [retry.label for retry in stage.retries[: len(retried)]] == [r.label for r in retried]
+    assert [retry.first_norm for retry in stage.retries[: len(retried)]] == [result.l1_norm for result in retried]
+    assert [retry.chosen_as for retry in stage.retries[: len(retried)]] == [SMALLEST] * len(retried)
+    # the 4 likeliest targets (drawing most log-probability from other classes' images) not already chosen
     inputs = scan_inputs(model, data, make_config(settings))
     likely = likeliest_targets(log_probabilities(inputs.model, inputs.data.images, inputs.device))[:4]
-    expected = [(label, LIKELIEST) for label in likely if label not in {result.label for result in smallest}]
-    assert [(retry.label, retry.chosen_as) for retry in stage.retries[3:]] == expected and expected
+    expected = [label for label in likely if label not in {result.label for result in smallest}]
+    assert [(retry.label, retry.chosen_as) for retry in stage.retries[len(retried) :]] == [
+        (label, LIKELIEST) for label in expected if label not in sure
+    ]
+    chosen = [result.label for result in smallest] + expected
+    assert sure == {TARGET} and stage.sure_flags == [label for label in chosen if label in sure]
     norms = {result.label: result.l1_norm for result in report.labels}
     for retry in stage.retries:
         assert norms[retry.label] == pytest.approx(min(retry.first_norm, *retry.norms), rel=1e-6)
@@ -185,17 +192,23 @@ def test_a_scan_retries_its_smallest_triggers_and_reports_them(digits, tmp_path)
     unretried = {result.label: result.l1_norm for result in first.labels}
     assert all(norms[label] == unretried[label] for label in norms if label not in {r.label for r in stage.retries})
     assert report.flagged == [TARGET] and stage.images > 0
-    assert f"retry      the 3 smallest triggers (labels {', '.join(str(r.label) for r in smallest)}) and the " in (
-        format_summary(report)
+    summary = format_summary(report)
+    assert f"retry      the {len(retried)} smallest triggers (labels {', '.join(str(r.label) for r in retried)})" in (
+        summary
     )
+    assert f"; label {TARGET} flagged surely already, not retried\n" in summary
     written = write_report(report, tmp_path / "out")
     html = write_html_report(report, tmp_path / "out").read_text()
     assert 'id="retry"' in html and "<td>likeliest</td>" in html
+    assert f"Label {TARGET} flagged surely already, not retried: the retry looks for" in html
     payload = json.loads(written.read_text())
     assert ScanReport.from_json(payload).retry_stage == stage
     assert (
-        payload["config"]["retry"]["likeliest"] == 4 and payload["retry_stage"]["retries"][3]["chosen_as"] == LIKELIEST
+        payload["config"]["retry"]["likeliest"] == 4 and payload["retry_stage"]["retries"][-1]["chosen_as"] == LIKELIEST
     )
+    schema_1_22 = json.loads(written.read_text())  # before schema 1.23 every chosen label was retried
+    del schema_1_22["retry_stage"]["sure_flags"]
+    assert ScanReport.from_json(schema_1_22).retry_stage.sure_flags == []
     schema_1_18 = json.loads(written.read_text())  # no likeliest target: every retry one of the smallest
     del schema_1_18["config"]["retry"]["likeliest"]
     for retry in schema_1_18["retry_stage"]["retries"]:

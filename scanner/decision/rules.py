@@ -186,6 +186,10 @@ class Decision(Protocol):
         settles a verdict with some labels projected only where it is (a projection can narrow the spread every
         label is judged against)."""
 
+    def sure_flags(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
+        """The labels flagged on `evidence` past the threshold by the near band's width: a smaller trigger could
+        only flag them more surely, so the retry leaves them be."""
+
 
 # How near a flag the scheduler finishes a label that it could otherwise stop (scanner/schedule.py): a stopped
 # label's evidence is a projection, so the margin is wide. A p-value of 0.5 is about 1.8 z-units short of a flag at
@@ -218,9 +222,12 @@ class PaperDecision:
         return near if labels is None else near & frozenset(labels)
 
     def sure(self, evidence: Mapping[int, LabelEvidence]) -> bool:
-        norms = norms_of(evidence)
-        flagged = mad_outliers(norms, self.threshold).flagged
-        return flagged == mad_outliers(norms, self.threshold + NEAR_ANOMALY_INDEX).flagged
+        return self.sure_flags(evidence) == frozenset(mad_outliers(norms_of(evidence), self.threshold).flagged)
+
+    def sure_flags(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
+        # past the threshold by the band is flagged at the threshold too: the index only grows with the threshold's
+        # distance
+        return frozenset(mad_outliers(norms_of(evidence), self.threshold + NEAR_ANOMALY_INDEX).flagged)
 
 
 def norms_of(evidence: Mapping[int, LabelEvidence]) -> dict[int, float]:
@@ -293,8 +300,16 @@ class EvidenceDecision:
 
     def sure(self, evidence: Mapping[int, LabelEvidence]) -> bool:
         judgements, _ = self._judgements(evidence, evidence)
-        sure_below = self.alpha**2 / max(NEAR_P_VALUE, self.alpha)
-        return all(judgement.p_value <= sure_below for judgement in judgements.values() if judgement.flagged)
+        return all(self._sure(judgement) for judgement in judgements.values() if judgement.flagged)
+
+    def sure_flags(self, evidence: Mapping[int, LabelEvidence]) -> frozenset[int]:
+        judgements, _ = self._judgements(evidence, evidence)
+        return frozenset(
+            label for label, judgement in judgements.items() if judgement.flagged and self._sure(judgement)
+        )
+
+    def _sure(self, judgement: LabelJudgement) -> bool:
+        return judgement.p_value <= self.alpha**2 / max(NEAR_P_VALUE, self.alpha)
 
     def judge(
         self,
