@@ -28,9 +28,9 @@ the pair records of benchmarks/pair_scans.py hold the carry since), `no-additive
 scans that have records.
 
 `--retry DIR` (default .cache/zoo/retry, from `python -m benchmarks.retry_scans`) adds the retry: each retried
-label keeps the smallest trigger over its scan's and every round's, as `cleanse scan` keeps it (`--retry-rounds`,
-`--retry-labels` and `--retry-likeliest` judge the records' first rounds, smallest candidates and likeliest targets
-only, as a scan with those settings would);
+label keeps the smallest trigger over its scan's and every round's, as `cleanse scan` keeps it, and a label flagged
+surely keeps its scan's, as `cleanse scan` leaves it (`--retry-rounds`, `--retry-labels` and `--retry-likeliest`
+judge the records' first rounds, smallest candidates and likeliest targets only, as a scan with those settings would);
 `evidence` then judges the retried labels (with the pairs and the additive look where given) and `no-retry` the
 scan's own, on the scans that have records.
 
@@ -197,11 +197,14 @@ def saved_additive(
     )
 
 
-def retried_evidence(evidence: dict[int, LabelEvidence], record: dict, retry: RetryConfig) -> dict[int, LabelEvidence]:
+def retried_evidence(
+    evidence: dict[int, LabelEvidence], record: dict, retry: RetryConfig, rule: EvidenceDecision
+) -> dict[int, LabelEvidence]:
     """The evidence with each label `retry` retries (the record's first smallest candidates and first likeliest
     targets, its first rounds) keeping its smallest trigger over the scan's and those rounds' that reached the success
-    threshold (ties keep the scan's), as scanner.retry.retry_labels keeps it. A record of more labels or rounds than
-    `retry` takes answers for fewer."""
+    threshold (ties keep the scan's), as scanner.retry.retry_labels keeps it; a label `rule` flags surely keeps the
+    scan's, as `cleanse scan` leaves it (schema 1.23). A record of more labels or rounds than `retry` takes answers
+    for fewer."""
     if record.get("likeliest", 0) < retry.likeliest:
         raise SystemExit(
             f"a retry record has {record.get('likeliest', 0)} likeliest target(s), fewer than {retry.likeliest}: "
@@ -211,7 +214,10 @@ def retried_evidence(evidence: dict[int, LabelEvidence], record: dict, retry: Re
     smallest = [label for label in record["candidates"] if chosen_as.get(str(label), SMALLEST) == SMALLEST]
     likely = [label for label in record["candidates"] if chosen_as.get(str(label)) == LIKELIEST]
     kept = dict(evidence)
+    sure = rule.sure_flags(evidence)
     for label in smallest[: retry_count(len(evidence), retry.labels)] + likely[: retry.likeliest]:
+        if label in sure:
+            continue
         rounds = record["rounds"][str(label)][: retry.rounds]
         if len(rounds) < retry.rounds:
             raise SystemExit(f"a retry record has {len(rounds)} round(s) of label {label}, fewer than {retry.rounds}")
@@ -232,6 +238,7 @@ def load_scans(
     retry_dir: Path | None = None,
     retry: RetryConfig | None = None,
     pairs_records_first: bool = False,
+    rule: EvidenceDecision | None = None,  # judges the retry's sure flags (None: the default rule)
 ) -> list[ZooScan]:
     scans = []
     for report_path in sorted(scans_dir.glob("*/seed*/report.json")):
@@ -262,7 +269,9 @@ def load_scans(
                 continue
             first_evidence, evidence = (
                 evidence,
-                retried_evidence(evidence, json.loads(record.read_text()), retry or RetryConfig()),
+                retried_evidence(
+                    evidence, json.loads(record.read_text()), retry or RetryConfig(), rule or EvidenceDecision()
+                ),
             )
         family = card.attack["family"] if card.attack else "clean"
         if card.attack and mean_success(card) < MIN_ATTACK_SUCCESS:
@@ -506,6 +515,7 @@ def main(argv: list[str] | None = None) -> None:
             args.retry,
             RetryConfig(args.retry_rounds, args.retry_labels, args.retry_likeliest),
             args.pairs_records,
+            EvidenceDecision(args.alpha),
         )
         for folder in folders
     ]

@@ -3,6 +3,7 @@ fresh starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -240,3 +241,25 @@ def test_the_likeliest_target_draws_the_most_probability_from_other_classes_imag
     # every image predicted 0 (argmax's first of a tie): label 0 has no other class's image and comes last; the
     # other two tie, the smaller first
     assert likeliest_targets(np.log(np.full((2, 3), 1 / 3))) == [1, 2, 0]
+
+
+def test_the_detection_table_leaves_a_sure_flag_as_the_scan_does():
+    """benchmarks.detection_table joins retry records to saved scans: a label flagged surely keeps its scan's
+    trigger, as `cleanse scan` leaves it; another candidate keeps its smallest round."""
+    from benchmarks.detection_table import retried_evidence
+    from scanner.decision.evidence import LabelEvidence
+    from scanner.decision.rules import EvidenceDecision
+
+    norms = np.exp(np.random.default_rng(0).normal(np.log(40), 0.25, size=20)).tolist()
+    norms[19] = 2.0  # a planted trigger's norm: flagged far past the sure margin
+    evidence = {label: LabelEvidence(label, norm, 1.0, 0.3, 0.5, 0.3) for label, norm in enumerate(norms)}
+    rule = EvidenceDecision()
+    assert rule.sure_flags(evidence) == {19}
+    rounds = {
+        str(label): [{**dataclasses.asdict(LabelEvidence(label, 1.0, 1.0, 0.3, 0.5, 0.3)), "found": True}]
+        for label in (19, 5)
+    }
+    record = {"candidates": [19, 5], "chosen_as": {"19": SMALLEST, "5": LIKELIEST}, "likeliest": 1, "rounds": rounds}
+    kept = retried_evidence(evidence, record, RetryConfig(rounds=1, labels=1, likeliest=1), rule)
+    assert kept[19].norm == 2.0 and kept[5].norm == 1.0
+    assert all(kept[label] == evidence[label] for label in range(20) if label != 5)
