@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from scanner.config import AdditiveConfig, ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
 from scanner.decision.additive import kept_looks
 from scanner.decision.evidence import EvidenceMeter, LabelEvidence
-from scanner.decision.rules import DecisionResult, make_decision, norms_of
+from scanner.decision.rules import Decision, DecisionResult, make_decision, norms_of
 from scanner.mad import MIN_LABELS, mad_outliers
 from scanner.model import ScoringModel, accuracy, log_probabilities
 from scanner.pairs import PairProgress, PairSearch, PairTrigger, reverse_pairs
@@ -211,7 +211,7 @@ def scan(
             on_label(trigger)
     final = {label for label in labels if runs[label].finished}
     triggers, retry_stage = retry_suspects(
-        config, session, meter, triggers, evidence, final, likely, decision.sure_flags(evidence), retry_progress
+        config, session, meter, triggers, evidence, final, likely, decision, retry_progress
     )
     estimates = norms_of(evidence)
     mad = mad_outliers(estimates, config.mad_threshold)
@@ -319,19 +319,20 @@ def retry_suspects(
     evidence: dict[int, LabelEvidence],
     final: set[int],
     likely: list[int],
-    sure: Collection[int] = (),
+    decision: Decision | None = None,
     progress: Callable[[LabelTrigger, int, int], None] | None = None,
 ) -> tuple[list[LabelTrigger], RetryStage]:
     """The evidence rule's retry (scanner/retry.py), where wanted: the labels with the smallest triggers and the
     likeliest targets (`likely`, likeliest first) reversed again, each keeping its smallest trigger; `evidence` is
-    measured again where a round's trigger replaced the first. A chosen label in `sure` (flagged surely already,
-    Decision.sure_flags) is left as it is: the retry looks for triggers a start missed, and a smaller one could only
+    measured again where a round's trigger replaced the first. A chosen label `decision` flags surely already
+    (Decision.sure_flags) is left as it is: the retry looks for triggers a start missed, and a smaller one could only
     flag it more surely. The triggers the scan keeps, and what the retry did."""
     if not retry_wanted(config):
         return triggers, RetryStage()
     started = time.perf_counter()
     retry = config.retry
     candidates = retry_candidates(norms_of(evidence), final, retry.labels, likely, retry.likeliest)
+    sure = decision.sure_flags(evidence) if decision else frozenset()
     chosen = {label: why for label, why in candidates.items() if label not in sure}
     by_label = {trigger.label: trigger for trigger in triggers}
     first = {label: by_label[label] for label in chosen}
