@@ -62,7 +62,7 @@ from scanner.decision.pairs import Carried
 from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import ScanReport
-from scanner.retry import LIKELIEST, SMALLEST, retry_count
+from scanner.retry import LIKELIEST, SMALLEST, retry_count, split_sure
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,10 @@ def retried_evidence(
     smallest = [label for label in record["candidates"] if chosen_as.get(str(label), SMALLEST) == SMALLEST]
     likely = [label for label in record["candidates"] if chosen_as.get(str(label)) == LIKELIEST]
     kept = dict(evidence)
-    sure = rule.sure_flags(evidence)
-    for label in smallest[: retry_count(len(evidence), retry.labels)] + likely[: retry.likeliest]:
-        if label in sure:
-            continue
+    candidates = dict.fromkeys(smallest[: retry_count(len(evidence), retry.labels)], SMALLEST)
+    candidates.update(dict.fromkeys(likely[: retry.likeliest], LIKELIEST))
+    retried, _ = split_sure(candidates, rule.sure_flags(evidence))
+    for label in retried:
         rounds = record["rounds"][str(label)][: retry.rounds]
         if len(rounds) < retry.rounds:
             raise SystemExit(f"a retry record has {len(rounds)} round(s) of label {label}, fewer than {retry.rounds}")

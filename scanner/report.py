@@ -722,6 +722,12 @@ def additive_lines(report: ScanReport) -> list[str]:
     ]
 
 
+def retry_lines(report: ScanReport) -> list[str]:
+    """The retry: what it reversed again and what it left as sure, where it did either."""
+    text = report.retry_stage.text()
+    return [f"retry      {text}"] if text else []
+
+
 def format_summary(report: ScanReport) -> str:
     scaling = report.scaling
     close = close_text(report.judged) if report.verdict == INFECTED else None
@@ -738,7 +744,7 @@ def format_summary(report: ScanReport) -> str:
         "",
         f"median L1 {report.mad.median:.2f}, MAD {report.mad.mad:.2f}, anomaly index {report.mad.anomaly_index:.2f} "
         f"(threshold {report.mad.threshold:g})",
-        *([f"retry      {report.retry_stage.text()}"] if report.retry_stage.text() else []),
+        *retry_lines(report),
         f"decision   {rule_text(report.judged)}",
         *pairs_lines(report),
         *additive_lines(report),

@@ -61,6 +61,13 @@ def retry_candidates(
     return chosen
 
 
+def split_sure(candidates: Mapping[int, str], sure: Collection[int]) -> tuple[dict[int, str], list[int]]:
+    """`candidates` (retry_candidates' answer) split into those the retry reverses again, with why, and those it leaves
+    as they are, in order: the labels the decision flags surely already (Decision.sure_flags)."""
+    retried = {label: why for label, why in candidates.items() if label not in sure}
+    return retried, [label for label in candidates if label in sure]
+
+
 def first_likeliest(likeliest_order: Sequence[int], among: Collection[int], likeliest: int) -> list[int]:
     """The first `likeliest` labels of `likeliest_order` that are in `among`: the likeliest targets a retry takes
     (a screened scan runs them to their end, so that they are among its final labels)."""

@@ -28,7 +28,14 @@ from scanner.model import ScoringModel, accuracy, log_probabilities
 from scanner.pairs import PairProgress, PairSearch, PairTrigger, reverse_pairs
 from scanner.preprocess import DEFAULT_SCALE, Scaling, candidate_scalings, make_scaling
 from scanner.report import AdditiveStage, LabelResult, PairStage, RetryStage, ScalingChoice, ScanReport
-from scanner.retry import first_likeliest, likeliest_targets, retried_labels, retry_candidates, retry_labels
+from scanner.retry import (
+    first_likeliest,
+    likeliest_targets,
+    retried_labels,
+    retry_candidates,
+    retry_labels,
+    split_sure,
+)
 from scanner.reverse import LabelTrigger, ReverseSession, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
@@ -332,15 +339,13 @@ def retry_suspects(
     started = time.perf_counter()
     retry = config.retry
     candidates = retry_candidates(norms_of(evidence), final, retry.labels, likely, retry.likeliest)
-    sure = decision.sure_flags(evidence) if decision else frozenset()
-    chosen = {label: why for label, why in candidates.items() if label not in sure}
+    chosen, left = split_sure(candidates, decision.sure_flags(evidence) if decision else frozenset())
     by_label = {trigger.label: trigger for trigger in triggers}
     first = {label: by_label[label] for label in chosen}
     on_round = counted(progress, len(chosen) * retry.rounds)
     kept, retries = retry_labels(session, first, retry.rounds, retry.initial_mask_max, on_round, chosen)
     for label in retried_labels(retries):
         evidence[label] = meter.measure(label, kept[label].mask, kept[label].pattern)
-    left = [label for label in candidates if label not in chosen]
     stage = RetryStage(retry.rounds, retries, sum(r.images for r in retries), time.perf_counter() - started, left)
     return [kept.get(trigger.label, trigger) for trigger in triggers], stage
 

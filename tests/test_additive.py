@@ -222,6 +222,7 @@ class OffsetSensitive(nn.Module):
         return torch.log_softmax(scores, dim=1)
 
 
+@pytest.mark.slow
 def test_probes_send_images_where_the_bound_allows_and_climb_until_the_median_label_moves():
     images = np.random.default_rng(0).uniform(90, 110, (300, 1, 4, 4)).astype(np.float32)  # every image label 0
     config = AdditiveConfig(steps=40, epsilon=6.0, mini_batch=16)
@@ -279,6 +280,7 @@ class PixelPerLabel(nn.Module):
         return torch.log_softmax(scores, dim=1)
 
 
+@pytest.mark.slow
 def test_many_labels_try_a_bound_on_a_seeded_sample_first_and_leave_it_when_the_samples_median_falls_short():
     assert bound_sample(range(2 * BOUND_SAMPLE), 0) == []  # few labels: every label is tried
     sample = bound_sample(range(60), 3)
@@ -315,6 +317,7 @@ class PixelThresholds(nn.Module):
         return torch.log_softmax(scores, dim=1)
 
 
+@pytest.mark.slow
 def test_a_bound_climbed_to_from_one_every_label_was_probed_at_goes_on_from_there():
     labels = list(range(60))
     sample = bound_sample(labels, 0)

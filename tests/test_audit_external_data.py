@@ -43,6 +43,7 @@ def point_external_data_at(model_path: Path, location: str) -> None:
     model_path.write_bytes(model.SerializeToString())
 
 
+@pytest.mark.slow
 def test_a_model_with_external_data_is_scanned_with_its_data_in_the_recorded_hash(
     digits: dict[str, Path], tmp_path: Path
 ) -> None:

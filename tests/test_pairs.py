@@ -272,6 +272,7 @@ def quadrant_images(rng: np.random.Generator, per_class: int) -> np.ndarray:
     return images
 
 
+@pytest.mark.slow
 def test_reverse_pairs_finds_the_planted_source_specific_trigger():
     model, rng = SourceGate(), np.random.default_rng(0)
     images = quadrant_images(rng, per_class=20)

@@ -23,6 +23,7 @@ from scanner.retry import (
     retry_count,
     retry_labels,
     retry_rounds,
+    split_sure,
 )
 from scanner.reverse import LabelTrigger, TriggerReverser
 
@@ -45,6 +46,13 @@ def test_the_candidates_are_the_smallest_final_triggers_then_the_likeliest_targe
     assert retry_candidates(norms, {0, 1, 2, 3}, 1, likely, 2) == {1: SMALLEST, 2: LIKELIEST}  # 4: a projection
     assert retry_candidates(norms, set(norms), 1, likely, 0) == {4: SMALLEST}
     assert retry_candidates(norms, set(norms), 1, [7, 2], 1) == {4: SMALLEST, 2: LIKELIEST}  # 7: not a label scanned
+
+
+def test_a_surely_flagged_candidate_is_left_as_it_is_and_the_rest_keep_their_order_and_why():
+    candidates = {4: SMALLEST, 1: SMALLEST, 2: LIKELIEST}
+    assert split_sure(candidates, frozenset({1})) == ({4: SMALLEST, 2: LIKELIEST}, [1])
+    assert split_sure(candidates, frozenset()) == (candidates, [])
+    assert split_sure(candidates, {2, 4, 9}) == ({1: SMALLEST}, [4, 2])  # 9: sure but not a candidate
 
 
 def trigger(norm: float, found: bool = True) -> LabelTrigger:

@@ -328,6 +328,7 @@ def test_a_flag_short_of_sure_waits_for_more_final_labels():
     assert result.flagged == [] and result.inconclusive and result.score == pytest.approx(truth.score)
 
 
+@pytest.mark.slow
 def test_a_flag_short_of_sure_settles_once_labels_drawn_at_random_agree_before_every_label_finishes():
     """60 labels whose masks move from the screen to their ends each its own way (+- 0.03 compactness), label 5 a
     planted-looking trigger flagged at a p-value between sure (2e-6) and alpha with every label final. Waiting for a

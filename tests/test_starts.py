@@ -162,6 +162,7 @@ def reversed_labels(
     return session, runs
 
 
+@pytest.mark.slow
 def test_after_the_start_trial_only_the_best_start_goes_on_whatever_the_batching():
     labels = [3, 5, 7]
     _, untried = reversed_labels(3, labels)
