@@ -33,6 +33,7 @@ from scanner.config import AdditiveConfig
 from scanner.decision.additive import AdditiveLooks, AdditiveMeasurement, looks_by_bound
 from scanner.decision.evidence import EvidenceMeter
 from scanner.model import predict_labels
+from scanner.optim import Adam
 from scanner.reverse import PIXEL_MAX, auto_labels_per_batch
 
 LEARNING_RATE = 0.1  # Adam on the tanh parameter, as the reversal's
@@ -235,7 +236,7 @@ def probe_group(
     if start is not None:
         weights[:] = torch.from_numpy(np.stack([weights_of(delta, epsilon) for delta in start])).to(device)
     weights.requires_grad_(True)
-    optimizer = torch.optim.Adam([weights], lr=LEARNING_RATE)
+    optimizer = Adam([weights], lr=LEARNING_RATE)
     targets = torch.tensor(group, device=device).view(-1, 1)
     for _ in range(steps):
         chosen = np.stack(
@@ -246,7 +247,7 @@ def probe_group(
             log_probs = model(perturbed(batch, weights, epsilon).flatten(0, 1)).float()
         log_probs = log_probs.view(len(group), config.mini_batch, -1)
         loss = -log_probs.gather(2, targets.unsqueeze(2).expand(-1, config.mini_batch, 1)).mean(dim=(1, 2)).sum()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     probes, images = [], steps * config.mini_batch

@@ -18,6 +18,7 @@ from scanner.data import CleanData
 from scanner.mitigate.measure import victims
 from scanner.mitigate.triggers import AdditiveTrigger, AnyTrigger, Trigger
 from scanner.model import predict_labels
+from scanner.optim import Adam
 from scanner.reverse import PIXEL_MAX, mask_from_tanh, pattern_from_tanh, stamp, to_tanh
 
 UPDATES = 100  # Adam updates of the re-attack
@@ -50,7 +51,7 @@ def reattack(
     are not of its target, with a mask of L1 norm at most `budget`."""
     mask_tanh = tanh_parameter(trigger.mask[None], device)
     pattern_tanh = tanh_parameter(trigger.pattern / PIXEL_MAX, device)
-    optimizer = torch.optim.Adam([mask_tanh, pattern_tanh], lr=LEARNING_RATE, betas=BETAS)
+    optimizer = Adam([mask_tanh, pattern_tanh], lr=LEARNING_RATE, betas=BETAS)
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(labels != trigger.target)  # indices, so that no copy of the images is made per call
     for _ in range(UPDATES):
@@ -81,7 +82,7 @@ def reattack_additive(
     (warm-started from its own perturbation)."""
     start = np.clip(trigger.delta / bound, -1 + SATURATION, 1 - SATURATION)
     weights = torch.from_numpy(np.arctanh(start).astype(np.float32)).to(device).requires_grad_(True)
-    optimizer = torch.optim.Adam([weights], lr=LEARNING_RATE, betas=BETAS)
+    optimizer = Adam([weights], lr=LEARNING_RATE, betas=BETAS)
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(labels != trigger.target)
     for _ in range(UPDATES):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from scanner.mitigate.triggers import stamp_fraction
 from scanner.mitigate.workbench import Workbench
+from scanner.optim import Adam
 
 
 @dataclass
@@ -36,7 +37,7 @@ def unlearn(bench: Workbench, weights: list[torch.Tensor]) -> UnlearnOutcome:
     weights = unique_tensors(weights)
     rng = np.random.default_rng(config.seed)
     labels = torch.from_numpy(repair.labels)
-    optimizer = torch.optim.Adam(weights, lr=config.learning_rate)
+    optimizer = Adam(weights, lr=config.learning_rate)
     steps, epoch_loss = 0, 0.0
     for weight in weights:
         weight.requires_grad_(True)
