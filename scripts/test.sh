@@ -12,4 +12,4 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 CLEANSE_EXTRAS=${CLEANSE_EXTRAS-keras,ray} bash scripts/install.sh
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q -n auto --dist loadfile "$@"
+.venv/bin/python -m pytest -q -n auto --dist loadfile --durations=25 "$@"
