@@ -27,6 +27,15 @@ TARGET = 7
 E2E_CONFIG = {"seed": 0, "threads": 1, "pairs": {"max_pairs": 0}, "additive": {"steps": 0}}
 
 
+def assert_flags_the_keras_target(report) -> None:
+    """The Keras digits model's target flagged, its trigger far smaller than any other label's. TensorFlow trains
+    that model a little differently on each CPU (its kernels' sums): on some AVX512 machines clean label 3 reaches a
+    natural 5-pixel trigger (L1 about 5 against a median of 12, p 1e-5 to 1e-9) and is flagged beside the target."""
+    norms = {result.label: result.l1_norm for result in report.labels}
+    assert TARGET in report.flagged, report.to_json_dict()["labels"]
+    assert norms[TARGET] < min(norm for label, norm in norms.items() if label != TARGET) / 3, norms
+
+
 class WritesFileWhenUnpickled:
     """A planted payload: unpickling it calls open(marker, "w"), creating the marker file."""
 
@@ -335,7 +344,7 @@ def test_infected_keras_model_is_flagged_from_its_keras_file(tmp_path_factory, k
 
     files = build_keras_digits(tmp_path_factory.mktemp("keras_digits"))
     report = scan(files["keras_digits_infected.keras"], files["keras_digits_test.npz"], make_config(E2E_CONFIG))
-    assert report.flagged == [TARGET], report.to_json_dict()["labels"]
+    assert_flags_the_keras_target(report)
     intake = report.conversion["intake"]
     assert intake["source_format"] == ModelKind.KERAS.value and intake["converter"].startswith("tf2onnx")
     assert (report.contract.layout, report.contract.output_kind) == ("NHWC", "probabilities")
