@@ -620,7 +620,13 @@ def convert(
 @click.option(
     "--fraction", "unlearn_fraction", type=float, help="unlearn: fraction of repair images stamped (default 0.2)."
 )
-@count_option("--epochs", help="unlearn: epochs (default 1).")
+@count_option("--epochs", help="unlearn: the most epochs (default 10).")
+@click.option(
+    "--unlearn-target",
+    type=float,
+    help="unlearn: stop once every reversed trigger's attack success on the repair images is below this "
+    "(default 0.05; 0 runs every epoch).",
+)
 @click.option("--lr", "learning_rate", type=float, help="unlearn: learning rate (default 1e-3).")
 @count_option("--unlearn-batch", help="unlearn: images per fine-tuning step (default 32).")
 @click.option(
@@ -630,7 +636,10 @@ def convert(
 )
 @click.option("--prune-target", type=float, help="prune: stop below this attack success (default 0.05).")
 @click.option(
-    "--max-accuracy-drop", "prune_max_accuracy_drop", type=float, help="prune: clean accuracy it may cost (0.03)."
+    "--max-accuracy-drop",
+    type=float,
+    help="prune: clean accuracy it may cost; unlearn: how close to where it started the accuracy must come back "
+    "before it stops (0.03).",
 )
 @click.option(
     "--reattack-norm",

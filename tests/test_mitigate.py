@@ -156,6 +156,35 @@ def test_unlearning_is_seeded(digits, infected_report, tmp_path):
 
 
 @pytest.mark.slow
+def test_unlearning_stops_at_the_first_epoch_where_the_trigger_fails_and_accuracy_is_back(
+    digits, infected_report, tmp_path
+):
+    """An epoch over the 378 repair images is a dozen steps: after the first the trigger fails but clean accuracy
+    is down; the stopping rule, not a fixed count, decides how many run."""
+    model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
+    defaults = MitigationConfig()
+
+    def unlearned(name: str, **settings) -> dict:
+        config = MitigationConfig(labels=(TARGET,), threads=1, **settings)
+        return mitigate(model, infected_report, data, config, tmp_path / name)[0].details
+
+    def reached(details: dict) -> bool:
+        return (
+            max(details["attack_success"].values()) < defaults.unlearn_target
+            and details["accuracy_drop"] <= defaults.max_accuracy_drop
+        )
+
+    ruled = unlearned("ruled.onnx")
+    assert 1 < ruled["epochs"] < defaults.epochs
+    assert ruled["stopped"] == "target reached" and reached(ruled)
+    sooner = unlearned("sooner.onnx", epochs=ruled["epochs"] - 1)  # the same seeded training, one epoch less
+    assert sooner["stopped"] == "epoch limit" and not reached(sooner)
+    every = unlearned("every.onnx", epochs=ruled["epochs"] + 1, unlearn_target=0.0)
+    assert every["epochs"] == ruled["epochs"] + 1
+    assert every["steps"] == ruled["steps"] // ruled["epochs"] * every["epochs"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "nhwc", "batch"),
     [
@@ -206,7 +235,7 @@ def test_rescanning_the_patched_models_judges_the_backdoor(digits, infected_repo
 @pytest.mark.slow
 def test_prune_respects_the_accuracy_limit(digits, infected_report, tmp_path):
     out = tmp_path / "pruned.onnx"
-    config = MitigationConfig(method="prune", labels=(TARGET,), threads=1, prune_max_accuracy_drop=0.01)
+    config = MitigationConfig(method="prune", labels=(TARGET,), threads=1, max_accuracy_drop=0.01)
     result, _ = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config, out)
     details = result.details
     assert details["accuracy_drop"] <= 0.01

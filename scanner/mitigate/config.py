@@ -21,13 +21,18 @@ class MitigationConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     # unlearn
     unlearn_fraction: float = 0.2  # of the repair images, stamped with a reversed trigger (true label kept)
-    epochs: int = 1
+    # epochs run until every reversed trigger's attack success on the repair images judged is below
+    # unlearn_target and their clean accuracy is back within max_accuracy_drop of where it started, `epochs` at
+    # most: one epoch over a few hundred repair images (a dozen steps) may leave the backdoor half working or the
+    # accuracy down, and a fixed larger count costs every large repair set epochs it does not need
+    epochs: int = 10
+    unlearn_target: float = 0.05  # 0 = run every epoch
     learning_rate: float = 1e-3
     unlearn_batch: int = 32  # images per fine-tuning step
+    max_accuracy_drop: float = 0.03  # prune: never lose more clean accuracy than this; unlearn: see epochs
     # prune and filter: the neurons feeding this Conv/Gemm/MatMul node; empty = the last one
     layer: str = ""
     prune_target: float = 0.05  # stop once every reversed trigger's attack success is below this
-    prune_max_accuracy_drop: float = 0.03  # never lose more clean accuracy than this
     # once the reversed trigger fails, it is re-attacked with a mask this many times its L1 norm and must fail
     # too (scanner/mitigate/reattack.py); 0 = judge the fixed reversed trigger only, as the paper. A little over
     # 1 leaves the re-attack room to find what the pruning left of the backdoor; a much larger mask succeeds
@@ -42,8 +47,9 @@ class MitigationConfig:
         fractions = {
             "holdout_fraction": (self.holdout_fraction, False),
             "unlearn_fraction": (self.unlearn_fraction, True),
+            "unlearn_target": (self.unlearn_target, True),
             "prune_target": (self.prune_target, True),
-            "prune_max_accuracy_drop": (self.prune_max_accuracy_drop, True),
+            "max_accuracy_drop": (self.max_accuracy_drop, True),
             "filter_fpr": (self.filter_fpr, False),
             "filter_top_fraction": (self.filter_top_fraction, False),
         }

@@ -9,12 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from scanner.data import CleanData
 from scanner.mitigate.triggers import AnyTrigger, Trigger
 from scanner.model import predict_labels
 
 # raw NCHW images -> a bool flag per image (True: rejected as triggered)
 Screen = Callable[[np.ndarray], np.ndarray]
 CLEAN = "clean"
+JUDGED_IMAGES = 1000  # repair images a method's stopping rule is judged on (each pruning step, each unlearning epoch)
 
 
 @dataclass
@@ -24,6 +26,12 @@ class Measurement:
     # (with a filter: sends there without being flagged)
     attack_success: dict[str, float]
     flagged: dict[str, float] = field(default_factory=dict)  # filter only: "clean" and trigger name -> flagged rate
+
+
+def judged_subset(repair: CleanData, seed: int) -> CleanData:
+    """The repair images a stopping rule judges: a seeded sample of JUDGED_IMAGES, in their order."""
+    order = np.random.default_rng(seed).permutation(len(repair))
+    return repair.subset(np.sort(order[:JUDGED_IMAGES]))
 
 
 def victims(images: np.ndarray, labels: np.ndarray, target: int) -> np.ndarray:

@@ -14,12 +14,11 @@ import numpy as np
 import torch
 
 from scanner.mitigate.layers import Layer, trigger_elevation
-from scanner.mitigate.measure import measure
+from scanner.mitigate.measure import judged_subset, measure
 from scanner.mitigate.reattack import reattack_success
 from scanner.mitigate.workbench import Workbench
 from scanner.mitigate.writeback import tensor_at
 
-EVAL_IMAGES = 1000  # repair images each pruning step is judged on
 STEP_FRACTION = 0.01  # of the layer's neurons pruned per step
 
 
@@ -63,8 +62,7 @@ def zero_neurons(weight: torch.Tensor, axis: int, neurons: np.ndarray) -> torch.
 def prune(bench: Workbench, layer: Layer) -> PruneOutcome:
     """Prune `layer` of the bench's module in place."""
     model, repair, triggers, config, device = bench.model, bench.repair, bench.triggers, bench.config, bench.device
-    rng = np.random.default_rng(config.seed)
-    judged = repair.subset(np.sort(rng.permutation(len(repair))[:EVAL_IMAGES]))
+    judged = judged_subset(repair, config.seed)
     order = interleaved_order([trigger_elevation(bench, layer, judged.images, [trigger]) for trigger in triggers])
     weight = tensor_at(bench.module, layer.weight)
     step = max(1, round(STEP_FRACTION * layer.neurons))
@@ -92,7 +90,7 @@ def prune(bench: Workbench, layer: Layer) -> PruneOutcome:
         chosen = order[pruned : pruned + step]
         old = zero_neurons(weight, layer.weight_axis, chosen)
         trial = judge()
-        if baseline.clean_accuracy - trial.clean_accuracy > config.prune_max_accuracy_drop:
+        if baseline.clean_accuracy - trial.clean_accuracy > config.max_accuracy_drop:
             with torch.no_grad():
                 weight.index_copy_(layer.weight_axis, torch.from_numpy(chosen).to(weight.device), old)
             stopped = "accuracy limit"

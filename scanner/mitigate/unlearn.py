@@ -1,5 +1,6 @@
 """Unlearning: fine-tune on clean images, a fraction of them carrying a reversed trigger under their true
-label, so that the trigger stops meaning anything (Wang et al. 2019, section VI-C).
+label, so that the trigger stops meaning anything (Wang et al. 2019, section VI-C). Epochs run until, on the
+repair images judged, every reversed trigger fails and clean accuracy is back (MitigationConfig.epochs at most).
 
 Every float weight trains, buffers included (tf2onnx Dense weights are buffers of the converted module);
 the module stays in eval mode, so BatchNorm statistics and dropout stay as deployed.
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scanner.mitigate.measure import judged_subset, measure
 from scanner.mitigate.triggers import stamp_fraction
 from scanner.mitigate.workbench import Workbench
 from scanner.optim import Adam
@@ -22,8 +24,13 @@ from scanner.optim import Adam
 class UnlearnOutcome:
     weight_tensors: int
     weights: int  # trained scalars
+    epochs: int
     steps: int
+    stopped: str  # "target reached" or "epoch limit"
     final_loss: float  # mean over the last epoch
+    # on the repair images judged, after the last epoch
+    accuracy_drop: float
+    attack_success: dict[str, float]  # of the reversed triggers
 
 
 def unique_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -36,13 +43,15 @@ def unlearn(bench: Workbench, weights: list[torch.Tensor]) -> UnlearnOutcome:
     model, repair, triggers, config, device = bench.model, bench.repair, bench.triggers, bench.config, bench.device
     weights = unique_tensors(weights)
     rng = np.random.default_rng(config.seed)
+    judged = judged_subset(repair, config.seed)
     labels = torch.from_numpy(repair.labels)
     optimizer = Adam(weights, lr=config.learning_rate)
-    steps, epoch_loss = 0, 0.0
+    baseline = measure(model, judged.images, judged.labels, triggers, device)
+    steps, epochs, epoch_loss, current, stopped = 0, 0, 0.0, baseline, "epoch limit"
     for weight in weights:
         weight.requires_grad_(True)
     try:
-        for _ in range(config.epochs):
+        while epochs < config.epochs:
             images = torch.from_numpy(stamp_fraction(repair.images, triggers, config.unlearn_fraction, rng))
             total = 0.0
             for batch in np.array_split(rng.permutation(len(images)), max(1, len(images) // config.unlearn_batch)):
@@ -53,10 +62,20 @@ def unlearn(bench: Workbench, weights: list[torch.Tensor]) -> UnlearnOutcome:
                 optimizer.step()
                 total += loss.item() * len(batch)
                 steps += 1
-            epoch_loss = total / len(images)
+            epoch_loss, epochs = total / len(images), epochs + 1
+            current = measure(model, judged.images, judged.labels, triggers, device)
+            if (
+                max(current.attack_success.values()) < config.unlearn_target
+                and baseline.clean_accuracy - current.clean_accuracy <= config.max_accuracy_drop
+            ):
+                stopped = "target reached"
+                break
     finally:
         for weight in weights:
             weight.requires_grad_(False)
             weight.grad = None
     count = sum(weight.numel() for weight in weights)
-    return UnlearnOutcome(len(weights), count, steps, epoch_loss)
+    accuracy_drop = baseline.clean_accuracy - current.clean_accuracy
+    return UnlearnOutcome(
+        len(weights), count, epochs, steps, stopped, epoch_loss, accuracy_drop, current.attack_success
+    )
