@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import onnx
@@ -18,11 +17,8 @@ import torch
 
 from cleanse_base.errors import ModelError
 from cleanse_base.limits import check_limit
+from converters.overrides import ContractOverrides, Layout, OutputKind
 
-Layout = Literal["NCHW", "NHWC", "NHW", "flat"]
-OutputKind = Literal["logits", "probabilities", "log_probabilities"]
-LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NHW", "flat")
-OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities", "log_probabilities")
 CHANNEL_COUNTS = (1, 3)
 # Ops that pass scores through unchanged when tracing back from the output to the op that made them.
 _PASS_THROUGH_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
@@ -53,23 +49,6 @@ class ModelContract:
             "NHW": (batch, h, w),
             "flat": (batch, c * h * w),
         }[self.layout]
-
-
-@dataclass(frozen=True)
-class ContractOverrides:
-    layout: Layout | None = None
-    channels: int | None = None
-    height: int | None = None
-    width: int | None = None
-    num_classes: int | None = None
-    output_kind: OutputKind | None = None
-    fixed_batch: int | None = None  # the graph runs only at this batch size
-
-    def __post_init__(self) -> None:
-        if self.layout is not None and self.layout not in LAYOUTS:
-            raise ModelError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
-        if self.output_kind is not None and self.output_kind not in OUTPUT_KINDS:
-            raise ModelError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}, not {self.output_kind!r}")
 
 
 def tensor_dims(value: onnx.ValueInfoProto) -> list[int | None]:

@@ -19,7 +19,7 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
 
 
 signal.signal(signal.SIGINT, _interrupted_while_starting)
-# ruff: noqa: E402 - the imports below load torch for seconds; the handler above must be in place first
+# ruff: noqa: E402 - the handler above must be in place before anything loads
 
 import dataclasses
 import functools
@@ -27,22 +27,22 @@ import json
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import torch
 
 from cleanse_base.errors import InputError
-from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, EXIT_INFECTED
+from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, INCONCLUSIVE, VERDICT_EXIT
 from cleanse_base.limits import Limits, set_limits
 from cleanse_base.text import one_line, printable
 from cleanse_base.version import __version__
-from converters.contract import LAYOUTS, OUTPUT_KINDS, ContractOverrides
-from scanner.additive import AdditiveProbe, AdditiveProgress
+from converters.overrides import LAYOUTS, OUTPUT_KINDS, ContractOverrides
 from scanner.config import (
     DECISIONS,
+    DEVICE_HELP,
     PRECISIONS,
     PRESETS,
+    SCALE_NAMES,
     SCHEDULES,
     SEED_MAX,
     AdditiveConfig,
@@ -57,17 +57,16 @@ from scanner.config import (
     read_config_file,
     split_limits,
 )
-from scanner.mitigate.config import MitigationConfig
-from scanner.mitigate.methods import method_names
-from scanner.preprocess import SCALE_NAMES
+from scanner.mitigate.config import MitigationConfig, method_names
 from scanner.progress import Progress
-from scanner.report import CLEAN, INCONCLUSIVE, INFECTED, ScanReport, format_summary
-from scanner.reverse import LabelTrigger
-from scanner.runtime import DEVICE_HELP
+
+if TYPE_CHECKING:  # the model stack (torch, onnx) loads inside the commands that use it: --help and refusals of
+    # flags and paths answer at once
+    from scanner.additive import AdditiveProbe, AdditiveProgress
+    from scanner.report import ScanReport
+    from scanner.reverse import LabelTrigger
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on cli_errors handles Ctrl-C
-
-VERDICT_EXIT = {CLEAN: EXIT_CLEAN, INFECTED: EXIT_INFECTED, INCONCLUSIVE: EXIT_ERROR}
 
 
 # ---------------------------------------------------------------- errors: one line, exit 2
@@ -77,6 +76,18 @@ def exit_with_error(message: str) -> NoReturn:
     """`cleanse: error: MESSAGE` on one line of stderr (no terminal control characters), exit 2."""
     click.echo(f"cleanse: error: {printable(message.strip()).replace(chr(10), '?')}", err=True)
     sys.exit(EXIT_ERROR)
+
+
+OUT_OF_MEMORY = (
+    "out of GPU memory: run fewer labels a pass (--labels-per-batch), fewer images (--max-images) or on the CPU "
+    "(--device cpu)"
+)
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """torch's OutOfMemoryError (torch is loaded by then if a command could raise it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
 
 
 def cli_errors(interrupted: Callable[[dict[str, Any]], str] = lambda options: "interrupted") -> Callable:
@@ -97,13 +108,12 @@ def cli_errors(interrupted: Callable[[dict[str, Any]], str] = lambda options: "i
                 message = str(exc)
             except KeyboardInterrupt:
                 message = interrupted(options)
-            except torch.OutOfMemoryError:
-                message = (
-                    "out of GPU memory: run fewer labels a pass (--labels-per-batch), fewer images (--max-images) or "
-                    "on the CPU (--device cpu)"
-                )
             except Exception as exc:  # a bug of ours, not bad input: still one line and exit 2 for a CI gate
-                message = f"internal error: {one_line(exc)} (rerun with --debug for the traceback)"
+                message = (
+                    OUT_OF_MEMORY
+                    if is_out_of_memory(exc)
+                    else f"internal error: {one_line(exc)} (rerun with --debug for the traceback)"
+                )
             if debug:
                 traceback.print_exc()
             exit_with_error(message)
@@ -492,6 +502,8 @@ def additive_progress(quiet: bool) -> AdditiveProgress:
 def show_scan_result(report: ScanReport, out: Path | None, as_json: bool) -> NoReturn:
     """The summary (stdout; stderr with --json, but for an inconclusive verdict whose one stderr line is the
     reason), report.json with --json, and the verdict's exit code."""
+    from scanner.report import format_summary
+
     inconclusive = report.verdict == INCONCLUSIVE
     if not (as_json and inconclusive):
         where = f"\nreport     {printable(out)}/report.json" if out else ""
@@ -532,11 +544,11 @@ def scan(
     Exit code 0: no backdoor found; 1: backdoor found; 2: the scan could not be done, or the statistics cannot
     decide (an inconclusive verdict: the reason is the one line on stderr, the report is still written).
     """
+    config = scan_config(flags, config_file, limit_flags)  # bad settings are refused before the model stack loads
     from scanner.html_report import write_html_report
     from scanner.report import check_report_folder, write_report
     from scanner.run_scan import scan as run_scan
 
-    config = scan_config(flags, config_file, limit_flags)
     if out:
         check_report_folder(out, [model, data, config_file])
     report = run_scan(
@@ -583,9 +595,9 @@ def convert(
 
     Pickled checkpoints (.pt/.pth/.pkl/.bin) are refused unread. Exit code 0: written; 2: refused or failed.
     """
+    apply_limits(limit_flags)
     from converters.intake import convert_to_onnx
 
-    apply_limits(limit_flags)
     record = convert_to_onnx(model, out, opset, (channels, height, width))
     click.echo(
         f"wrote {printable(out)}: {record.source_format} via {record.converter}, opset {record.opset}, "
@@ -676,10 +688,10 @@ def mitigate(
 
     Exit code 0: written; 2: bad arguments or the model could not be patched.
     """
-    from scanner.mitigate.run_mitigation import mitigate as run_mitigation
-
     config = mitigation_config(flags)
     apply_limits(limit_flags)
+    from scanner.mitigate.run_mitigation import mitigate as run_mitigation
+
     result, json_path = run_mitigation(
         model, report_folder, data, config, out, trigger or None, trigger_target, json_out
     )
@@ -724,12 +736,12 @@ def audit(
     Rerunning the same command skips the models already done. Exit code 0: all clean; 1: some model infected;
     2: some model could not be scanned (--errors-win decides when both happen).
     """
-    from scanner.audit.run_audit import AuditOptions, run_audit
-    from scanner.audit.summary import format_table
-
     settings = scan_settings(flags)
     make_config(settings)  # refuse bad flags now, not once per model
     apply_limits(limit_flags)
+    from scanner.audit.run_audit import AuditOptions, run_audit
+    from scanner.audit.summary import format_table
+
     audit_options = AuditOptions(
         out, data, settings, workers or 0, threads or 0, ray_address or "", retry_errors, errors_win, quiet
     )

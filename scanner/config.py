@@ -20,10 +20,11 @@ from cleanse_base.files import read_toml
 from cleanse_base.limits import Limits, parse_limits
 from cleanse_base.plain import from_plain, type_name
 from cleanse_base.text import printable
-from converters.contract import ContractOverrides
-from scanner.preprocess import SCALE_NAMES
+from converters.overrides import ContractOverrides
 
 PRECISIONS = ("float32", "bfloat16", "auto")
+SCALE_NAMES = ("raw", "unit", "inception", "imagenet-caffe", "imagenet-torch", "custom")  # scanner/preprocess.py
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a 64-bit seed
 LIMITS_TABLE = "limits"  # the config file's [limits] table: cleanse_base.limits.Limits, not scan settings

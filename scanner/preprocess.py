@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from cleanse_base.errors import ConfigError
+from scanner.config import SCALE_NAMES
 
 IMAGENET_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_TORCH_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_TORCH_STD = (0.229, 0.224, 0.225)
-SCALE_NAMES = ("raw", "unit", "inception", "imagenet-caffe", "imagenet-torch", "custom")
 DEFAULT_SCALE = "unit"
 
 

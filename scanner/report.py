@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from cleanse_base.errors import ConfigError, InputError
+from cleanse_base.exit_codes import CLEAN, INCONCLUSIVE, INFECTED
 from cleanse_base.files import atomic_output, check_writable_folder, real_folder, refuse_overlap, write_json_atomic
 from cleanse_base.plain import from_plain
 from cleanse_base.text import printable
@@ -55,7 +56,6 @@ SCHEMA_VERSION = "1.23"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # derived from it); 1.23: "retry_stage.sure_flags" (labels the retry chose but left as they were, their flag sure
 # already; older reports: none, every chosen label retried)
 TRIGGER_FOLDER = "triggers"
-CLEAN, INFECTED, INCONCLUSIVE = "clean", "infected", "inconclusive"
 # What a report folder holds besides triggers/ (html_report writes the second).
 REPORT_FILES = ("report.json", "report.html")
 

@@ -7,8 +7,7 @@ import torch
 
 from cleanse_base.errors import ConfigError
 from cleanse_base.text import printable
-
-DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+from scanner.config import DEVICE_HELP
 
 
 def resolve_device(name: str) -> torch.device:

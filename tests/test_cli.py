@@ -198,3 +198,36 @@ def test_running_out_of_gpu_memory_says_what_to_lower(tmp_path, monkeypatch):
     (line,) = result.stderr.strip().splitlines()
     assert "out of GPU memory" in line and "--labels-per-batch" in line and "--device cpu" in line
     assert "internal error" not in line
+
+
+def test_help_and_refused_settings_answer_without_loading_the_model_stack(tmp_path):
+    """`cleanse --help` and a refusal of flags or a config file do not wait for torch and onnx to load."""
+    bad_config = tmp_path / "bad.toml"
+    bad_config.write_text("[reverse]\nmini_batch = 0\n")
+    calls = {
+        "help": ["--help"],
+        "mitigate help": ["mitigate", "--help"],
+        "scan config": ["scan", "m.onnx", "--data", "d.npz", "--config", str(bad_config)],
+        "mitigate flags": ["mitigate", "m.onnx", "--report", "r", "--data", "d.npz", "--out", "o.onnx", "--fpr", "2"],
+        "audit flags": ["audit", "m.onnx", "--out", str(tmp_path / "audit"), "--steps", "0"],
+        "convert limits": ["convert", "m.pt2", "-o", "o.onnx", "--limit", "no_such_limit=1"],
+    }
+    probe = (
+        "import sys, json\n"
+        "from scanner.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code\n"
+        "heavy = sorted(name for name in ('torch', 'onnx', 'onnxruntime', 'numpy') if name in sys.modules)\n"
+        "print(json.dumps([code, heavy]), file=sys.stderr)\n"
+    )
+    for what, args in calls.items():
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=tmp_path)
+        *lines, last = result.stderr.strip().splitlines()
+        code, heavy = json.loads(last)
+        assert heavy == [], (what, heavy)
+        if what.endswith("help"):
+            assert code == 0 and "Usage:" in result.stdout, what
+        else:
+            assert code == 2 and len(lines) == 1 and lines[0].startswith("cleanse: error: "), (what, lines)

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 # the scan report's verdicts, re-exported for the audit's modules
-from scanner.report import CLEAN as CLEAN
-from scanner.report import INCONCLUSIVE as INCONCLUSIVE
-from scanner.report import INFECTED as INFECTED
+from cleanse_base.exit_codes import CLEAN as CLEAN
+from cleanse_base.exit_codes import INCONCLUSIVE as INCONCLUSIVE
+from cleanse_base.exit_codes import INFECTED as INFECTED
 
 STORE_NAME = "audit.sqlite"
 RUNNING, DONE, ERROR = "running", "done", "error"  # status

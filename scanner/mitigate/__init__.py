@@ -1,23 +1,33 @@
 """Mitigation: patch an infected ONNX model with the triggers a scan reversed (one of the methods in
 scanner/mitigate/methods/: unlearn, prune or filter) and write it back as ONNX with the original's inputs,
-outputs, layout and opset."""
+outputs, layout and opset.
 
-from scanner.mitigate.config import MitigationConfig
-from scanner.mitigate.methods import MethodOutcome, MitigationMethod, method_names
-from scanner.mitigate.result import MitigationResult, write_result
-from scanner.mitigate.run_mitigation import mitigate
-from scanner.mitigate.workbench import Workbench
+The public names load on first use (PEP 562), so that the CLI reads `scanner.mitigate.config` without torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from scanner.mitigate.config import MitigationConfig, method_names
 
 METHODS = method_names()
 
-__all__ = [
-    "METHODS",
-    "MethodOutcome",
-    "MitigationConfig",
-    "MitigationMethod",
-    "MitigationResult",
-    "Workbench",
-    "method_names",
-    "mitigate",
-    "write_result",
-]
+_PUBLIC = {
+    "MethodOutcome": "scanner.mitigate.methods",
+    "MitigationMethod": "scanner.mitigate.methods",
+    "MitigationResult": "scanner.mitigate.result",
+    "write_result": "scanner.mitigate.result",
+    "mitigate": "scanner.mitigate.run_mitigation",
+    "Workbench": "scanner.mitigate.workbench",
+}
+
+__all__ = [*_PUBLIC, "METHODS", "MitigationConfig", "method_names"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'scanner.mitigate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pkgutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cleanse_base.errors import ConfigError
+
+METHODS_FOLDER = Path(__file__).with_name("methods")  # one module per method, registered by its file name
+
+
+def method_names() -> tuple[str, ...]:
+    """The methods' names, from the module names in scanner/mitigate/methods/ (nothing is imported)."""
+    modules = pkgutil.iter_modules([str(METHODS_FOLDER)])
+    return tuple(sorted(module.name for module in modules if not module.name.startswith("_")))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any, ClassVar
 import onnx
 
 from cleanse_base.errors import ConfigError
+from scanner.mitigate.config import method_names
 from scanner.mitigate.layer_choice import LayerChoice
 from scanner.mitigate.measure import Screen
 from scanner.mitigate.workbench import Workbench
@@ -52,11 +52,6 @@ def register(method: type[MitigationMethod]) -> type[MitigationMethod]:
         raise ValueError(f"mitigation method {method.name!r} registered twice")
     REGISTRY[method.name] = method
     return method
-
-
-def method_names() -> tuple[str, ...]:
-    """The registered methods' names, from the module names of this package (nothing is imported)."""
-    return tuple(sorted(module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_")))
 
 
 def method_named(name: str) -> MitigationMethod:
