@@ -323,6 +323,9 @@ def test_every_method_is_registered_under_its_module_name():
         ({"prune_reattack_norm": float("inf")}, "prune_reattack_norm must be 0"),
         ({"labels": (7, 7)}, "labels must be distinct"),
         ({"unlearn_batch": 0}, "unlearn_batch must be positive"),
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"unlearn_target": 1.0}, r"unlearn_target must be in \[0, 1\)"),
+        ({"max_accuracy_drop": -0.1}, r"max_accuracy_drop must be in \[0, 1\)"),
         ({"seed": -1}, "seed must be 0 or positive"),
     ],
 )
