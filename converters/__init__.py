@@ -5,19 +5,11 @@ free of torch and onnx."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from cleanse_base.errors import ModelError
+from cleanse_base.lazy import lazy_getattr
 
 _PUBLIC = {"ConvertedModel": "converters.onnx_to_torch", "load_onnx_classifier": "converters.onnx_to_torch"}
 
 __all__ = [*_PUBLIC, "ModelError"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'converters' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _PUBLIC, globals())

@@ -5,9 +5,7 @@ The public names load on first use (PEP 562), so that `cleanse` starts its Ctrl-
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from cleanse_base.lazy import lazy_getattr
 from cleanse_base.version import __version__
 
 _PUBLIC = {
@@ -22,10 +20,4 @@ _PUBLIC = {
 
 __all__ = [*_PUBLIC, "__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'scanner' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _PUBLIC, globals())

@@ -6,9 +6,7 @@ The public names load on first use (PEP 562), so that the CLI reads `scanner.mit
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from cleanse_base.lazy import lazy_getattr
 from scanner.mitigate.config import MitigationConfig, method_names
 
 METHODS = method_names()
@@ -24,10 +22,4 @@ _PUBLIC = {
 
 __all__ = [*_PUBLIC, "METHODS", "MitigationConfig", "method_names"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'scanner.mitigate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _PUBLIC, globals())
