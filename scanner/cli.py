@@ -568,6 +568,20 @@ def scan(
     show_scan_result(report, out, as_json)
 
 
+def method_progress(quiet: bool, unit: str) -> Callable[[int, int, str], None]:
+    """A mitigation method's progress callback (scanner.mitigate.workbench.MethodProgress): one Progress line over its
+    rounds, ended where the method stops early."""
+    shown: list[Progress] = []
+
+    def show(done: int, total: int, detail: str) -> None:
+        if not shown:
+            shown.append(Progress(total, unit, quiet))
+        shown[0].total = total
+        shown[0].advance(detail)
+
+    return show
+
+
 # ---------------------------------------------------------------- convert
 
 
@@ -670,6 +684,7 @@ def convert(
 @threads_option
 @seed_option
 @limit_option
+@quiet_option
 @debug_option
 @cli_errors()
 def mitigate(
@@ -681,6 +696,7 @@ def mitigate(
     trigger_target: int | None,
     json_out: Path | None,
     limit_flags: tuple[str, ...],
+    quiet: bool,
     debug: bool,
     **flags: Any,
 ) -> None:
@@ -692,8 +708,9 @@ def mitigate(
     apply_limits(limit_flags)
     from scanner.mitigate.run_mitigation import mitigate as run_mitigation
 
+    progress = method_progress(quiet, "epochs")  # unlearning's; the other methods have no rounds to count
     result, json_path = run_mitigation(
-        model, report_folder, data, config, out, trigger or None, trigger_target, json_out
+        model, report_folder, data, config, out, trigger or None, trigger_target, json_out, progress
     )
     click.echo(result.format() + f"\ntable      {printable(json_path)}")
 

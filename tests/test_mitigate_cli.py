@@ -34,17 +34,29 @@ def run(*args) -> tuple[int, str, str]:
 def test_writes_the_patched_model_and_the_table(digits, report, tmp_path):
     out = tmp_path / "patched.onnx"
     trigger = (digits["digits_trigger_mask.npy"], digits["digits_trigger_pattern.npy"])
-    code, stdout, _ = run(
+    code, stdout, stderr = run(
         digits["digits_infected.onnx"], "--report", report, "--data", digits["digits_test.npz"], "--out", out,
         "--labels", TARGET, "--trigger", *trigger, "--threads", 1,
     )  # fmt: skip
     assert code == 0, stdout
+    epochs = json.loads((tmp_path / "mitigation.json").read_text())["details"]["epochs"]
+    progress = [line for line in stderr.splitlines() if " epochs | repair images: attack success " in line]
+    assert len(progress) == epochs and progress[-1].startswith(f"[{'#' * 30}] {epochs}/{epochs} epochs"), stderr
     assert "attack success, real" in stdout and "clean accuracy" in stdout
     table = json.loads((tmp_path / "mitigation.json").read_text())
     assert table["method"] == "unlearn" and table["labels"] == [TARGET]
     assert table["after"]["attack_success"]["real"] < table["before"]["attack_success"]["real"]
     assert table["output_sha256"] == file_sha256(out)
     assert f"table      {tmp_path / 'mitigation.json'}" in stdout
+
+
+@pytest.mark.slow
+def test_quiet_shows_no_progress(digits, report, tmp_path):
+    code, _, stderr = run(
+        digits["digits_infected.onnx"], "--report", report, "--data", digits["digits_test.npz"],
+        "--out", tmp_path / "patched.onnx", "--labels", TARGET, "--threads", 1, "--quiet",
+    )  # fmt: skip
+    assert code == 0 and stderr == ""
 
 
 @pytest.fixture

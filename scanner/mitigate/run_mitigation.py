@@ -30,7 +30,7 @@ from scanner.mitigate.triggers import (
     reversed_trigger_files,
     split_holdout,
 )
-from scanner.mitigate.workbench import Workbench
+from scanner.mitigate.workbench import MethodProgress, Workbench, no_progress
 from scanner.mitigate.writeback import build_weight_map, write_patched
 from scanner.model import ScoringModel
 from scanner.report import ScanReport
@@ -125,10 +125,11 @@ def mitigate(
     trigger: TriggerFiles | None = None,
     trigger_target: int | None = None,
     json_out: str | Path | None = None,
+    progress: MethodProgress = no_progress,
 ) -> tuple[MitigationResult, Path]:
     """Patch `model` against the triggers its scan report (in `report_folder`) reversed; write the patched ONNX
     file to `out` and the result to `json_out` (default: mitigation.json beside `out`); returns the result and
-    the JSON path.
+    the JSON path. `progress` hears of the method's rounds (unlearning's epochs) as they finish.
 
     `data`: labelled clean images (a path or CleanData), split into repair and held-out parts. `trigger`:
     (mask.npy, pattern.npy) of the real trigger, used only to measure; its target is `trigger_target`, else the
@@ -153,7 +154,7 @@ def mitigate(
     converted.module.to(device)
     scoring = scoring_model(converted, scaling, device)  # trains through the logits of a final Softmax
     weight_map = build_weight_map(converted.module, converted.prepared)
-    bench = Workbench(converted, scoring, weight_map, repair, holdout, triggers, config, device)
+    bench = Workbench(converted, scoring, weight_map, repair, holdout, triggers, config, device, progress)
     measured: list[AnyTrigger] = list(triggers)
     if trigger is not None:
         measured.append(real_trigger_of(trigger, trigger_target, scoring, holdout.images, device))

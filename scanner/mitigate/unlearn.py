@@ -64,10 +64,14 @@ def unlearn(bench: Workbench, weights: list[torch.Tensor]) -> UnlearnOutcome:
                 steps += 1
             epoch_loss, epochs = total / len(images), epochs + 1
             current = measure(model, judged.images, judged.labels, triggers, device)
-            if (
-                max(current.attack_success.values()) < config.unlearn_target
+            worst = max(current.attack_success.values())
+            reached = (
+                worst < config.unlearn_target
                 and baseline.clean_accuracy - current.clean_accuracy <= config.max_accuracy_drop
-            ):
+            )
+            detail = f"repair images: attack success {worst:.3f}, clean accuracy {current.clean_accuracy:.3f}"
+            bench.progress(epochs, epochs if reached else config.epochs, detail)
+            if reached:
                 stopped = "target reached"
                 break
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,14 @@ from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.triggers import AnyTrigger
 from scanner.mitigate.writeback import WeightMap
 from scanner.model import ScoringModel
+
+# a method's rounds as they finish (unlearning's epochs): (rounds done, rounds at most, what the last one did); where
+# the method stops early, its last call gives rounds at most = rounds done
+MethodProgress = Callable[[int, int, str], None]
+
+
+def no_progress(done: int, total: int, detail: str) -> None:
+    """The MethodProgress of a run nobody watches."""
 
 
 @dataclass
@@ -24,6 +33,7 @@ class Workbench:
     triggers: list[AnyTrigger]  # the reversed ones being removed
     config: MitigationConfig
     device: torch.device
+    progress: MethodProgress = no_progress
 
     @property
     def module(self) -> torch.nn.Module:
