@@ -60,8 +60,8 @@ from scanner.config import (
 from scanner.mitigate.config import MitigationConfig, method_names
 from scanner.progress import Progress
 
-if TYPE_CHECKING:  # the model stack (torch, onnx) loads inside the commands that use it: --help and refusals of
-    # flags and paths answer at once
+if TYPE_CHECKING:  # the model stack (torch, onnx) loads inside the commands that use it: --help and refused flags,
+    # config files and limits answer at once
     from scanner.additive import AdditiveProbe, AdditiveProgress
     from scanner.report import ScanReport
     from scanner.reverse import LabelTrigger
@@ -108,7 +108,7 @@ def cli_errors(interrupted: Callable[[dict[str, Any]], str] = lambda options: "i
                 message = str(exc)
             except KeyboardInterrupt:
                 message = interrupted(options)
-            except Exception as exc:  # a bug of ours, not bad input: still one line and exit 2 for a CI gate
+            except Exception as exc:  # out of GPU memory, else a bug of ours: still one line and exit 2 for a CI gate
                 message = (
                     OUT_OF_MEMORY
                     if is_out_of_memory(exc)
