@@ -568,12 +568,12 @@ def scan(
     show_scan_result(report, out, as_json)
 
 
-def method_progress(quiet: bool, unit: str) -> Callable[[int, int, str], None]:
+def method_progress(quiet: bool) -> Callable[[int, int, str, str], None]:
     """A mitigation method's progress callback (scanner.mitigate.workbench.MethodProgress): one Progress line over its
     rounds, ended where the method stops early."""
     shown: list[Progress] = []
 
-    def show(done: int, total: int, detail: str) -> None:
+    def show(done: int, total: int, unit: str, detail: str) -> None:
         if not shown:
             shown.append(Progress(total, unit, quiet))
         shown[0].total = total
@@ -708,7 +708,7 @@ def mitigate(
     apply_limits(limit_flags)
     from scanner.mitigate.run_mitigation import mitigate as run_mitigation
 
-    progress = method_progress(quiet, "epochs")  # unlearning's; the other methods have no rounds to count
+    progress = method_progress(quiet)
     result, json_path = run_mitigation(
         model, report_folder, data, config, out, trigger or None, trigger_target, json_out, progress
     )

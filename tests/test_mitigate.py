@@ -236,11 +236,18 @@ def test_rescanning_the_patched_models_judges_the_backdoor(digits, infected_repo
 def test_prune_respects_the_accuracy_limit(digits, infected_report, tmp_path):
     out = tmp_path / "pruned.onnx"
     config = MitigationConfig(method="prune", labels=(TARGET,), threads=1, max_accuracy_drop=0.01)
-    result, _ = mitigate(digits["digits_infected.onnx"], infected_report, digits["digits_test.npz"], config, out)
+    rounds: list[tuple[int, int, str, str]] = []
+    model, data = digits["digits_infected.onnx"], digits["digits_test.npz"]
+    result, _ = mitigate(model, infected_report, data, config, out, progress=lambda *call: rounds.append(call))
     details = result.details
     assert details["accuracy_drop"] <= 0.01
     assert 0 < details["pruned"] < details["neurons"]
     assert details["stopped"] == "target reached"
+    # one progress round a pruning step, out of every raised neuron's steps until the last, which ends the line
+    assert [done for done, *_ in rounds] == list(range(1, len(rounds) + 1)) and rounds[-1][1] == len(rounds)
+    assert all(total > len(rounds) for _, total, *_ in rounds[:-1])
+    assert {unit for _, _, unit, _ in rounds} == {"pruning steps"}
+    assert rounds[-1][3].startswith(f"{details['pruned']} of {details['neurons']} neurons pruned | last step kept: ")
 
 
 @pytest.mark.slow

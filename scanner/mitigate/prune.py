@@ -8,6 +8,7 @@ long before the backdoor is gone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,24 +79,35 @@ def prune(bench: Workbench, layer: Layer) -> PruneOutcome:
         }
 
     baseline = judge()
-    current, pruned, stopped, last_reattack = baseline, 0, "no raised neurons left", {}
-    while True:
+    current, pruned, steps, reattack = baseline, 0, 0, {}
+    most = math.ceil(len(order) / step)  # pruning steps at most: every raised neuron
+
+    def stop_reason() -> str | None:
+        """Why pruning stops at `current` (None: it goes on); re-attacks once the reversed triggers fail."""
+        nonlocal reattack
         if max(current.attack_success.values()) < config.prune_target:
-            last_reattack = reattacked() if config.prune_reattack_norm > 0 else {}
-            if max(last_reattack.values(), default=0.0) < config.prune_target:
-                stopped = "target reached"
-                break
-        if pruned >= len(order):
-            break
+            reattack = reattacked() if config.prune_reattack_norm > 0 else {}
+            if max(reattack.values(), default=0.0) < config.prune_target:
+                return "target reached"
+        return "no raised neurons left" if pruned >= len(order) else None
+
+    stopped = stop_reason()
+    while stopped is None:
         chosen = order[pruned : pruned + step]
         old = zero_neurons(weight, layer.weight_axis, chosen)
         trial = judge()
+        steps += 1
         if baseline.clean_accuracy - trial.clean_accuracy > config.max_accuracy_drop:
             with torch.no_grad():
                 weight.index_copy_(layer.weight_axis, torch.from_numpy(chosen).to(weight.device), old)
             stopped = "accuracy limit"
-            break
-        current, pruned = trial, pruned + len(chosen)
+        else:
+            current, pruned = trial, pruned + len(chosen)
+            stopped = stop_reason()
+        tried = f"attack success {max(trial.attack_success.values()):.3f}, clean accuracy {trial.clean_accuracy:.3f}"
+        kept = "undone, over the accuracy limit" if stopped == "accuracy limit" else "kept"
+        detail = f"{pruned} of {layer.neurons} neurons pruned | last step {kept}: {tried}"
+        bench.progress(steps, steps if stopped else most, "pruning steps", detail)
     return PruneOutcome(
         layer=layer.node,
         neurons=layer.neurons,
@@ -104,5 +116,5 @@ def prune(bench: Workbench, layer: Layer) -> PruneOutcome:
         stopped=stopped,
         accuracy_drop=baseline.clean_accuracy - current.clean_accuracy,
         attack_success=current.attack_success,
-        reattack_success=last_reattack,
+        reattack_success=reattack,
     )

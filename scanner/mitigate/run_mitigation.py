@@ -129,7 +129,7 @@ def mitigate(
 ) -> tuple[MitigationResult, Path]:
     """Patch `model` against the triggers its scan report (in `report_folder`) reversed; write the patched ONNX
     file to `out` and the result to `json_out` (default: mitigation.json beside `out`); returns the result and
-    the JSON path. `progress` hears of the method's rounds (unlearning's epochs) as they finish.
+    the JSON path. `progress` hears of the method's rounds (unlearning's epochs, pruning's steps) as they finish.
 
     `data`: labelled clean images (a path or CleanData), split into repair and held-out parts. `trigger`:
     (mask.npy, pattern.npy) of the real trigger, used only to measure; its target is `trigger_target`, else the

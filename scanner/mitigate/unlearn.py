@@ -70,7 +70,7 @@ def unlearn(bench: Workbench, weights: list[torch.Tensor]) -> UnlearnOutcome:
                 and baseline.clean_accuracy - current.clean_accuracy <= config.max_accuracy_drop
             )
             detail = f"repair images: attack success {worst:.3f}, clean accuracy {current.clean_accuracy:.3f}"
-            bench.progress(epochs, epochs if reached else config.epochs, detail)
+            bench.progress(epochs, epochs if reached else config.epochs, "epochs", detail)
             if reached:
                 stopped = "target reached"
                 break

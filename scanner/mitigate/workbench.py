@@ -14,12 +14,13 @@ from scanner.mitigate.triggers import AnyTrigger
 from scanner.mitigate.writeback import WeightMap
 from scanner.model import ScoringModel
 
-# a method's rounds as they finish (unlearning's epochs): (rounds done, rounds at most, what the last one did); where
-# the method stops early, its last call gives rounds at most = rounds done
-MethodProgress = Callable[[int, int, str], None]
+# a method's rounds as they finish, one call a round (unlearning's epochs, pruning's steps): (rounds done, rounds at
+# most, what a round is called, what the last one did); where the method stops early, its last call gives rounds at
+# most = rounds done
+MethodProgress = Callable[[int, int, str, str], None]
 
 
-def no_progress(done: int, total: int, detail: str) -> None:
+def no_progress(done: int, total: int, unit: str, detail: str) -> None:
     """The MethodProgress of a run nobody watches."""
 
 
