@@ -7,6 +7,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -75,8 +76,25 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
         temporary.write_bytes(payload)
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every float that is not finite as None: JSON has no infinity or NaN (Python's json would write
+    `Infinity` and `NaN`, which strict parsers refuse), so an infinite anomaly index (a MAD of 0) reads as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def json_text(payload: Any) -> str:
+    """Indented, strictly valid JSON (json_safe)."""
+    return json.dumps(json_safe(payload), indent=2, allow_nan=False)
+
+
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
-    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+    write_bytes_atomic(path, (json_text(payload) + "\n").encode())
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -23,7 +23,6 @@ signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import dataclasses
 import functools
-import json
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ import click
 
 from cleanse_base.errors import InputError
 from cleanse_base.exit_codes import EXIT_CLEAN, EXIT_ERROR, INCONCLUSIVE, VERDICT_EXIT
+from cleanse_base.files import json_text
 from cleanse_base.limits import Limits, set_limits
 from cleanse_base.text import one_line, printable
 from cleanse_base.version import __version__
@@ -509,7 +509,7 @@ def show_scan_result(report: ScanReport, out: Path | None, as_json: bool) -> NoR
         where = f"\nreport     {printable(out)}/report.json" if out else ""
         click.echo(format_summary(report) + where, err=as_json)
     if as_json:
-        click.echo(json.dumps(report.to_json_dict(), indent=2))
+        click.echo(json_text(report.to_json_dict()))
     if inconclusive:
         exit_with_error(f"inconclusive verdict: {report.verdict_reason}")
     sys.exit(VERDICT_EXIT[report.verdict])
@@ -619,7 +619,7 @@ def convert(
         err=as_json,
     )
     if as_json:
-        click.echo(json.dumps(record.to_dict(), indent=2))
+        click.echo(json_text(record.to_dict()))
 
 
 # ---------------------------------------------------------------- mitigate

@@ -13,7 +13,14 @@ import numpy as np
 
 from cleanse_base.errors import ConfigError, InputError
 from cleanse_base.exit_codes import CLEAN, INCONCLUSIVE, INFECTED
-from cleanse_base.files import atomic_output, check_writable_folder, real_folder, refuse_overlap, write_json_atomic
+from cleanse_base.files import (
+    atomic_output,
+    check_writable_folder,
+    json_safe,
+    real_folder,
+    refuse_overlap,
+    write_json_atomic,
+)
 from cleanse_base.plain import from_plain
 from cleanse_base.text import printable
 from converters.contract import ModelContract
@@ -258,7 +265,7 @@ class ScanReport:
         return list(self.judged.flagged)
 
     def to_json_dict(self) -> dict[str, Any]:
-        return _finite(
+        return json_safe(
             {
                 "schema_version": SCHEMA_VERSION,
                 "tool": {"name": "cleanse", "version": self.tool_version},
@@ -407,17 +414,6 @@ def rule_text(decision: DecisionResult) -> str:
     return f"paper rule, anomaly index {decision.score:.2f} (flagged above {decision.threshold:g})"
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no infinity: an infinite anomaly index (MAD of 0) is written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
 @dataclass(frozen=True)
 class _ToolJson:
     name: str
@@ -526,7 +522,7 @@ def _pair_from_json(entry: dict[str, Any], where: str) -> PairJudgement:
 
 
 def _label_from_json(entry: dict[str, Any], where: str) -> LabelResult:
-    infinite = entry.get("anomaly_index", 0.0) is None  # how _finite writes an infinite index
+    infinite = entry.get("anomaly_index", 0.0) is None  # how json_safe writes an infinite index
     result = from_plain(LabelResult, {**entry, "anomaly_index": 0.0} if infinite else entry, where, ConfigError)
     return dataclasses.replace(result, anomaly_index=math.inf) if infinite else result
 

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from cleanse_base.files import file_sha256
 from scanner import make_config, scan, write_report
 from scanner.cli import EXIT_ERROR, main
+from scanner.mitigate.result import SCHEMA_VERSION as MITIGATION_SCHEMA
 
 TARGET = 7
 
@@ -44,7 +45,7 @@ def test_writes_the_patched_model_and_the_table(digits, report, tmp_path):
     assert len(progress) == epochs and progress[-1].startswith(f"[{'#' * 30}] {epochs}/{epochs} epochs"), stderr
     assert "attack success, real" in stdout and "clean accuracy" in stdout
     table = json.loads((tmp_path / "mitigation.json").read_text())
-    assert table["method"] == "unlearn" and table["labels"] == [TARGET]
+    assert table["schema_version"] == MITIGATION_SCHEMA and table["method"] == "unlearn" and table["labels"] == [TARGET]
     assert table["after"]["attack_success"]["real"] < table["before"]["attack_success"]["real"]
     assert table["output_sha256"] == file_sha256(out)
     assert f"table      {tmp_path / 'mitigation.json'}" in stdout

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from cleanse_base.errors import ConfigError, InputError, ModelError
-from cleanse_base.files import file_sha256, private_copy, real_folder, refuse_overlap, tree_sha256
+from cleanse_base.files import (
+    file_sha256,
+    private_copy,
+    real_folder,
+    refuse_overlap,
+    tree_sha256,
+    write_json_atomic,
+)
 from scanner.report import TRIGGER_FOLDER, check_report_folder, trigger_paths, write_trigger
 from scanner.reverse import LabelTrigger
 
@@ -25,6 +32,19 @@ def source(tmp_path: Path) -> Path:
     path.parent.mkdir()
     path.write_bytes(b"model bytes")
     return path
+
+
+# ---------------------------------------------------------------- JSON outputs
+
+
+def test_json_outputs_are_strict_json_with_null_where_a_float_is_not_finite(tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    write_json_atomic(path, {"index": float("inf"), "nested": [float("nan"), (1.5, -float("inf"))], "n": 3})
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"index": None, "nested": [None, [1.5, None]], "n": 3}
 
 
 # ---------------------------------------------------------------- refuse_overlap

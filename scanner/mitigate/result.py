@@ -12,6 +12,8 @@ from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.measure import Measurement, format_table
 
 RESULT_FILE = "mitigation.json"
+# mitigation.json's layout; 1.0 (schema 1.23 of the scan report's time) is the first that says its version
+SCHEMA_VERSION = "1.0"
 
 
 @dataclass
@@ -35,7 +37,7 @@ class MitigationResult:
     config: MitigationConfig
 
     def to_json_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
     def format(self) -> str:
         lines = [
