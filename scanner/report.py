@@ -62,9 +62,6 @@ SCHEMA_VERSION = "1.23"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # older reports: not measured, the norm's alone), and "carried" (each other class's label and share; "carried_to" is
 # derived from it); 1.23: "retry_stage.sure_flags" (labels the retry chose but left as they were, their flag sure
 # already; older reports: none, every chosen label retried)
-# The JSON Schema (draft 2020-12) of the report.json this version writes, shipped with the package for programs that
-# read reports; tests/test_report_schema.py keeps it in step with SCHEMA_VERSION and with what scans write.
-REPORT_SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 TRIGGER_FOLDER = "triggers"
 # What a report folder holds besides triggers/ (html_report writes the second).
 REPORT_FILES = ("report.json", "report.html")

@@ -45,9 +45,9 @@ if [ "$status" -ne 1 ] || [ "$flagged" != "[7]" ]; then
     echo "wheel_check: installed wheel: exit $status, flagged $flagged; expected exit 1, flagged [7]" >&2
     exit 1
 fi
-schema=$("$WORK/venv/bin/python" -c 'from scanner.report import REPORT_SCHEMA_FILE as f; print(f.is_file())')
-if [ "$schema" != "True" ]; then
-    echo "wheel_check: the installed wheel lacks scanner/report.schema.json" >&2
+schemas=$("$WORK/venv/bin/python" -c 'from scanner import schemas as s; print(all(f.is_file() for f in (s.REPORT, s.MITIGATION, s.AUDIT)))')
+if [ "$schemas" != "True" ]; then
+    echo "wheel_check: the installed wheel lacks the JSON Schemas in scanner/schemas/" >&2
     exit 1
 fi
-echo "wheel_check: installed wheel flags label 7, exits 1 and ships the report schema (torch $TORCH_VERSION, from $PWD)"
+echo "wheel_check: installed wheel flags label 7, exits 1 and ships the JSON Schemas (torch $TORCH_VERSION, from $PWD)"

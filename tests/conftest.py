@@ -24,6 +24,22 @@ def fixture_folder(tmp_path_factory, name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def schema_problems():
+    """(a JSON Schema file of scanner/schemas, a document) -> the document's violations of it, one line each."""
+    import json
+
+    import jsonschema
+
+    def problems(schema_file: Path, document: object) -> list[str]:
+        schema = json.loads(schema_file.read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        errors = jsonschema.Draft202012Validator(schema).iter_errors(document)
+        return [f"{list(error.absolute_path)}: {error.message}" for error in errors]
+
+    return problems
+
+
+@pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> dict[str, Path]:
     """{file name: path} of the digits fixtures (infected target 7, clean, variants, test data, trigger)."""
     from fixtures.digits import build_digits

@@ -22,6 +22,7 @@ from fixtures.audit_models import (
     TEXT,
     build_audit_models,
 )
+from scanner import schemas
 from scanner.audit.index_page import INDEX_HTML
 from scanner.audit.store import DONE, ERROR, INFECTED, STORE_NAME, AuditRow, AuditStore
 from scanner.audit.summary import CSV_NAME, JSON_NAME
@@ -48,7 +49,9 @@ def rows_by_name(out: Path) -> dict[str, AuditRow]:
 
 
 @pytest.mark.slow
-def test_an_audit_with_two_workers_gives_verdicts_and_error_rows(models: dict[str, Path], tmp_path: Path) -> None:
+def test_an_audit_with_two_workers_gives_verdicts_and_error_rows(
+    models: dict[str, Path], tmp_path: Path, schema_problems
+) -> None:
     manifest = tmp_path / "audit.toml"
     manifest.write_text(
         f'[[models]]\npath = "{models[AUDIT_INFECTED]}"\n'
@@ -78,6 +81,7 @@ def test_an_audit_with_two_workers_gives_verdicts_and_error_rows(models: dict[st
     for row in rows.values():
         assert (Path(row.report_dir) / REPORT_HTML).exists() == (row.status == DONE)
     summary = json.loads((out / JSON_NAME).read_text())
+    assert schema_problems(schemas.AUDIT, summary) == []
     assert summary["exit_code"] == 1 and len(summary["models"]) == 6
     assert len((out / CSV_NAME).read_text().splitlines()) == 7
     assert (out / INDEX_HTML).read_text().count(f'/{REPORT_HTML}"') == 3

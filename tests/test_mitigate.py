@@ -18,7 +18,7 @@ from cleanse_base.exit_codes import EXIT_INFECTED
 from cleanse_base.files import file_sha256
 from converters.contract import ContractOverrides
 from converters.onnx_to_torch import load_onnx_classifier
-from scanner import make_config, scan, write_report
+from scanner import make_config, scan, schemas, write_report
 from scanner.cli import main
 from scanner.data import load_clean_data
 from scanner.mitigate import METHODS, MitigationConfig, MitigationMethod, mitigate
@@ -91,7 +91,9 @@ def infected_report(digits, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["unlearn", "prune", "filter"])
-def test_method_lowers_attack_success_and_keeps_the_interface(digits, infected_report, tmp_path, method):
+def test_method_lowers_attack_success_and_keeps_the_interface(
+    digits, infected_report, tmp_path, method, schema_problems
+):
     model = digits["digits_infected.onnx"]
     digest = file_sha256(model)
     out = tmp_path / "patched.onnx"
@@ -101,6 +103,7 @@ def test_method_lowers_attack_success_and_keeps_the_interface(digits, infected_r
 
     assert json_path == tmp_path / "mitigation.json"
     assert json.loads(json_path.read_text())["after"]["attack_success"] == result.after.attack_success
+    assert schema_problems(schemas.MITIGATION, json.loads(json_path.read_text())) == []
     assert result.output_sha256 == file_sha256(out)
     assert result.real_trigger_target == TARGET
     assert result.before.attack_success["real"] > 0.9
