@@ -109,13 +109,17 @@ def probe_labels(
     labels_per_batch: int = 0,
     progress: AdditiveProgress | None = None,
     predictions: np.ndarray | None = None,
+    try_order: Sequence[int] = (),
 ) -> AdditiveSearch:
     """Every label's probe at the smallest bound of the ladder where the median label's success reaches
     MIN_MEDIAN_SUCCESS (the largest tried where none does; with many labels a bound whose sample falls short is
     left at once), and at the `config.rungs - 1` rungs above it where the ladder has them (each label going on
     from its perturbation at the rung below for `config.rung_steps` steps, as on a bound climbed to from one every
     label was probed at), `labels_per_batch` labels sharing each forward pass (0: as many as the reversal would
-    stack at this mini-batch; `predictions`: the model's class of each image, where the caller has them)"""
+    stack at this mini-batch; `predictions`: the model's class of each image, where the caller has them). A bound
+    below the settled one is left as soon as more than half the labels fall short, so `try_order` (labels, those
+    likeliest to fall short first) tries them in that order: such a bound is left sooner, and which bound settles
+    does not depend on the order (labels it leaves out go last, in label order)."""
     if config.steps == 0 or not labels:
         return AdditiveSearch([], (), 0)
     device = meter.device
@@ -128,7 +132,11 @@ def probe_labels(
 
     sample = bound_sample(labels, seed)
     sampled = set(sample)
-    climb_order = [*sample, *(label for label in labels if label not in sampled)]
+    known = set(labels)
+    ordered = [label for label in dict.fromkeys(try_order) if label in known]
+    placed = set(ordered)
+    ordered += [label for label in labels if label not in placed]
+    climb_order = [*sample, *(label for label in ordered if label not in sampled)]
 
     def probe_all(epsilon: float, climbing: bool, below: dict[int, np.ndarray] | None = None) -> list[AdditiveProbe]:
         """Every label's probe at `epsilon`, from zero for `config.steps` steps or going on from its perturbation

@@ -537,3 +537,27 @@ def test_a_perturbation_that_moves_no_image_is_not_a_finding_however_strange_its
         label_evidence(NATURAL_NORMS), None, successes(values, mimicries=[*MIMICRIES[:4], 0.40, *MIMICRIES[5:]])
     )
     assert result.flagged == [] and result.score > quiet.p_value  # nor is it the model's score
+
+
+@pytest.mark.slow
+def test_a_bound_that_falls_short_is_left_sooner_when_the_likeliest_to_fall_short_go_first():
+    images = np.random.default_rng(0).uniform(99, 101, (300, 1, 8, 8)).astype(np.float32)
+    model = PixelThresholds([0.0] + [104.0] * 4 + [140.0] * 5)  # labels 1-4 reached at 6, labels 5-9 only at 48
+    meter = EvidenceMeter(model, images, CPU, seed=0)
+    config = AdditiveConfig(steps=30, epsilon=6.0, mini_batch=8, rungs=1)
+    hard_first = [9, 8, 7, 6, 5, 0, 1, 2, 3, 4]
+    runs = {}
+    for name, order in (("label order", ()), ("hard first", hard_first)):
+        tried: list = []
+        search = probe_labels(
+            model, images, list(range(10)), config, meter, seed=0, labels_per_batch=1,
+            progress=lambda probe, *_, seen=tried: seen.append(probe), try_order=order,
+        )  # fmt: skip
+        runs[name] = search, tried
+    (plain, plain_tried), (ordered, ordered_tried) = runs.values()
+    # 6, 12 and 24 fall short (6 of 10 labels below the median success); the order only says when that is known
+    assert plain.epsilons == ordered.epsilons == (48.0,)
+    assert [(p.label, p.success) for p in plain.probes] == [(p.label, p.success) for p in ordered.probes]
+    assert [p.label for p in plain_tried if p.epsilon == 6.0] == list(range(10))
+    assert [p.label for p in ordered_tried if p.epsilon == 6.0] == hard_first[:6]
+    assert ordered.images < plain.images
