@@ -12,7 +12,7 @@ from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.measure import Measurement, format_table
 
 RESULT_FILE = "mitigation.json"
-# mitigation.json's layout; 1.0 (schema 1.23 of the scan report's time) is the first that says its version
+# mitigation.json's layout version (1.0: the first layout to state one; scanner/schemas/mitigation.schema.json)
 SCHEMA_VERSION = "1.0"
 
 
