@@ -133,9 +133,7 @@ def probe_labels(
     sample = bound_sample(labels, seed)
     sampled = set(sample)
     known = set(labels)
-    ordered = [label for label in dict.fromkeys(try_order) if label in known]
-    placed = set(ordered)
-    ordered += [label for label in labels if label not in placed]
+    ordered = dict.fromkeys([*(label for label in try_order if label in known), *labels])  # each label once
     climb_order = [*sample, *(label for label in ordered if label not in sampled)]
 
     def probe_all(epsilon: float, climbing: bool, below: dict[int, np.ndarray] | None = None) -> list[AdditiveProbe]:
