@@ -34,6 +34,10 @@ judge the records' first rounds, smallest candidates and likeliest targets only,
 `evidence` then judges the retried labels (with the pairs and the additive look where given) and `no-retry` the
 scan's own, on the scans that have records.
 
+`--extra-measure NAME:larger|smaller:FLOOR` (repeatable) adds the rule `evidence+NAME`: the evidence rule with one
+more of the per-label measurements (an evidence field such as `faded_success`) among its measures, judged as
+`evidence` is, so that a candidate measure is tried on the same scans before it joins the rule.
+
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
 measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
 later runs read it.
@@ -59,7 +63,7 @@ from scanner.config import RetryConfig
 from scanner.decision.additive import AdditiveLooks, AdditiveMeasurement, looks_by_bound
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.pairs import Carried
-from scanner.decision.rules import DecisionResult, EvidenceDecision, PaperDecision
+from scanner.decision.rules import EVIDENCE_MEASURES, DecisionResult, EvidenceDecision, Measure, PaperDecision
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import ScanReport
 from scanner.retry import LIKELIEST, SMALLEST, retry_count, split_sure
@@ -325,14 +329,30 @@ def judge_all(scans: list[ZooScan], rules: dict[str, object]) -> dict[tuple[str,
     }
     return {
         (name, s.model, s.seed): rule.judge(  # type: ignore[attr-defined]
-            s.first_evidence if name in ("no-retry", "paper") and s.first_evidence is not None else s.evidence,
-            s.pairs if name in ("evidence", "one-rung", "no-additive", "no-retry", "no-carry") else None,
-            additive[name](s) if name in additive else None,
-            s.carried if name != "no-carry" else None,
+            s.first_evidence if kind in ("no-retry", "paper") and s.first_evidence is not None else s.evidence,
+            s.pairs if kind in ("evidence", "one-rung", "no-additive", "no-retry", "no-carry") else None,
+            additive[kind](s) if kind in additive else None,
+            s.carried if kind != "no-carry" else None,
         )
         for name, rule in rules.items()
+        for kind in [name.split("+")[0]]  # "evidence+NAME" (--extra-measure) is judged as "evidence"
         for s in scans
     }
+
+
+def extra_measure_rule(spec: str, alpha: float) -> tuple[str, EvidenceDecision]:
+    """`NAME:larger|smaller:FLOOR` -> ("evidence+NAME", the evidence rule with that evidence field as one more
+    measure, larger or smaller values the suspicious side, its z-scores dividing by at least FLOOR)."""
+    try:
+        name, side, floor = spec.split(":")
+        if side not in ("larger", "smaller") or name not in LabelEvidence.__dataclass_fields__:
+            raise ValueError
+        measure = Measure(name, larger_is_suspicious=side == "larger", floor=float(floor), weight=1.0)
+    except ValueError:
+        raise SystemExit(
+            f"--extra-measure wants NAME:larger|smaller:FLOOR with NAME an evidence field, not {spec!r}"
+        ) from None
+    return f"evidence+{name}", EvidenceDecision(alpha, measures=(*EVIDENCE_MEASURES, measure))
 
 
 def family_table(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]:
@@ -500,6 +520,13 @@ def main(argv: list[str] | None = None) -> None:
         "--retry-labels", type=int, default=RetryConfig().labels, help="labels judged (%(default)s; 0: sqrt)"
     )
     parser.add_argument(
+        "--extra-measure",
+        action="append",
+        default=[],
+        metavar="NAME:larger|smaller:FLOOR",
+        help="also judge with this evidence field as one more measure, as rule evidence+NAME (repeatable)",
+    )
+    parser.add_argument(
         "--retry-likeliest", type=int, default=RetryConfig().likeliest, help="likeliest targets judged (%(default)s)"
     )
     args = parser.parse_args(argv)
@@ -535,6 +562,8 @@ def main(argv: list[str] | None = None) -> None:
         }
     elif args.pairs:
         rules = {"evidence": rules["evidence"], "labels-only": EvidenceDecision(args.alpha), "paper": rules["paper"]}
+    extras = dict(extra_measure_rule(spec, args.alpha) for spec in args.extra_measure)
+    rules = {"evidence": rules["evidence"], **extras, **rules}
     for folder, scans in zip(folders, loaded, strict=True):
         scans = [scan for scan in scans if (scan.model, scan.seed) in shared]
         judged = judge_all(scans, rules)

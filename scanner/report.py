@@ -34,7 +34,7 @@ from scanner.pairs import PairTrigger
 from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.23"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.24"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -61,7 +61,8 @@ SCHEMA_VERSION = "1.23"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # (where the pair's trigger carries the other classes; a pair's p-value the smaller of its norm's and its carry's;
 # older reports: not measured, the norm's alone), and "carried" (each other class's label and share; "carried_to" is
 # derived from it); 1.23: "retry_stage.sure_flags" (labels the retry chose but left as they were, their flag sure
-# already; older reports: none, every chosen label retried)
+# already; older reports: none, every chosen label retried); 1.24: per label evidence "faded_success" (the trigger's
+# success with its mask at half strength; older reports: not measured, read as null)
 TRIGGER_FOLDER = "triggers"
 # What a report folder holds besides triggers/ (html_report writes the second).
 REPORT_FILES = ("report.json", "report.html")

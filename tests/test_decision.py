@@ -119,6 +119,22 @@ def test_the_meter_measures_a_working_trigger_and_a_useless_one(bfloat16):
     assert meter.measure(0, mask, white).success == 0.0  # every image is already of label 0
 
 
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_a_trigger_far_past_the_boundary_keeps_working_faded_and_one_at_it_does_not(bfloat16):
+    """`faded_success` stamps the mask at half strength: a pixel pushed far past the detector's threshold still
+    crosses it, one pushed just past it falls back."""
+    images = np.full((40, 1, 6, 6), 100.0, dtype=np.float32)  # the corner scores 3.9 against class 0's 5
+    meter = EvidenceMeter(PixelDetector(), images, torch.device("cpu"), bfloat16=bfloat16)
+    white = np.full((1, 6, 6), 255.0, dtype=np.float32)
+    mask = np.zeros((6, 6), dtype=np.float32)
+    mask[0, 0] = 1.0  # the corner at 255 (10.0), faded 177.5 (7.0)
+    strong = meter.measure(1, mask, white)
+    assert strong.success == 1.0 and strong.faded_success == 1.0
+    mask[0, 0] = 0.3  # the corner at 146.5 (5.7), faded 123.3 (4.8)
+    weak = meter.measure(1, mask, white)
+    assert weak.success == 1.0 and weak.faded_success == 0.0
+
+
 def test_mimicry_needs_a_class_mean_of_enough_images():
     """A label whose clean mean would hold fewer than CLASS_MEAN_MIN images has no mimicry (its mean is mostly
     those images' own features); with that many it has one."""
@@ -318,7 +334,8 @@ def test_the_evidence_rule_on_the_digits_models_end_to_end(digits, tmp_path):
         assert 'id="evidence"' in (out / "report.html").read_text()
     code, infected = outcomes["digits_infected"]
     assert code == 1 and infected.flagged == [7] and infected.judged.score < 1e-6
-    assert set(infected.labels[0].evidence) == {"success", "core_success", "compactness", "drive", "mimicry"}
+    measured = {"success", "core_success", "faded_success", "compactness", "drive", "mimicry"}
+    assert set(infected.labels[0].evidence) == measured
     code, clean = outcomes["digits_clean"]
     assert code == 0 and clean.flagged == [] and clean.judged.score > 0.01
     assert clean.judged.inconclusive_below == pytest.approx(0.01) and not clean.judged.inconclusive

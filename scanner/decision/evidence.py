@@ -6,6 +6,9 @@ reversed mask and pattern of every label, on a seeded sample of the scan's clean
 - `success`: the share of images (not already of the label) the trigger sends to the label;
 - `core_success`: the same with only the mask's core kept, the fewest pixels holding half its L1 mass
   (a planted trigger's few decisive pixels still work on their own; a natural one spread thin stops working);
+- `faded_success`: the same with the mask at half its strength, every pixel blended half as far towards the
+  pattern (the reversal stops where its trigger just works, so any trigger loses some; a planted one drives the
+  label far past the boundary and keeps more than a natural one, which barely crosses it);
 - `compactness`: the share of the mask's mass inside the best square window of the area the norm would
   fill (a planted patch is one place; a natural trigger is scattered);
 - `drive`: the share of the rise in the features entering the model's last linear layer that its top 5% of
@@ -32,6 +35,7 @@ from torch import nn
 from scanner.reverse import stamp
 
 EVALUATION_IMAGES = 256  # clean images each trigger is tried on
+FADED_STRENGTH = 0.5  # `faded_success` scales the mask by this
 CORE_MASS = 0.5  # the core keeps the fewest pixels holding this share of the mask's L1 mass
 DRIVE_TOP = 0.05  # share of the features whose part of the rise `drive` measures
 CLASS_MEAN_IMAGES = 2048  # clean images whose features give each label's mean (forward passes only)
@@ -50,12 +54,14 @@ class LabelEvidence:
     compactness: float
     drive: float | None
     mimicry: float | None = None
+    faded_success: float | None = None  # None in reports from before it was measured (schema 1.24)
 
     def measurements(self) -> dict[str, float | None]:
         """What was measured beyond the label and its norm."""
         return {
             "success": self.success,
             "core_success": self.core_success,
+            "faded_success": self.faded_success,
             "compactness": self.compactness,
             "drive": self.drive,
             "mimicry": self.mimicry,
@@ -218,6 +224,7 @@ class EvidenceMeter:
     def measure(self, label: int, mask: np.ndarray, pattern: np.ndarray) -> LabelEvidence:
         success, rise, mimicry = self._success(label, mask, pattern)
         core_success, _, _ = self._success(label, core_mask(mask), pattern)
+        faded_success, _, _ = self._success(label, mask * FADED_STRENGTH, pattern)
         return LabelEvidence(
             label=label,
             norm=float(mask.sum()),
@@ -226,6 +233,7 @@ class EvidenceMeter:
             compactness=compactness(mask),
             drive=None if rise is None else top_share(rise.cpu().numpy()),
             mimicry=mimicry,
+            faded_success=faded_success,
         )
 
     def measure_all(
