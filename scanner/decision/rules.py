@@ -244,7 +244,8 @@ def paper_result(mad: MadResult) -> DecisionResult:
 # features do not look like the label's clean images (low mimicry) is planted on about half the models and never
 # natural.
 # `core_success` and `drive` are measured and reported but left out: natural small triggers scored as high on
-# the first, and the second's sign on planted triggers varied.
+# the first, and the second's sign on planted triggers varied; `faded_success` as a fourth measure lost a BadNets
+# target and flagged a clean model on the zoo (docs/measurements.md, "Faded triggers").
 LOG_NORM = Measure("log_norm", larger_is_suspicious=False, floor=0.05, weight=1.0)
 EVIDENCE_MEASURES: tuple[Measure, ...] = (
     LOG_NORM,
