@@ -15,10 +15,15 @@ evidence with each decision rule (so both rules see the same reversed triggers),
 `python -m benchmarks.zoo_scans --starts 2 --scans DIR`), both restricted to the (model, seed) pairs the two
 folders share, so the two reversals are judged on the same models and seeds.
 
+The rule `evidence` judges each scan as `cleanse scan` did: its labels, and the source-specific pairs and the
+additive look its report holds (the pairs of a scan with few enough labels; the look since schema 1.13), with or
+without the flags below. (Until stop 46 it judged a report's pairs and look only under `--pairs` and `--additive`:
+a table without them judged the labels alone.)
+
 `--pairs DIR` (default .cache/zoo/pairs, from `python -m benchmarks.pair_scans`; a scan whose report judged pairs
-brings its own, unless `--pairs-records` puts the records first) adds the source-specific look:
-the rule `evidence` then judges each scan's labels and its pairs as `cleanse scan` does, `labels-only` the labels
-alone (the evidence rule before the look), on the scans that have pair records.
+brings its own, unless `--pairs-records` puts the records first) adds pair records to scans whose reports have
+none: the rule `evidence` then judges each scan's labels and its pairs as `cleanse scan` does, `labels-only` the
+labels alone (the evidence rule before the look), on the scans that have pairs.
 
 `--additive DIR` (default .cache/zoo/additive, from `python -m benchmarks.additive_scans`; a scan whose report judged
 the additive look brings its own, unless `--additive-records` puts the records first) adds the additive look the
@@ -154,18 +159,16 @@ def saved_pairs(
 ) -> tuple[Pairs, CarriedPairs] | None:
     """The scan's pair norms and where each pair's trigger carries the other classes (where measured): its own
     where its scan ran the pair stage (since pairs ran in `cleanse scan`; none where the whole table exceeded
-    --pairs) unless `records_first` and a record exists, else the pair record of benchmarks/pair_scans.py in
-    `pairs_dir`, if any."""
-    if not pairs_dir:
-        return None
-    record = pairs_dir / model / f"seed{seed}.json"
+    --pairs), with or without `pairs_dir`, unless `records_first` and a record exists, else the pair record of
+    benchmarks/pair_scans.py in `pairs_dir`, if any."""
+    record = pairs_dir / model / f"seed{seed}.json" if pairs_dir else None
     judged = report.decision.pairs if report.decision is not None else []
-    if (judged or report.pair_stage.needed) and not (records_first and record.is_file()):
+    if (judged or report.pair_stage.needed) and not (records_first and record and record.is_file()):
         return (
             {(pair.source, pair.target): pair.norm for pair in judged},
             {(pair.source, pair.target): pair.carried for pair in judged if pair.carried},
         )
-    if not record.is_file():
+    if record is None or not record.is_file():
         return None
     pairs = json.loads(record.read_text())["pairs"]
     return (
@@ -177,18 +180,17 @@ def saved_pairs(
 def saved_additive(
     report: ScanReport, additive_dir: Path | None, model: str, seed: int, records_first: bool = False
 ) -> AdditiveLooks | None:
-    """The scan's additive look: its own where its report judged one (unless `records_first`), else the record of
-    benchmarks/additive_scans.py in `additive_dir`, if any (records before the second bound: the settled one)."""
-    if not additive_dir:
-        return None
+    """The scan's additive look: its own where its report judged one, with or without `additive_dir` (unless
+    `records_first`), else the record of benchmarks/additive_scans.py in `additive_dir`, if any (records before the
+    second bound: the settled one)."""
     stage = report.additive_stage
-    if stage.labels and report.decision is not None and not records_first:
+    if stage.labels and report.decision is not None and not (records_first and additive_dir):
         return looks_by_bound(
             (item.epsilon, item.label, AdditiveMeasurement(item.success, item.evaluated, item.mimicry))
             for item in report.decision.additive
         )
-    record = additive_dir / model / f"seed{seed}.json"
-    if not record.is_file():
+    record = additive_dir / model / f"seed{seed}.json" if additive_dir else None
+    if record is None or not record.is_file():
         return None
     saved = json.loads(record.read_text())
     return looks_by_bound(

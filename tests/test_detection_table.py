@@ -1,0 +1,56 @@
+"""benchmarks.detection_table judges each saved scan as `cleanse scan` judged it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from benchmarks.detection_table import saved_additive, saved_pairs
+from scanner.decision.additive import AdditiveJudgement, AdditiveMeasurement
+from scanner.decision.pairs import Carried, PairJudgement
+from scanner.decision.rules import DecisionResult
+from scanner.report import AdditiveStage, PairStage
+
+CARRY = (Carried(label=3, to=0, share=0.9),)
+
+
+def judged_report() -> SimpleNamespace:
+    """What the two readers take from a ScanReport whose scan ran the pair stage and the additive look."""
+    decision = DecisionResult(
+        "evidence",
+        [2],
+        1e-6,
+        "p_value",
+        0.001,
+        pairs=[PairJudgement(1, 2, 4.5, 6.0, 1e-6, True, CARRY), PairJudgement(2, 1, 30.0, 0.1, 1.0, False)],
+        additive=[AdditiveJudgement(2, 0.8, 256, 0.3, 4.0, 1.0, 3.5, 1e-4, True, 6.0)],
+    )
+    return SimpleNamespace(
+        decision=decision,
+        pair_stage=PairStage(pairs=2, needed=2),
+        additive_stage=AdditiveStage(labels=3, epsilon=6.0, epsilons=[6.0]),
+    )
+
+
+def test_a_scans_own_pairs_and_look_are_judged_without_record_folders():
+    """Until stop 46 a table run without --pairs and --additive judged the labels alone, so its `evidence` column
+    missed what the scan's pairs and additive look had flagged (2 of 4 all-to-all models, all 3 blended ones)."""
+    report = judged_report()
+    pairs, carried = saved_pairs(report, None, "model", 0)
+    assert pairs == {(1, 2): 4.5, (2, 1): 30.0}
+    assert carried == {(1, 2): CARRY}
+    assert saved_additive(report, None, "model", 0) == {6.0: {2: AdditiveMeasurement(0.8, 256, 0.3)}}
+
+
+def test_records_stand_in_only_where_asked_or_where_the_scan_has_none(tmp_path: Path):
+    record = tmp_path / "model" / "seed0.json"
+    record.parent.mkdir()
+    record.write_text(json.dumps({"pairs": [{"source": 0, "target": 1, "l1_norm": 9.0}]}))
+    report = judged_report()
+    assert saved_pairs(report, tmp_path, "model", 0)[0] == {(1, 2): 4.5, (2, 1): 30.0}  # the scan's own first
+    assert saved_pairs(report, tmp_path, "model", 0, records_first=True) == ({(0, 1): 9.0}, {})
+    bare = SimpleNamespace(decision=None, pair_stage=PairStage(), additive_stage=AdditiveStage())
+    assert saved_pairs(bare, tmp_path, "model", 0) == ({(0, 1): 9.0}, {})
+    assert saved_pairs(bare, None, "model", 0) is None
+    assert saved_additive(bare, None, "model", 0) is None
