@@ -17,7 +17,7 @@ folders share, so the two reversals are judged on the same models and seeds.
 
 The rule `evidence` judges each scan as `cleanse scan` did: its labels, and the source-specific pairs and the
 additive look its report holds (the pairs of a scan with few enough labels; the look since schema 1.13), with or
-without the flags below. (Until stop 46 it judged a report's pairs and look only under `--pairs` and `--additive`:
+without the flags below. (Until stop 45 it judged a report's pairs and look only under `--pairs` and `--additive`:
 a table without them judged the labels alone.)
 
 `--pairs DIR` (default .cache/zoo/pairs, from `python -m benchmarks.pair_scans`; a scan whose report judged pairs

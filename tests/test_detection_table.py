@@ -34,7 +34,7 @@ def judged_report() -> SimpleNamespace:
 
 
 def test_a_scans_own_pairs_and_look_are_judged_without_record_folders():
-    """Until stop 46 a table run without --pairs and --additive judged the labels alone, so its `evidence` column
+    """Until stop 45 a table run without --pairs and --additive judged the labels alone, so its `evidence` column
     missed what the scan's pairs and additive look had flagged (2 of 4 all-to-all models, all 3 blended ones)."""
     report = judged_report()
     pairs, carried = saved_pairs(report, None, "model", 0)
