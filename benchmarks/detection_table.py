@@ -9,6 +9,8 @@ evidence with each decision rule (so both rules see the same reversed triggers),
 - the ROC-AUC of each rule's model-level score over all models (infected = positive), per seed;
 - stability: models whose verdict (flagged labels, close call or clean) differs between seeds, with the score's
   margin from the threshold;
+- how many scans the `evidence` rule judges as their own reports did, and which not (a scan run under an older
+  default, or judged with records in place of its own looks): a check that the table judges what `cleanse scan` does;
 - with --labels: each infected model's target labels and its most suspicious other label, measure by measure.
 
 `--compare DIR` prints the same blocks for the scans of another folder (e.g. scans with `--starts 2` from
@@ -449,6 +451,20 @@ def stability_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> lis
     return lines
 
 
+def report_lines(scans: list[ZooScan], judged: dict) -> list[str]:
+    """How many scans the `evidence` rule judges as their own reports did (the same flagged labels, close call or
+    clean), and which differ: a scan run under an older default, or judged here with records in place of its own
+    looks."""
+    own = [scan for scan in scans if scan.report.decision is not None and scan.report.decision.rule == "evidence"]
+    differ = [
+        f"  {scan.model} seed {scan.seed}: here {verdict_text(judged[('evidence', scan.model, scan.seed)])}, "
+        f"its report {verdict_text(scan.report.decision)}"
+        for scan in own
+        if verdict_text(judged[("evidence", scan.model, scan.seed)]) != verdict_text(scan.report.decision)
+    ]
+    return [f"evidence: {len(own) - len(differ)} of {len(own)} scans judged as their own reports judged them", *differ]
+
+
 def close_mark(result: DecisionResult) -> str:
     if result.close_flag:
         return " (close)"
@@ -576,6 +592,8 @@ def main(argv: list[str] | None = None) -> None:
         for block in (family_table, auc_lines, stability_lines):
             print()
             print("\n".join(block(scans, judged, list(rules))))
+        print()
+        print("\n".join(report_lines(scans, judged)))
         if args.labels:
             print()
             print("\n".join(label_lines(scans, judged)))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.detection_table import saved_additive, saved_pairs
+from benchmarks.detection_table import report_lines, saved_additive, saved_pairs
 from scanner.decision.additive import AdditiveJudgement, AdditiveMeasurement
 from scanner.decision.pairs import Carried, PairJudgement
 from scanner.decision.rules import DecisionResult
@@ -54,3 +54,17 @@ def test_records_stand_in_only_where_asked_or_where_the_scan_has_none(tmp_path: 
     assert saved_pairs(bare, tmp_path, "model", 0) == ({(0, 1): 9.0}, {})
     assert saved_pairs(bare, None, "model", 0) is None
     assert saved_additive(bare, None, "model", 0) is None
+
+
+def test_the_table_says_which_scans_it_judges_otherwise_than_their_reports():
+    report = judged_report()
+    scan = SimpleNamespace(model="m", seed=0, report=report)
+    same = DecisionResult("evidence", [2], 1e-6, "p_value", 0.001, inconclusive_below=0.01)
+    close = DecisionResult("evidence", [], 0.005, "p_value", 0.001, inconclusive_below=0.01)
+    assert report_lines([scan], {("evidence", "m", 0): same}) == [
+        "evidence: 1 of 1 scans judged as their own reports judged them"
+    ]
+    assert report_lines([scan], {("evidence", "m", 0): close}) == [
+        "evidence: 0 of 1 scans judged as their own reports judged them",
+        "  m seed 0: here close call, its report [2]",
+    ]
