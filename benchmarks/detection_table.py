@@ -156,6 +156,12 @@ Pairs = dict[tuple[int, int], float]
 CarriedPairs = dict[tuple[int, int], tuple[Carried, ...]]
 
 
+def record_path(folder: Path | None, model: str, seed: int) -> Path | None:
+    """Where a benchmark's record of one scan lies in `folder` (pair_scans, additive_scans, retry_scans); None
+    without a folder."""
+    return folder / model / f"seed{seed}.json" if folder else None
+
+
 def saved_pairs(
     report: ScanReport, pairs_dir: Path | None, model: str, seed: int, records_first: bool = False
 ) -> tuple[Pairs, CarriedPairs] | None:
@@ -163,7 +169,7 @@ def saved_pairs(
     where its scan ran the pair stage (since pairs ran in `cleanse scan`; none where the whole table exceeded
     --pairs), with or without `pairs_dir`, unless `records_first` and a record exists, else the pair record of
     benchmarks/pair_scans.py in `pairs_dir`, if any."""
-    record = pairs_dir / model / f"seed{seed}.json" if pairs_dir else None
+    record = record_path(pairs_dir, model, seed)
     judged = report.decision.pairs if report.decision is not None else []
     if (judged or report.pair_stage.needed) and not (records_first and record and record.is_file()):
         return (
@@ -191,7 +197,7 @@ def saved_additive(
             (item.epsilon, item.label, AdditiveMeasurement(item.success, item.evaluated, item.mimicry))
             for item in report.decision.additive
         )
-    record = additive_dir / model / f"seed{seed}.json" if additive_dir else None
+    record = record_path(additive_dir, model, seed)
     if record is None or not record.is_file():
         return None
     saved = json.loads(record.read_text())
@@ -272,7 +278,7 @@ def load_scans(
             continue
         first_evidence = None
         if retry_dir:
-            record = retry_dir / model / f"seed{seed}.json"
+            record = record_path(retry_dir, model, seed)
             if not record.is_file():
                 continue
             first_evidence, evidence = (
@@ -456,11 +462,14 @@ def report_lines(scans: list[ZooScan], judged: dict) -> list[str]:
     clean), and which differ: a scan run under an older default, or judged here with records in place of its own
     looks."""
     own = [scan for scan in scans if scan.report.decision is not None and scan.report.decision.rule == "evidence"]
-    differ = [
-        f"  {scan.model} seed {scan.seed}: here {verdict_text(judged[('evidence', scan.model, scan.seed)])}, "
-        f"its report {verdict_text(scan.report.decision)}"
+    verdicts = [
+        (scan, verdict_text(judged[("evidence", scan.model, scan.seed)]), verdict_text(scan.report.decision))
         for scan in own
-        if verdict_text(judged[("evidence", scan.model, scan.seed)]) != verdict_text(scan.report.decision)
+    ]
+    differ = [
+        f"  {scan.model} seed {scan.seed}: here {here}, its report {theirs}"
+        for scan, here, theirs in verdicts
+        if here != theirs
     ]
     return [f"evidence: {len(own) - len(differ)} of {len(own)} scans judged as their own reports judged them", *differ]
 
