@@ -181,7 +181,7 @@ def test_zoo_names_are_unique_and_cover_the_families() -> None:
     assert len(zoo_by_name()) == len(ZOO) >= 42
     families = {spec.attack.family if spec.attack else "clean" for spec in ZOO}
     assert families == {"clean", "badnets", "two_target", "all_to_all", "label_specific", "blended", "sig"}
-    assert sum(spec.attack is None for spec in ZOO) == 18
+    assert sum(spec.attack is None for spec in ZOO) == 21
     with pytest.raises(ValueError, match="not in the zoo"):
         select(["no-such-model"])
 
