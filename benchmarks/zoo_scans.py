@@ -61,6 +61,7 @@ class ScanJob:
     labels_per_batch: int = 1  # 1: the same trajectory on any CPU, as schedule recordings need; 0: the device's
     screen_starts: int = ScheduleConfig().screen_starts  # the screened schedule's starts per label in the screen
     initial_mask_max: str = ""  # the CLI's --initial-mask-max (empty: the preset's)
+    early_stop_patience: int = 0  # the CLI's --early-stop-patience (0: the preset's)
 
     @property
     def record(self) -> Path:
@@ -93,6 +94,7 @@ class ScanJob:
             "--screen-starts",
             str(self.screen_starts),
             *(["--initial-mask-max", self.initial_mask_max] if self.initial_mask_max else []),
+            *(["--early-stop-patience", str(self.early_stop_patience)] if self.early_stop_patience else []),
             "--out",
             str(self.out),
             "--quiet",
@@ -139,6 +141,7 @@ def scan_jobs(
     labels_per_batch: int = 1,
     initial_mask_max: str = "",
     screen_starts: int = ScheduleConfig().screen_starts,
+    early_stop_patience: int = 0,
 ) -> tuple[list[ScanJob], list[str]]:
     """(jobs ordered seed by seed, so every model gets its first seed before any gets a second; zoo models
     not built yet)."""
@@ -168,6 +171,7 @@ def scan_jobs(
                     labels_per_batch,
                     screen_starts=screen_starts,
                     initial_mask_max=initial_mask_max,
+                    early_stop_patience=early_stop_patience,
                 )
             )
     return sorted(jobs, key=lambda job: job.seed), missing
@@ -289,16 +293,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="the scan's --initial-mask-max, e.g. 1,0.1: each start's initial mask range (default: the preset's)",
     )
+    parser.add_argument(
+        "--early-stop-patience",
+        type=int,
+        default=0,
+        help="the scan's --early-stop-patience: steps without improvement before a label stops (default: the "
+        f"preset's, {DEFAULT.early_stop_patience})",
+    )
     args = parser.parse_args(argv)
     if (
         args.jobs < 1
         or args.max_images < 1
         or args.starts < 1
-        or min(args.start_trial_steps, args.labels_per_batch, args.screen_starts) < 0
+        or min(args.start_trial_steps, args.labels_per_batch, args.screen_starts, args.early_stop_patience) < 0
     ):
         parser.error(
-            "--jobs, --max-images and --starts must be at least 1, --start-trial-steps, --labels-per-batch and "
-            "--screen-starts at least 0"
+            "--jobs, --max-images and --starts must be at least 1, --start-trial-steps, --labels-per-batch, "
+            "--screen-starts and --early-stop-patience at least 0"
         )
     args.data = args.data or shared_data_dir()
     return args
@@ -322,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             args.labels_per_batch,
             args.initial_mask_max,
             args.screen_starts,
+            args.early_stop_patience,
         )
     except FileNotFoundError as error:  # a prepared data set's test file missing and not preparable
         raise SystemExit(f"error: {error}") from None
