@@ -5,19 +5,26 @@
 Without --model it exports random-weight models (speed does not depend on the weights): the paper's GTSRB CNN
 (32x32, 43 classes) and the zoo's plain CNN, BatchNorm CNN (32x32, 43 classes) and ResNet (64x64, 200
 classes, as on Tiny-ImageNet). Prints milliseconds per image for each variant: precision (float32 or bfloat16
-autocast), labels stacked per forward pass, memory format and threads, each against the first variant. The
-variants run in turn, twice, and each keeps its faster round. Run it on an otherwise idle machine: the load
+autocast), labels stacked per forward pass, memory format and threads, each against the first variant; and two
+reversals at once, one core each, in two threads of one process or in two processes (their images over the wall
+time of both: what splitting a scan's labels between the cores would give, against one reversal on both cores).
+The variants run in turn, twice, and each keeps its faster round. Run it on an otherwise idle machine: the load
 average is printed with the figures because a second busy process changes them several-fold.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier as ProcessBarrier
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +78,8 @@ class Variant:
     labels: int = 1
     channels_last: bool = True
     threads: int = 2
+    workers: int = 1  # reversals timed at once, `threads` threads each
+    processes: bool = False  # the workers in processes of their own, else threads of this one
 
 
 VARIANTS = [
@@ -82,6 +91,8 @@ VARIANTS = [
     Variant("bfloat16, 2 labels stacked", precision="bfloat16", labels=2),
     Variant("bfloat16, 4 labels stacked", precision="bfloat16", labels=4),
     Variant("bfloat16, 8 labels stacked", precision="bfloat16", labels=8),
+    Variant("bfloat16, 4 labels, 2 threads x 1", precision="bfloat16", labels=4, threads=1, workers=2),
+    Variant("bfloat16, 4 labels, 2 procs x 1", precision="bfloat16", labels=4, threads=1, workers=2, processes=True),
 ]
 
 
@@ -91,7 +102,8 @@ def export_random(arch: str, folder: Path) -> Path:
     return export_legacy(make(3, size, classes), folder / f"{arch}_random.onnx", (1, 3, size, size))
 
 
-def ms_per_image(model_path: Path, variant: Variant, batches: int) -> float:
+def prepared_reversal(model_path: Path, variant: Variant, batches: int) -> Callable[[], None]:
+    """One reversal of `variant.labels` labels for one step of `batches` mini-batches, warmed up once."""
     torch.set_num_threads(variant.threads)
     converted = load_onnx_classifier(model_path)
     contract = converted.contract
@@ -107,10 +119,58 @@ def ms_per_image(model_path: Path, variant: Variant, batches: int) -> float:
     )
     images = np.random.default_rng(0).uniform(0, 255, (512, *contract.image_shape)).astype(np.float32)
     reverser = TriggerReverser(model, config, torch.device("cpu"))
-    reverser.reverse(images, list(range(variant.labels)))  # warm-up
+
+    def run() -> None:
+        reverser.reverse(images, list(range(variant.labels)))
+
+    run()  # warm-up
+    return run
+
+
+def timed_reversal(
+    model_path: Path, variant: Variant, batches: int, ready: threading.Barrier | ProcessBarrier | None = None
+) -> float:
+    """Seconds of one prepared reversal, started once every worker is `ready`."""
+    run = prepared_reversal(model_path, variant, batches)
+    if ready is not None:
+        ready.wait()
     started = time.perf_counter()
-    reverser.reverse(images, list(range(variant.labels)))
-    return (time.perf_counter() - started) * 1000 / (MINI_BATCH * batches * variant.labels)
+    run()
+    return time.perf_counter() - started
+
+
+def process_worker(model_path: Path, variant: Variant, batches: int, ready: ProcessBarrier, results: Queue) -> None:
+    results.put(timed_reversal(model_path, variant, batches, ready))
+
+
+def worker_seconds(model_path: Path, variant: Variant, batches: int) -> list[float]:
+    """Each worker's seconds, the workers timed from one start (threads, or processes spawned afresh: torch's
+    OpenMP threads do not survive a fork)."""
+    if variant.workers == 1:
+        return [timed_reversal(model_path, variant, batches)]
+    if not variant.processes:
+        ready = threading.Barrier(variant.workers)
+        with ThreadPoolExecutor(variant.workers) as pool:
+            jobs = [pool.submit(timed_reversal, model_path, variant, batches, ready) for _ in range(variant.workers)]
+            return [job.result() for job in jobs]
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(variant.workers), context.Queue()
+    workers = [
+        context.Process(target=process_worker, args=(model_path, variant, batches, ready, results))
+        for _ in range(variant.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    seconds = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return seconds
+
+
+def ms_per_image(model_path: Path, variant: Variant, batches: int) -> float:
+    """Milliseconds per image over every worker's images: the slowest worker's time, all of them running at once."""
+    images = MINI_BATCH * batches * variant.labels * variant.workers
+    return max(worker_seconds(model_path, variant, batches)) * 1000 / images
 
 
 def main() -> None:
