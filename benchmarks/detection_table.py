@@ -312,12 +312,16 @@ NOT_POSITIVE = ("clean", "failed_attack")
 PATCH_FAMILIES = ("badnets", "two_target")
 
 
+def ordered_wrong(positives: list[float], negatives: list[float]) -> float:
+    """How many (positive, negative) pairs score the negative higher, ties counted half."""
+    return sum((p < n) + 0.5 * (p == n) for p in positives for n in negatives)
+
+
 def roc_auc(positives: list[float], negatives: list[float]) -> float:
     """P(a random positive scores above a random negative), ties counted half."""
     if not positives or not negatives:
         return math.nan
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
+    return 1 - ordered_wrong(positives, negatives) / (len(positives) * len(negatives))
 
 
 def settled_bound(looks: AdditiveLooks | None) -> AdditiveLooks | None:
@@ -409,6 +413,36 @@ def auc_lines(scans: list[ZooScan], judged: dict, rules: list[str]) -> list[str]
             patch = roc_auc([score[id(s)] for s in chosen if s.family in PATCH_FAMILIES], negatives)
             parts.append(f"{'all seeds' if seed is None else f'seed {seed}'} {auc:.3f} (patch families {patch:.3f})")
         lines.append(f"ROC-AUC {rule:9s} " + ", ".join(parts))
+    return lines
+
+
+def auc_loss_lines(scans: list[ZooScan], judged: dict, rule: str = "evidence", shown: int = 6) -> list[str]:
+    """The backdoored models that cost `rule`'s ROC-AUC over all seeds the most: the infected-clean scan pairs each
+    orders wrong (its scans scored at or below clean scans) and the share of the ROC-AUC that is."""
+    negatives = [judged[(rule, s.model, s.seed)].suspicion for s in scans if s.family == "clean"]
+    by_model: dict[str, list[ZooScan]] = defaultdict(list)
+    for scan in scans:
+        if scan.family not in NOT_POSITIVE:
+            by_model[scan.model].append(scan)
+    total = len(negatives) * sum(len(runs) for runs in by_model.values())
+    if not total:
+        return []
+    losses = []
+    for model, runs in by_model.items():
+        scores = [judged[(rule, s.model, s.seed)].suspicion for s in sorted(runs, key=lambda s: s.seed)]
+        wrong = ordered_wrong(scores, negatives)
+        if wrong:
+            losses.append((wrong, model, scores))
+    losses.sort(key=lambda item: (-item[0], item[1]))
+    lines = [f"ROC-AUC lost, {rule}, by model (of {total} infected-clean scan pairs, all seeds):"]
+    if not losses:
+        lines.append("  none: every infected scan scores above every clean one")
+    for wrong, model, scores in losses[:shown]:
+        seeds = ", ".join(f"{score:.2f}" for score in scores)
+        lines.append(f"  {model}: {wrong:g} pairs ordered wrong, {wrong / total:.4f} (model scores by seed: {seeds})")
+    if len(losses) > shown:
+        rest = sum(item[0] for item in losses[shown:])
+        lines.append(f"  {len(losses) - shown} more models: {rest:g} pairs, {rest / total:.4f}")
     return lines
 
 
@@ -601,6 +635,8 @@ def main(argv: list[str] | None = None) -> None:
         for block in (family_table, auc_lines, stability_lines):
             print()
             print("\n".join(block(scans, judged, list(rules))))
+        print()
+        print("\n".join(auc_loss_lines(scans, judged)))
         print()
         print("\n".join(report_lines(scans, judged)))
         if args.labels:

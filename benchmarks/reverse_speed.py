@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -161,7 +162,15 @@ def worker_seconds(model_path: Path, variant: Variant, batches: int) -> list[flo
     ]
     for worker in workers:
         worker.start()
-    seconds = [results.get() for _ in workers]
+    seconds: list[float] = []
+    while len(seconds) < len(workers):
+        try:
+            seconds.append(results.get(timeout=1))
+        except queue.Empty:
+            if any(worker.exitcode not in (None, 0) for worker in workers):
+                for worker in workers:
+                    worker.kill()
+                raise RuntimeError("a timing process failed (its traceback is above)") from None
     for worker in workers:
         worker.join()
     return seconds

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.detection_table import report_lines, saved_additive, saved_pairs
+from benchmarks.detection_table import auc_loss_lines, report_lines, roc_auc, saved_additive, saved_pairs
 from scanner.decision.additive import AdditiveJudgement, AdditiveMeasurement
 from scanner.decision.pairs import Carried, PairJudgement
 from scanner.decision.rules import DecisionResult
@@ -68,3 +68,18 @@ def test_the_table_says_which_scans_it_judges_otherwise_than_their_reports():
         "evidence: 0 of 1 scans judged as their own reports judged them",
         "  m seed 0: here close call, its report [2]",
     ]
+
+
+def test_the_roc_auc_lost_is_counted_by_model_and_adds_up_to_the_roc_auc():
+    scores = {("clean-a", 0): 1.0, ("clean-a", 1): 3.0, ("weak", 0): 0.5, ("weak", 1): 3.0, ("strong", 0): 9.0}
+    families = {"clean-a": "clean", "weak": "badnets", "strong": "blended"}
+    scans = [SimpleNamespace(model=model, seed=seed, family=families[model]) for model, seed in scores]
+    judged = {("evidence", model, seed): SimpleNamespace(suspicion=score) for (model, seed), score in scores.items()}
+    lines = auc_loss_lines(scans, judged)
+    # "weak" seed 0 sits below both clean scans, seed 1 ties one: 2.5 of the 6 infected-clean pairs
+    assert lines[0] == "ROC-AUC lost, evidence, by model (of 6 infected-clean scan pairs, all seeds):"
+    assert lines[1] == "  weak: 2.5 pairs ordered wrong, 0.4167 (model scores by seed: 0.50, 3.00)"
+    assert len(lines) == 2  # "strong" orders every pair right
+    assert roc_auc([0.5, 3.0, 9.0], [1.0, 3.0]) == 1 - 2.5 / 6
+    without_weak = [scan for scan in scans if scan.model != "weak"]
+    assert auc_loss_lines(without_weak, judged)[1] == "  none: every infected scan scores above every clean one"
