@@ -176,12 +176,13 @@ def test_attack_success_counts_victims_sent_to_each_target() -> None:
 
 
 def test_zoo_names_are_unique_and_cover_the_families() -> None:
-    from fixtures.zoo import ZOO, select, zoo_by_name  # imports torch: only this test pays for it
+    from fixtures.zoo import DATASETS, ZOO, select, zoo_by_name  # imports torch: only this test pays for it
 
     assert len(zoo_by_name()) == len(ZOO) >= 42
     families = {spec.attack.family if spec.attack else "clean" for spec in ZOO}
     assert families == {"clean", "badnets", "two_target", "all_to_all", "label_specific", "blended", "sig"}
-    assert sum(spec.attack is None for spec in ZOO) == 21
+    assert sum(spec.attack is None for spec in ZOO) == 22
+    assert all(spec.arch in DATASETS[spec.dataset].epochs for spec in ZOO)  # each model's dataset trains its arch
     with pytest.raises(ValueError, match="not in the zoo"):
         select(["no-such-model"])
 
