@@ -34,7 +34,7 @@ from scanner.pairs import PairTrigger
 from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.24"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.25"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -62,7 +62,8 @@ SCHEMA_VERSION = "1.24"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # older reports: not measured, the norm's alone), and "carried" (each other class's label and share; "carried_to" is
 # derived from it); 1.23: "retry_stage.sure_flags" (labels the retry chose but left as they were, their flag sure
 # already; older reports: none, every chosen label retried); 1.24: per label evidence "faded_success" (the trigger's
-# success with its mask at half strength; older reports: not measured, read as null)
+# success with its mask at half strength; older reports: not measured, read as null); 1.25: per pair "carry_flagged"
+# (flagged by its carry alone, so the labels it carries classes to are flagged too; older reports: false, as judged)
 TRIGGER_FOLDER = "triggers"
 # What a report folder holds besides triggers/ (html_report writes the second).
 REPORT_FILES = ("report.json", "report.html")
@@ -678,6 +679,7 @@ def findings_text(flagged: list[str], most_suspicious: str, nothing: str) -> str
 
 def pair_text(pair: PairJudgement) -> str:
     carries = f", carries classes to {', '.join(map(str, pair.carried_to))}" if pair.carried_to else ""
+    carries += " (flagged too)" if pair.carry_flagged else ""
     return f"{pair.source} -> {pair.target}: L1 {pair.norm:.2f}, z {pair.z:.2f}{carries}, p {pair.p_value:.3g}"
 
 
@@ -693,6 +695,8 @@ def pairs_lines(report: ScanReport) -> list[str]:
         return []
     top = pair_text(pairs[0]) if pairs else ""
     shown = findings_text([pair_text(p) for p in pairs if p.flagged], top, "too few to judge")
+    if any(p.carry_flagged for p in pairs):
+        shown += "; a pair whose trigger carries each class to a label of its own (an all-to-all backdoor) flags those"
     return [
         f"pairs      {stage.pairs} source -> target pairs reversed from one class's images "
         f"({stage.images:,} images, {stage.seconds:.1f} s); {shown}"

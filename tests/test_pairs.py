@@ -127,6 +127,7 @@ def test_a_pair_carrying_each_other_class_to_a_label_of_its_own_is_flagged_and_o
     judged = {(p.source, p.target): p for p in judge_pairs(norms, 0.001, 1.0, carried)}
     cycle, one_label = judged[6, 7], judged[2, 5]
     assert cycle.flagged and cycle.carried_to == (0, 1, 2, 3, 4, 5, 6, 8, 9) and cycle.carry_p_value < 1e-12
+    assert cycle.carry_flagged and cycle.flags == (7, 0, 1, 2, 3, 4, 5, 6, 8, 9)
     assert cycle.p_value == pytest.approx(2 * 90 * carry_tails(carried)[6, 7], rel=1e-6)
     assert not one_label.flagged and one_label.carried_to == (8,) and one_label.p_value > 0.05
     # a pair whose trigger is not small is no finding, whatever it carries
@@ -160,11 +161,33 @@ def test_a_flagged_pair_flags_its_target_and_gives_the_model_its_score():
         "flagged": True,
         "carried_to": [],
         "carry_p_value": None,
+        "carry_flagged": False,
         "carried": [],
     }
     labels_only = EvidenceDecision().judge(label_evidence(NATURAL_LABELS))
     assert labels_only.flagged == [] and labels_only.pairs == [] and labels_only.suspect_pair is None
     assert PaperDecision().judge(label_evidence(NATURAL_LABELS), planted).pairs == []  # the paper rule has no pairs
+
+
+def test_a_pair_flagged_by_its_carry_flags_every_label_it_carries_to_and_one_flagged_by_its_norm_its_target():
+    rng = np.random.default_rng(2)
+    norms = pair_table(10, rng)
+    norms[6, 7] /= 2  # small, but no finding by its norm alone
+    norms[3, 1] /= 60  # a label-specific patch: a finding by its norm, carrying nothing
+    carried = {pair: cycle_carried(10, False, pair[0]) for pair in norms}
+    carried[6, 7] = cycle_carried(10, True, 6)  # found the all-to-all patch: each class to the next
+    carried[3, 1] = tuple(Carried(u, 5 + u % 2, 0.9) for u in range(10) if u not in (3, 5, 6))  # carries to 5 and 6
+    result = EvidenceDecision().judge(label_evidence(NATURAL_LABELS), norms, carried=carried)
+    by_pair = {(p.source, p.target): p for p in result.pairs}
+    cycle, patch = by_pair[6, 7], by_pair[3, 1]
+    assert cycle.carry_flagged and cycle.carry_p_value < 1e-12
+    assert patch.flagged and not patch.carry_flagged and patch.carried_to == (5, 6)  # its carry alone is no finding
+    assert set(result.flagged) == set(range(10))
+    assert result.flag_p_value(4) == cycle.p_value and result.flag_p_value(1) == min(cycle.p_value, patch.p_value)
+    assert result.to_dict()["pairs"][0]["carry_flagged"] is True
+    # the paper rule judges labels only; without the carry measured, the cycle's pair is no finding
+    assert PaperDecision().judge(label_evidence(NATURAL_LABELS), norms, carried=carried).flagged == []
+    assert EvidenceDecision().judge(label_evidence(NATURAL_LABELS), norms).flagged == [1]
 
 
 def test_a_pair_flagging_its_target_only_just_beside_a_sure_label_makes_that_target_a_close_label():
@@ -191,6 +214,9 @@ def test_candidates_are_every_pair_of_the_sources_with_enough_images_and_the_tar
 
 def test_no_pair_is_reversed_when_the_table_is_too_large_or_spans_too_few_targets():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.LogSoftmax(dim=1))
+    with torch.no_grad():  # weights of its own, whatever ran before: it predicts every class for some image
+        model[1].weight.copy_(torch.from_numpy(np.random.default_rng(2).normal(size=(3, 16)).astype(np.float32)))
+        model[1].bias.zero_()
     images = np.random.default_rng(0).uniform(0, 255, (30, 1, 4, 4)).astype(np.float32)
     config = ReverseConfig(mini_batch=4, images_per_step=8, max_steps=2)
     search = reverse_pairs(model, images, range(3), config, PairConfig(max_pairs=1, min_source_images=1), CPU, 0)

@@ -15,7 +15,9 @@ scanner/pairs.py): most images of class u go to one label v_u, a different v_u f
 target sends other classes to the target or leaves them. So each pair also counts the distinct labels that receive
 most (more than half) of some other class's images; against the rate at which the model's pairs do that at all
 (every pair pooled, Laplace's rule of succession), its binomial tail is the carry's p-value. The pair's p-value is the
-smaller of its two looks, each paid for (Bonferroni), corrected for the number of pairs.
+smaller of its two looks, each paid for (Bonferroni), corrected for the number of pairs. A pair whose carry look alone
+is a finding flags the labels it carries classes to besides its target: they are the same backdoor's other targets,
+and which pairs of the cycle a reversal finds changes from seed to seed, the labels they carry to much less.
 """
 
 from __future__ import annotations
@@ -58,10 +60,19 @@ class PairJudgement:
     flagged: bool
     carried: tuple[Carried, ...] = ()  # where its trigger sends each other class (empty: not measured)
     carry_p_value: float | None = None  # the carry's look alone, family-wise (None: not measured)
+    carry_flagged: bool = False  # flagged, and its carry look alone, paid for, lies below alpha
 
     @property
     def carried_to(self) -> tuple[int, ...]:
         return carried_to(self.carried)
+
+    @property
+    def flags(self) -> tuple[int, ...]:
+        """The labels this pair flags: none, its target, or where its carry look alone is a finding (an all-to-all
+        patch sends each class to a label of its own) its target and the labels it carries classes to."""
+        if not self.flagged:
+            return ()
+        return (self.target, *self.carried_to) if self.carry_flagged else (self.target,)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -73,6 +84,7 @@ class PairJudgement:
             "flagged": self.flagged,
             "carried_to": list(self.carried_to),  # derived from "carried", for a reader's convenience
             "carry_p_value": self.carry_p_value,
+            "carry_flagged": self.carry_flagged,
             "carried": [{"label": c.label, "to": c.to, "share": round(c.share, 4)} for c in self.carried],
         }
 
@@ -118,7 +130,8 @@ def judge_pairs(
 ) -> list[PairJudgement]:
     """Every pair's judgement, most suspicious first: flagged when its p-value is below `alpha` and its z-score
     above `candidate_z` (a planted trigger is a small one, whatever it carries). With `carried` (where each pair's
-    trigger sends the other classes), the p-value is the smaller of the norm's and the carry's, each paid for."""
+    trigger sends the other classes), the p-value is the smaller of the norm's and the carry's, each paid for; a
+    flagged pair whose carry look alone, paid for, lies below `alpha` is `carry_flagged`."""
     z_scores = pair_z_scores(norms)
     tails = carry_tails({pair: carried[pair] for pair in z_scores if pair in carried}) if carried else {}
     judgements = []
@@ -128,6 +141,8 @@ def judge_pairs(
         looks = 1 if carry_tail is None else 2
         p_value = sidak(min(1.0, looks * min(tail, 1.0 if carry_tail is None else carry_tail)), len(z_scores))
         flagged = p_value < alpha and z > candidate_z
+        carry_alone = None if carry_tail is None else sidak(min(1.0, looks * carry_tail), len(z_scores))
+        carry_flagged = flagged and carry_alone is not None and carry_alone < alpha
         judgements.append(
             PairJudgement(
                 source,
@@ -138,6 +153,7 @@ def judge_pairs(
                 flagged,
                 tuple(carried[source, target]) if carry_tail is not None else (),
                 None if carry_tail is None else sidak(carry_tail, len(z_scores)),
+                carry_flagged,
             )
         )
     return sorted(judgements, key=lambda judgement: (judgement.p_value, -judgement.z))

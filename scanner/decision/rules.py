@@ -94,12 +94,12 @@ class DecisionResult:
         return bool(self.flagged) and above is not None and self.score > above
 
     def flag_p_value(self, label: int) -> float:
-        """The smallest p-value among the looks that flagged `label` (its own judgement, a pair to it, an additive
-        look at it); 1 where none did."""
+        """The smallest p-value among the looks that flagged `label` (its own judgement, a pair that flags it, an
+        additive look at it); 1 where none did."""
         own = self.judgements.get(label)
         return min(
             ([own.p_value] if own is not None and own.flagged else [])
-            + [pair.p_value for pair in self.pairs if pair.flagged and pair.target == label]
+            + [pair.p_value for pair in self.pairs if label in pair.flags]
             + [look.p_value for look in self.additive if look.flagged and look.label == label],
             default=1.0,
         )
@@ -321,7 +321,8 @@ class EvidenceDecision:
     ) -> DecisionResult:
         """Judge every label, and with `pairs` ((source, target) -> the L1 norm of the trigger reversed from the
         source's images, scanner/pairs.py) every pair: a flagged pair flags its target (with `carried`, where each
-        pair's trigger sends the other classes, judged on that too); with `additive` (bound -> label -> what its
+        pair's trigger sends the other classes, judged on that too, and a pair flagged by its carry alone flags the
+        labels it carries classes to as well); with `additive` (bound -> label -> what its
         additive perturbation did, scanner/additive.py) every label's additive look at every bound: a flagged look
         flags its label."""
         judgements, measures = self._judgements(evidence, evidence)
@@ -331,7 +332,7 @@ class EvidenceDecision:
             if judgements[label].flagged
         ]
         pair_judgements = judge_pairs(pairs, self.alpha, self.candidate_z, carried) if pairs else []
-        flagged += list(dict.fromkeys(p.target for p in pair_judgements if p.flagged and p.target not in flagged))
+        flagged += list(dict.fromkeys(label for p in pair_judgements for label in p.flags if label not in flagged))
         additive_judgements = judge_additive(additive, self.alpha, self.candidate_z) if additive else []
         flagged += [label for label in flagged_looks(additive_judgements) if label not in flagged]
         # the model's score: its most suspicious label that could be flagged, pair, or additive look
