@@ -199,7 +199,8 @@ def pairs_section(report: ScanReport, folder: Path) -> str:
 target's typical norms are taken out (median polish), as a robust z-score (Student's t, 5 degrees of freedom); and
 the labels its trigger carries most images of another class to (an all-to-all backdoor's patch carries each class to
 a label of its own), against the model's rate (binomial). The p-value, the smaller of the two looks, is corrected
-for the {len(pairs)} pairs; a pair flagged by its carry alone flags the labels it carries to as well. Flagged below
+for the {len(pairs)} pairs; a pair flagged by its carry (alone, or with other pairs that carry too: the cycle look)
+flags the labels it carries to as well. Flagged below
 {report.judged.threshold:g}; the {min(PAIRS_SHOWN, len(pairs))} most suspicious:</p>
 {table(["source", "target", "L1 norm", "z", "carries to", "p-value", ""], rows, {2, 3, 5})}
 {pair_images(images)}"""

@@ -696,7 +696,7 @@ def pairs_lines(report: ScanReport) -> list[str]:
     top = pair_text(pairs[0]) if pairs else ""
     shown = findings_text([pair_text(p) for p in pairs if p.flagged], top, "too few to judge")
     if any(p.carry_flagged for p in pairs):
-        shown += "; a pair whose trigger carries each class to a label of its own (an all-to-all backdoor) flags those"
+        shown += "; pairs carrying each class to a label of its own (all-to-all), alone or together, flag those labels"
     return [
         f"pairs      {stage.pairs} source -> target pairs reversed from one class's images "
         f"({stage.images:,} images, {stage.seconds:.1f} s); {shown}"

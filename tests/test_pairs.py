@@ -11,7 +11,15 @@ from torch import nn
 
 from scanner.config import PRESETS, ConfigError, PairConfig, ReverseConfig
 from scanner.decision.evidence import LabelEvidence
-from scanner.decision.pairs import MIN_SIDE, Carried, carried_to, carry_tails, judge_pairs, pair_z_scores
+from scanner.decision.pairs import (
+    MIN_SIDE,
+    Carried,
+    carried_to,
+    carry_tails,
+    cycle_look,
+    judge_pairs,
+    pair_z_scores,
+)
 from scanner.decision.rules import EvidenceDecision, PaperDecision
 from scanner.decision.statistics import binomial_upper_tail, median_polish, normal_upper_tail, student_t_upper_tail
 from scanner.pairs import candidate_pairs, carried_classes, pair_reverse_config, reverse_pairs, stamped
@@ -133,6 +141,41 @@ def test_a_pair_carrying_each_other_class_to_a_label_of_its_own_is_flagged_and_o
     # a pair whose trigger is not small is no finding, whatever it carries
     large = {**norms, (6, 7): norms[6, 7] * 8}
     assert not {(p.source, p.target): p for p in judge_pairs(large, 0.001, 1.0, carried)}[6, 7].flagged
+
+
+def test_pairs_of_a_cycle_that_carry_too_little_alone_are_flagged_together_and_one_such_pair_is_not():
+    rng = np.random.default_rng(2)
+    norms = pair_table(10, rng)
+    cycle = [(6, 7), (4, 5), (2, 3)]
+    for pair in cycle:
+        norms[pair] /= 2  # small, but no finding by their norms alone
+
+    def carrying(source: int, count: int) -> tuple[Carried, ...]:
+        """The first `count` other classes each to the next label, the rest nowhere."""
+        others = [u for u in range(10) if u != source]
+        return tuple(Carried(u, u + 1, 0.9) if i < count else Carried(u, -1, 0.0) for i, u in enumerate(others))
+
+    # a natural pair carries at most one class elsewhere
+    carried = {
+        pair: tuple(Carried(u, (u + 3) % 10, 0.9 if u == pair[0] + 1 else 0.0) for u in range(10) if u != pair[0])
+        for pair in norms
+    }
+    alone = {**carried, cycle[0]: carrying(cycle[0][0], 6)}
+    single = {(p.source, p.target): p for p in judge_pairs(norms, 0.001, 1.0, alone)}[cycle[0]]
+    assert not single.flagged and 0.001 < single.carry_p_value < 0.05
+    together = {**carried, **{pair: carrying(pair[0], 6) for pair in cycle}}
+    judged = {(p.source, p.target): p for p in judge_pairs(norms, 0.001, 1.0, together)}
+    tails = carry_tails(together)
+    cycle_p, taken = cycle_look({pair: tails[pair] for pair in cycle}, len(norms))
+    assert sorted(taken) == sorted(cycle) and cycle_p < 0.001
+    for pair in cycle:
+        assert judged[pair].carry_p_value > 0.01  # each pair's own carry look is no finding
+        assert judged[pair].flagged and judged[pair].carry_flagged and judged[pair].p_value == cycle_p
+    assert not any(judgement.flagged for pair, judgement in judged.items() if pair not in cycle)
+    # three pairs carrying five classes each: not enough together either
+    weaker = {**carried, **{pair: carrying(pair[0], 5) for pair in cycle}}
+    assert not any(p.flagged for p in judge_pairs(norms, 0.001, 1.0, weaker))
+    assert cycle_look({}, 90) == (1.0, []) and cycle_look({(0, 1): 1e-9}, 90) == (1.0, [])  # one pair is no cycle
 
 
 # ---------------------------------------------------------------- the evidence rule with pairs

@@ -18,10 +18,17 @@ most (more than half) of some other class's images; against the rate at which th
 smaller of its two looks, each paid for (Bonferroni), corrected for the number of pairs. A pair whose carry look alone
 is a finding flags the labels it carries classes to besides its target: they are the same backdoor's other targets,
 and which pairs of the cycle a reversal finds changes from seed to seed, the labels they carry to much less.
+
+Several pairs of a cycle may each carry the other classes, none enough alone (the pooled rate they are judged against
+rises with them). The cycle look judges them together: for k = 2 to `CYCLE_PAIRS`, the chance that k or more of the
+model's pairs carry as well as the k-th best does, were each pair's carry tail uniform (a discrete tail is at most so
+likely), is the binomial tail of the k-th order statistic; the smallest, paid for (Bonferroni over k), flags the k
+pairs it takes as their carries would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +43,7 @@ from scanner.decision.statistics import (
 )
 
 PAIR_TAIL_DOF = 5
+CYCLE_PAIRS = 5  # the most pairs the cycle look takes together
 PAIR_Z_FLOOR = 0.05  # smallest scale (of log norms) a z-score divides by
 MIN_SIDE = 3  # fewest sources and targets a polish needs
 MOST = 0.5  # a class is carried to a label when more than this share of its stamped images goes there
@@ -56,11 +64,13 @@ class PairJudgement:
     target: int
     norm: float
     z: float  # positive = smaller than its source and target explain
-    p_value: float  # family-wise, corrected for the number of pairs: the smaller of the norm's and the carry's
+    # family-wise, corrected for the number of pairs: the smaller of the norm's and the carry's (and of the cycle
+    # look's, for a pair it takes)
+    p_value: float
     flagged: bool
     carried: tuple[Carried, ...] = ()  # where its trigger sends each other class (empty: not measured)
     carry_p_value: float | None = None  # the carry's look alone, family-wise (None: not measured)
-    carry_flagged: bool = False  # flagged, and its carry look alone, paid for, lies below alpha
+    carry_flagged: bool = False  # flagged, and its carry look alone, paid for, or the cycle look lies below alpha
 
     @property
     def carried_to(self) -> tuple[int, ...]:
@@ -104,6 +114,19 @@ def carry_tails(carried: Mapping[tuple[int, int], Sequence[Carried]]) -> dict[tu
     return {pair: binomial_upper_tail(k, n, rate) for pair, (k, n) in counts.items()}
 
 
+def cycle_look(tails: Mapping[tuple[int, int], float], pairs: int) -> tuple[float, list[tuple[int, int]]]:
+    """The cycle look over pairs' carry `tails` (one pair alone) among the model's `pairs` pairs: for k = 2 to
+    CYCLE_PAIRS, the chance that k or more pairs carry as well as the k-th best does, were every tail uniform; the
+    smallest, paid for (Bonferroni over k), and the k pairs it takes (1 and none where there are too few)."""
+    ordered = sorted(tails, key=lambda pair: tails[pair])
+    best, taken = 1.0, []
+    for k in range(2, min(CYCLE_PAIRS, len(ordered)) + 1):
+        chance = binomial_upper_tail(k, pairs, tails[ordered[k - 1]])
+        if chance < best:
+            best, taken = chance, ordered[:k]
+    return min(1.0, (CYCLE_PAIRS - 1) * best), taken
+
+
 def pair_z_scores(norms: Mapping[tuple[int, int], float]) -> dict[tuple[int, int], float]:
     """Each pair's robust z-score of its median-polished log norm (positive: smaller than expected); empty when
     the pairs span fewer than MIN_SIDE sources or targets."""
@@ -131,7 +154,8 @@ def judge_pairs(
     """Every pair's judgement, most suspicious first: flagged when its p-value is below `alpha` and its z-score
     above `candidate_z` (a planted trigger is a small one, whatever it carries). With `carried` (where each pair's
     trigger sends the other classes), the p-value is the smaller of the norm's and the carry's, each paid for; a
-    flagged pair whose carry look alone, paid for, lies below `alpha` is `carry_flagged`."""
+    flagged pair whose carry look alone, paid for, lies below `alpha` is `carry_flagged`, and so are the pairs past
+    the z-score gate that the cycle look takes where it lies below `alpha` (their p-values that look's, if smaller)."""
     z_scores = pair_z_scores(norms)
     tails = carry_tails({pair: carried[pair] for pair in z_scores if pair in carried}) if carried else {}
     judgements = []
@@ -156,4 +180,14 @@ def judge_pairs(
                 carry_flagged,
             )
         )
+    cycle_p, cycle = cycle_look(
+        {pair: tail for pair, tail in tails.items() if z_scores[pair] > candidate_z}, len(z_scores)
+    )
+    if cycle_p < alpha:
+        judgements = [
+            dataclasses.replace(j, p_value=min(j.p_value, cycle_p), flagged=True, carry_flagged=True)
+            if (j.source, j.target) in cycle
+            else j
+            for j in judgements
+        ]
     return sorted(judgements, key=lambda judgement: (judgement.p_value, -judgement.z))
