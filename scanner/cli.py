@@ -642,6 +642,11 @@ def convert(
     type=NumberList(int),
     help="Remove these labels' reversed triggers (default: the report's flagged labels).",
 )
+@click.option(
+    "--pair-triggers/--no-pair-triggers",
+    default=None,
+    help="Also remove the triggers of the source-specific pairs that flagged those labels (default: on).",
+)
 @click.option("--holdout", "holdout_fraction", type=float, help="Fraction of the clean images held out (default 0.3).")
 @click.option(
     "--fraction", "unlearn_fraction", type=float, help="unlearn: fraction of repair images stamped (default 0.2)."

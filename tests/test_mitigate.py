@@ -21,10 +21,12 @@ from converters.onnx_to_torch import load_onnx_classifier
 from scanner import make_config, scan, schemas, write_report
 from scanner.cli import main
 from scanner.data import load_clean_data
+from scanner.decision.pairs import Carried, PairJudgement
 from scanner.mitigate import METHODS, MitigationConfig, MitigationMethod, mitigate
 from scanner.mitigate.methods import method_named
 from scanner.mitigate.prune import interleaved_order
 from scanner.mitigate.reattack import reattack_success, within_budget
+from scanner.mitigate.run_mitigation import flagging_pairs
 from scanner.mitigate.triggers import (
     AdditiveTrigger,
     load_trigger_files,
@@ -516,6 +518,26 @@ def test_a_valid_trigger_loads_as_chw(tmp_path):
     assert loaded_mask.dtype == loaded_pattern.dtype == np.float32
     assert loaded_pattern.shape == (1, 8, 8) and loaded_pattern[0, 7, 7] == 63
     np.testing.assert_array_equal(loaded_mask, np.eye(8))
+
+
+def test_a_label_a_pair_flagged_is_mitigated_with_that_pairs_trigger_too(tmp_path):
+    cycle = tuple(Carried(u, u + 1, 0.9) for u in range(5))  # classes 0 to 4 each to the next label
+    pairs = [
+        PairJudgement(6, 7, 12.0, 9.1, 1e-5, True, cycle, 1e-6, carry_flagged=True),  # an all-to-all patch
+        PairJudgement(3, 1, 4.0, 6.0, 1e-4, True),  # a label-specific patch: flags its target alone
+        PairJudgement(2, 5, 30.0, 0.5, 0.9, False, cycle, 1e-6),  # carries, but not flagged
+    ]
+    assert flagging_pairs(pairs, [4]) == [(7, 6)]  # carried there by the cycle's patch
+    assert flagging_pairs(pairs, [1, 4]) == [(7, 6), (1, 3)]
+    assert flagging_pairs(pairs, [8]) == [] and flagging_pairs(pairs, [3]) == [(7, 6)]
+    (tmp_path / "triggers").mkdir()
+    np.save(tmp_path / "triggers" / "pair_006_to_007_mask.npy", np.eye(8, dtype=np.float32))
+    np.save(tmp_path / "triggers" / "pair_006_to_007_pattern.npy", np.full((8, 8, 1), 255, np.uint8))
+    trigger = reversed_trigger(tmp_path, 7, (1, 8, 8), source=6)
+    assert trigger.name == "pair 6 -> 7 (reversed)" and trigger.target == 7
+    np.testing.assert_array_equal(trigger.mask, np.eye(8))
+    with pytest.raises(DataError, match="label_007_mask.npy"):  # the label's own trigger is another file
+        reversed_trigger(tmp_path, 7, (1, 8, 8))
 
 
 def test_duplicated_labels_to_mitigate_are_refused():

@@ -24,6 +24,7 @@ def method_names() -> tuple[str, ...]:
 class MitigationConfig:
     method: str = "unlearn"  # the name a MitigationMethod is registered under (scanner/mitigate/methods/)
     labels: tuple[int, ...] = ()  # whose reversed triggers to remove; empty = the report's flagged labels
+    pair_triggers: bool = True  # also the triggers of the source-specific pairs that flagged those labels
     holdout_fraction: float = 0.3  # of the labelled clean images, kept out of the repair for the table
     max_images: int = 0  # clean images used; 0 = all
     seed: int = 0

@@ -12,8 +12,9 @@ from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.measure import Measurement, format_table
 
 RESULT_FILE = "mitigation.json"
-# mitigation.json's layout version (1.0: the first layout to state one; scanner/schemas/mitigation.schema.json)
-SCHEMA_VERSION = "1.0"
+# mitigation.json's layout version (1.0: the first layout to state one; 1.1: config "pair_triggers";
+# scanner/schemas/mitigation.schema.json)
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass

@@ -14,6 +14,7 @@ from cleanse_base.files import check_writable_file, file_sha256, refuse_overlap
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier
 from scanner.data import CleanData, load_clean_data
 from scanner.decision.additive import flagged_looks
+from scanner.decision.pairs import PairJudgement
 from scanner.mitigate.config import MitigationConfig
 from scanner.mitigate.measure import likely_target, measure
 from scanner.mitigate.methods import method_named
@@ -55,6 +56,8 @@ def check_outputs(
     labels = list(config.labels) or report.flagged
     report_files = [report_json(report_folder)]
     report_files += [path for label in labels for path in reversed_trigger_files(report_folder, label)]
+    pairs = flagging_pairs(report.judged.pairs, labels) if config.pair_triggers else []
+    report_files += [path for pair in pairs for path in reversed_trigger_files(report_folder, *pair)]
     report_files += [additive_trigger_file(report_folder, label) for label in additive_bounds(report, labels)]
     data_path = None if isinstance(data, CleanData) else data
     refuse_overlap([model, *report_files, data_path, *(trigger or ())], [out, json_out])
@@ -72,17 +75,32 @@ def additive_bounds(report: ScanReport, labels: list[int]) -> dict[int, float]:
     return {label: look.epsilon for label, look in flagged_looks(report.judged.additive).items() if label in labels}
 
 
+def flagging_pairs(pairs: list[PairJudgement], labels: list[int]) -> list[tuple[int, int]]:
+    """(target, source) of each pair that flags one of `labels`, in the pairs' order: a report folder keeps the
+    flagged pairs' triggers (run_scan.shown_pairs). A label-specific patch moves only its source's images and an
+    all-to-all patch each class to a label of its own, so the label's own reversal, over every class, may not be
+    the trigger at all; the pair's is what found it."""
+    wanted = set(labels)
+    return [(pair.target, pair.source) for pair in pairs if wanted & set(pair.flags)]
+
+
 def scan_triggers(
-    report: ScanReport, report_folder: Path, labels: list[int], image_shape: tuple[int, int, int]
+    report: ScanReport,
+    report_folder: Path,
+    labels: list[int],
+    image_shape: tuple[int, int, int],
+    pair_triggers: bool = True,
 ) -> list[AnyTrigger]:
-    """What the scan found for each label: its reversed mask and pattern, and where its additive look flagged it,
-    that perturbation too."""
+    """What the scan found for each label: its reversed mask and pattern, where its additive look flagged it that
+    perturbation too, and with `pair_triggers` the triggers of the pairs that flagged it."""
     additive = additive_bounds(report, labels)
     triggers: list[AnyTrigger] = []
     for label in labels:
         triggers.append(reversed_trigger(report_folder, label, image_shape))
         if label in additive:
             triggers.append(reversed_additive_trigger(report_folder, label, additive[label], image_shape))
+    pairs = flagging_pairs(report.judged.pairs, labels) if pair_triggers else []
+    triggers += [reversed_trigger(report_folder, target, image_shape, source) for target, source in pairs]
     return triggers
 
 
@@ -148,7 +166,7 @@ def mitigate(
     converted = load_model(model, report, report_folder)
     contract = converted.contract
     labels = require_labels(config.labels, report.flagged, contract.num_classes)
-    triggers = scan_triggers(report, report_folder, labels, contract.image_shape)
+    triggers = scan_triggers(report, report_folder, labels, contract.image_shape, config.pair_triggers)
     repair, holdout = split_holdout(load_data(data, converted, config), config.holdout_fraction, config.seed)
     scaling = report_scaling(report, contract.channels)
     converted.module.to(device)

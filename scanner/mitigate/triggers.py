@@ -1,7 +1,8 @@
 """The data a mitigation works with: clean images split into repair and held-out parts, and triggers
-(reversed ones from a scan report, or the real one the user holds) stamped on them: a mask and pattern, or, where
-the scan's additive look flagged the label, the additive perturbation it found (a blend or a sinusoid over the
-whole image, which no small mask expresses)."""
+(reversed ones from a scan report, or the real one the user holds) stamped on them: a mask and pattern (a label's,
+or where a source-specific pair flagged the label, that pair's too), or, where the scan's additive look flagged the
+label, the additive perturbation it found (a blend or a sinusoid over the whole image, which no small mask
+expresses)."""
 
 from __future__ import annotations
 
@@ -68,15 +69,20 @@ def reversed_additive_trigger(
     return AdditiveTrigger(f"label {label} (additive)", _to_chw(delta), epsilon, label)
 
 
-def reversed_trigger_files(report_folder: Path, label: int) -> tuple[Path, Path]:
-    """(mask .npy, pattern .npy) of a label's reversed trigger in a scan report folder."""
-    paths = trigger_paths(report_folder, label)
+def reversed_trigger_files(report_folder: Path, label: int, source: int | None = None) -> tuple[Path, Path]:
+    """(mask .npy, pattern .npy) of a label's reversed trigger in a scan report folder, or with `source` of the
+    trigger reversed for the pair source -> label."""
+    paths = trigger_paths(report_folder, label, source)
     return Path(f"{paths['mask']}.npy"), Path(f"{paths['pattern']}.npy")
 
 
-def reversed_trigger(report_folder: Path, label: int, image_shape: tuple[int, int, int]) -> Trigger:
-    mask, pattern = load_trigger_files(*reversed_trigger_files(report_folder, label), image_shape)
-    return Trigger(f"label {label} (reversed)", mask, pattern, label)
+def reversed_trigger(
+    report_folder: Path, label: int, image_shape: tuple[int, int, int], source: int | None = None
+) -> Trigger:
+    """A label's reversed trigger, or with `source` the pair source -> label's, from a report folder."""
+    mask, pattern = load_trigger_files(*reversed_trigger_files(report_folder, label, source), image_shape)
+    name = f"label {label} (reversed)" if source is None else f"pair {source} -> {label} (reversed)"
+    return Trigger(name, mask, pattern, label)
 
 
 def load_trigger_files(
