@@ -10,7 +10,7 @@ import pytest
 
 from cleanse_base.errors import ConfigError
 from cleanse_base.limits import Limits
-from scanner.cli import mitigation_config, scan_settings
+from scanner.cli import main, mitigation_config, scan_settings
 from scanner.config import (
     PRESETS,
     AdditiveConfig,
@@ -170,6 +170,10 @@ def test_flags_map_onto_the_config_fields_once():
     assert make_config({"pairs": {"max_pairs": 0}}).pairs.max_pairs == 0  # --pairs 0: no pair stage
     mitigation = mitigation_config({"method": "prune", "unlearn_batch": 4, "prune_target": 0.1, "seed": None})
     assert mitigation == MitigationConfig(method="prune", unlearn_batch=4, prune_target=0.1)
+    assert mitigation.pair_triggers and not mitigation_config({"pair_triggers": False}).pair_triggers
+    assert mitigation_config({"pair_triggers": None}).pair_triggers  # the flag not given: the default
+    (flag,) = [param for param in main.commands["mitigate"].params if param.name == "pair_triggers"]
+    assert flag.opts == ["--pair-triggers"] and flag.secondary_opts == ["--no-pair-triggers"] and flag.default is None
 
 
 def test_a_screened_schedule_runs_its_share_of_the_additive_looks_steps_and_full_runs_all_of_them():
