@@ -63,7 +63,8 @@ SCHEMA_VERSION = "1.25"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # derived from it); 1.23: "retry_stage.sure_flags" (labels the retry chose but left as they were, their flag sure
 # already; older reports: none, every chosen label retried); 1.24: per label evidence "faded_success" (the trigger's
 # success with its mask at half strength; older reports: not measured, read as null); 1.25: per pair "carry_flagged"
-# (flagged by its carry alone, so the labels it carries classes to are flagged too; older reports: false, as judged)
+# (flagged by its carry, alone or in the cycle look, so the labels it carries classes to are flagged too; older
+# reports: false, as judged)
 TRIGGER_FOLDER = "triggers"
 # What a report folder holds besides triggers/ (html_report writes the second).
 REPORT_FILES = ("report.json", "report.html")

@@ -78,8 +78,8 @@ class PairJudgement:
 
     @property
     def flags(self) -> tuple[int, ...]:
-        """The labels this pair flags: none, its target, or where its carry look alone is a finding (an all-to-all
-        patch sends each class to a label of its own) its target and the labels it carries classes to."""
+        """The labels this pair flags: none, its target, or where its carry is a finding, alone or in the cycle look
+        (an all-to-all patch sends each class to a label of its own), its target and the labels it carries to."""
         if not self.flagged:
             return ()
         return (self.target, *self.carried_to) if self.carry_flagged else (self.target,)

@@ -321,8 +321,8 @@ class EvidenceDecision:
     ) -> DecisionResult:
         """Judge every label, and with `pairs` ((source, target) -> the L1 norm of the trigger reversed from the
         source's images, scanner/pairs.py) every pair: a flagged pair flags its target (with `carried`, where each
-        pair's trigger sends the other classes, judged on that too, and a pair flagged by its carry alone flags the
-        labels it carries classes to as well); with `additive` (bound -> label -> what its
+        pair's trigger sends the other classes, judged on that too, and a pair flagged by its carry, alone or in the
+        cycle look, flags the labels it carries classes to as well); with `additive` (bound -> label -> what its
         additive perturbation did, scanner/additive.py) every label's additive look at every bound: a flagged look
         flags its label."""
         judgements, measures = self._judgements(evidence, evidence)
