@@ -540,6 +540,18 @@ def test_a_label_a_pair_flagged_is_mitigated_with_that_pairs_trigger_too(tmp_pat
         reversed_trigger(tmp_path, 7, (1, 8, 8))
 
 
+def test_a_tampered_pair_trigger_is_refused_before_it_is_used(tmp_path):
+    """A report folder is untrusted: a pair's trigger goes through the same checks as a label's (no pickle)."""
+    (tmp_path / "triggers").mkdir()
+    marker = tmp_path / "marker"
+    write_pickled_npy(tmp_path / "triggers" / "pair_006_to_007_mask.npy", marker)
+    np.save(tmp_path / "triggers" / "pair_006_to_007_pattern.npy", np.zeros((8, 8, 1), np.float32))
+    with pytest.raises(DataError, match="must be a numeric array, not object") as caught:
+        reversed_trigger(tmp_path, 7, (1, 8, 8), source=6)
+    assert "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
 def test_duplicated_labels_to_mitigate_are_refused():
     with pytest.raises(ConfigError, match="distinct"):
         require_labels((), [7] * 2000, 10)
