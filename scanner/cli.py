@@ -335,6 +335,12 @@ shared_scan_options = options(
         help="screened schedule: share of the additive look's steps from zero every label runs (default 0.5; 1: "
         "the whole look, as under full; the rungs' steps stay).",
     ),
+    click.option(
+        "--screen-mini-batch",
+        type=click.IntRange(min=0),
+        help="screened schedule: images in each of the screen's mini-batches (default 0: the reversal's "
+        "--mini-batch); a label that runs on goes back to that.",
+    ),
     max_images_option,
     click.option(
         "--decision",

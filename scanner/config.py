@@ -172,6 +172,9 @@ class ScheduleConfig:
     # steps kept every verdict but one close call, where cutting the rungs' steps too cost a flag (docs/measurements.md,
     # "Label schedule")
     look_share: float = 0.5
+    # images in each of the screen's mini-batches (0: the reversal's own): as many Adam updates per screened step on
+    # fewer images. A label that runs on goes back to the reversal's mini-batch.
+    screen_mini_batch: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -204,6 +207,10 @@ class ScheduleConfig:
             raise ConfigError(f"schedule.screen_starts must be 0 (all) or positive, not {self.screen_starts}")
         if not (math.isfinite(self.look_share) and 0 < self.look_share <= 1):
             raise ConfigError(f"schedule.look_share must be in (0, 1], not {self.look_share}")
+        if self.screen_mini_batch < 0:
+            raise ConfigError(
+                f"schedule.screen_mini_batch must be 0 (the reversal's) or positive, not {self.screen_mini_batch}"
+            )
         return self
 
 

@@ -34,7 +34,7 @@ from scanner.pairs import PairTrigger
 from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
 
-SCHEMA_VERSION = "1.25"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.26"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -64,7 +64,8 @@ SCHEMA_VERSION = "1.25"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # already; older reports: none, every chosen label retried); 1.24: per label evidence "faded_success" (the trigger's
 # success with its mask at half strength; older reports: not measured, read as null); 1.25: per pair "carry_flagged"
 # (flagged by its carry, alone or in the cycle look, so the labels it carries classes to are flagged too; older
-# reports: false, as judged)
+# reports: false, as judged); 1.26: config schedule.screen_mini_batch (older reports: 0, the reversal's mini-batch,
+# as they ran)
 TRIGGER_FOLDER = "triggers"
 # What a report folder holds besides triggers/ (html_report writes the second).
 REPORT_FILES = ("report.json", "report.html")
@@ -667,7 +668,9 @@ def schedule_text(report: ScanReport) -> str:
         per_label += f" ({screen_starts} for the labels stopped early)"
     chosen = report.config.schedule
     auto = f" (auto: {len(report.labels)} labels, screened from {chosen.screen_from})" if chosen.mode == "auto" else ""
-    return f", {schedule['mode']} schedule{auto}{per_label}: {schedule['images']:,} images{stopped}"
+    screen = chosen.screen_mini_batch
+    on_smaller = f", screened on mini-batches of {screen}" if schedule["mode"] == "screened" and screen else ""
+    return f", {schedule['mode']} schedule{auto}{per_label}{on_smaller}: {schedule['images']:,} images{stopped}"
 
 
 def findings_text(flagged: list[str], most_suspicious: str, nothing: str) -> str:

@@ -543,9 +543,12 @@ class ReverseSession:
         (at most the config's) runs each step's Adam updates on fewer images: as many updates per step, at a
         fraction of the cost, and a success test over fewer images (benchmarks/schedule_replay.py records screens
         made this way)."""
-        mini_batch = min(mini_batch or self.reverser.config.mini_batch, self.reverser.config.mini_batch)
+        config = self.reverser.config
+        mini_batch = min(mini_batch or config.mini_batch, config.mini_batch)
+        # an automatic width holds as many images a pass at a smaller mini-batch: more labels share it
+        slots = self.width if config.labels_per_batch else self.width * (config.mini_batch // mini_batch)
         channels, height, width = self.clean.shape[1:]
-        trial = self.reverser.config.start_trial_steps
+        trial = config.start_trial_steps
         owner = {id(start): run for run in runs for start in run.starts}
         unfinished = [start for run in runs for start in run.starts if not start.finished]
         stop_at = {id(start): math.inf if steps is None else start.steps + steps for start in unfinished}
@@ -561,7 +564,7 @@ class ReverseSession:
         params = _SlotTensors(self.reverser.device, channels, height, width)
 
         def fill() -> None:
-            while pending and len(active) < self.width:
+            while pending and len(active) < slots:
                 run = pending.pop(0)
                 if run.saved is None:
                     params.append(run.rng, height, width, channels, run.initial_mask_max(self.reverser.config))

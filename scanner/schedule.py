@@ -232,7 +232,14 @@ class LabelScheduler:
             self._finish(list(runs.values()))
             return self._outcome(runs, self._measured(runs.values()), 0, [])
         runs = {label: self.session.start(label, self.config.screen_starts) for label in labels}
-        screen(self.session, list(runs.values()), self.config.screen_steps, self.progress, screened=self.screened)
+        screen(
+            self.session,
+            list(runs.values()),
+            self.config.screen_steps,
+            self.progress,
+            self.config.screen_mini_batch or None,
+            self.screened,
+        )
         bounds = {label: run.norm for label, run in runs.items()}
         standing = Standing(
             runs, self._measured(runs.values()), {}, nearest_median(bounds, self.config.calibration_labels)

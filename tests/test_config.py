@@ -152,6 +152,7 @@ def test_flags_map_onto_the_config_fields_once():
         "schedule_mode": "screened",
         "screen_starts": 1,
         "look_share": 0.25,
+        "screen_mini_batch": 8,
         "pairs": 12,
     }
     assert scan_settings(flags) == {
@@ -159,12 +160,13 @@ def test_flags_map_onto_the_config_fields_once():
         "labels": (0, 1, 7),
         "reverse": {"max_steps": 20, "mini_batch": 8},
         "contract": {"fixed_batch": 16, "num_classes": 10},
-        "schedule": {"mode": "screened", "screen_starts": 1, "look_share": 0.25},
+        "schedule": {"mode": "screened", "screen_starts": 1, "look_share": 0.25, "screen_mini_batch": 8},
         "pairs": {"max_pairs": 12},
     }
     config = make_config(scan_settings(flags))
     assert (config.reverse.mini_batch, config.contract.fixed_batch, config.labels) == (8, 16, (0, 1, 7))
     assert (config.schedule.mode, config.schedule.screen_starts, config.schedule.look_share) == ("screened", 1, 0.25)
+    assert config.schedule.screen_mini_batch == 8
     assert "schedule" not in scan_settings({"schedule_mode": None, "screen_starts": None, "look_share": None})
     assert config.pairs.max_pairs == 12 and "pairs" not in scan_settings({"pairs": None})
     assert make_config({"pairs": {"max_pairs": 0}}).pairs.max_pairs == 0  # --pairs 0: no pair stage

@@ -122,6 +122,20 @@ def test_a_screen_with_every_start_runs_them_all_through_the_screen(digits):
 
 
 @pytest.mark.slow
+def test_a_screen_on_smaller_mini_batches_flags_the_target_and_says_so(digits):
+    settings = {"seed": 1, "schedule": {"mode": "screened", "screen_mini_batch": 8}, **NO_PAIRS}
+    report = scan(digits["digits_infected.onnx"], digits["digits_test.npz"], make_config(settings))
+    assert report.flagged == [TARGET]
+    assert [result for result in report.labels if not result.final]
+    assert "screened on mini-batches of 8" in format_summary(report)
+    written = report.to_json_dict()
+    assert written["config"]["schedule"]["screen_mini_batch"] == 8
+    assert ScanReport.from_json(written).config.schedule.screen_mini_batch == 8
+    del written["config"]["schedule"]["screen_mini_batch"]  # a report from before schema 1.26 screened as it reversed
+    assert ScanReport.from_json(written).config.schedule.screen_mini_batch == 0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model",
     [

@@ -111,6 +111,9 @@ def test_schedule_config_is_validated():
     assert ScheduleConfig(check_labels=0).check_labels == 0  # a flag short of sure waits for every label
     with pytest.raises(ConfigError, match="screen_from"):
         ScheduleConfig(screen_from=0)
+    with pytest.raises(ConfigError, match="screen_mini_batch"):
+        ScheduleConfig(screen_mini_batch=-1)
+    assert ScheduleConfig().screen_mini_batch == 0  # the reversal's own mini-batch
 
 
 def test_auto_screens_from_screen_from_labels_under_the_evidence_rule_and_the_scheduler_takes_it_resolved():
@@ -192,6 +195,43 @@ def test_steps_on_smaller_mini_batches_make_as_many_updates_on_fewer_images():
     assert (usual.steps, usual.images) == (3, 3 * 4 * 16)
     session.advance([small], 2, mini_batch=64)  # never more than the config's mini-batch
     assert small.images == 3 * 4 * 4 + 2 * 4 * 16
+
+
+@pytest.mark.parametrize("labels_per_batch", [0, 2])
+def test_an_automatic_pass_holds_as_many_images_at_a_smaller_mini_batch(labels_per_batch, monkeypatch):
+    images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(mini_batch=16, images_per_step=64, max_steps=60, labels_per_batch=labels_per_batch)
+    reverser = TriggerReverser(PlantedLinear(), config, torch.device("cpu"), seed=0)
+    session = reverser.session(images, 20)
+    widths = []
+    step = reverser._run_step
+    monkeypatch.setattr(
+        reverser, "_run_step", lambda clean, slots, *rest: (widths.append(len(slots)), step(clean, slots, *rest))
+    )
+    session.advance([session.start(label) for label in range(20)], 1, mini_batch=8)
+    session.advance([session.start(label) for label in range(20)], 1)
+    wider = session.width * 2 if labels_per_batch == 0 else session.width  # a width the user set stays
+    assert widths[0] == min(20, wider) and max(widths) == widths[0]
+    assert widths[-1] <= session.width and session.width in widths[len(widths) // 2 :]
+
+
+@pytest.mark.slow
+def test_a_screen_on_smaller_mini_batches_flags_what_the_usual_screen_flags_with_fewer_images():
+    images = np.random.default_rng(0).uniform(0, 255, (64, 1, 6, 6)).astype(np.float32)
+    config = ReverseConfig(mini_batch=16, images_per_step=64, max_steps=60, patience=2, early_stop_patience=6)
+    model, rule = PlantedLinear(), EvidenceDecision()
+    meter = EvidenceMeter(model, images, torch.device("cpu"))
+    outcomes = {}
+    for screen_mini_batch in (0, 8):
+        session = TriggerReverser(model, config, torch.device("cpu"), seed=0).session(images, 20)
+        schedule = ScheduleConfig(mode="screened", screen_steps=8, calibration_labels=4, screen_mini_batch=8)
+        schedule = dataclasses.replace(schedule, screen_mini_batch=screen_mini_batch)
+        outcomes[screen_mini_batch] = LabelScheduler(session, schedule, rule, meter.measure).run(list(range(20)))
+    usual, smaller = outcomes[0], outcomes[8]
+    assert rule.judge(usual.evidence).flagged == rule.judge(smaller.evidence).flagged == [3]
+    stopped = [label for label, final in smaller.summary.final.items() if not final]
+    assert stopped and all(smaller.runs[label].images == 8 * 4 * 8 for label in stopped)  # 8 steps of 4 updates of 8
+    assert all(usual.runs[label].images == 8 * 4 * 16 for label, final in usual.summary.final.items() if not final)
 
 
 def recorded_label(
