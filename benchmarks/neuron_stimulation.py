@@ -113,14 +113,21 @@ def label_scores(tables: list[np.ndarray], sources: np.ndarray, classes: int) ->
 
 def pair_scores(tables: list[np.ndarray], sources: np.ndarray, classes: int) -> np.ndarray:
     """(source, target): the share of the source's images sent to the target, less the mean share of the other
-    sources, at the best channel, averaged over stages and levels; the diagonal is NaN."""
-    per_source = np.maximum(np.bincount(sources, minlength=classes), 1)
+    sources (those with images, the target's own left out), at the best channel, averaged over stages and levels;
+    NaN on the diagonal and where the source has no images."""
+    counted = np.bincount(sources, minlength=classes)
+    has = (counted > 0).astype(float)
+    # for each (source, target): how many other sources the mean runs over
+    others_count = has.sum() - has[:, None] - has[None, :] + np.diag(has)
     readings = []
     for counts in tables:
-        rate = counts / per_source[None, None, :, None]
-        others = (rate.sum(axis=2, keepdims=True) - rate) / (classes - 1)
-        readings.append((rate - others).max(axis=0))  # level, source, target
+        rate = counts / np.maximum(counted, 1)[None, None, :, None]  # channel, level, source, target
+        staying = rate[:, :, np.arange(classes), np.arange(classes)]  # the target's own images kept at it
+        others_sum = rate.sum(axis=2, keepdims=True) - rate - staying[:, :, None, :]
+        others_mean = others_sum / np.maximum(others_count, 1)
+        readings.append((rate - others_mean).max(axis=0))  # level, source, target
     scores = np.mean(np.concatenate(readings), axis=0)
+    scores[counted == 0] = np.nan
     np.fill_diagonal(scores, np.nan)
     return scores
 
