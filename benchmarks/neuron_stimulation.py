@@ -1,15 +1,15 @@
 """ABS's neuron stimulation (Liu et al., CCS 2019) on the model zoo, measured as a label-level and pair-level reading.
 
-    python -m benchmarks.neuron_stimulation [--only NAME,...] [--per-class 3]
+    python -m benchmarks.neuron_stimulation [--only NAME,...] [--seeds 0] [--per-class 3]
 
 ABS raises one inner neuron at a time and watches the output: a neuron a backdoor planted sends every image to the
 target, whatever its class. For every ReLU output with a channel axis (a convolutional stage) of each built zoo model,
 each channel's whole map is set to `level` times the stage's largest activation on the clean images (levels 1, 2, 4
-and 8), on `per-class` clean images of every class (the model's own predictions, the first of the scan's seed-0
-sample), forward passes only. Per stage and level, each label's share is the largest share of the other classes'
-images that one channel sends to it; a label's score is that share averaged over stages and levels, and a pair's
-(source -> target) the share of the source's images minus the mean over the other sources, averaged the same way (a
-label-specific backdoor moves its source alone).
+and 8), on `per-class` clean images of every class (the model's own predictions, the first of the sample a scan with
+that seed draws; `--seeds`, 0 by default), forward passes only. Per stage and level, each label's share is the
+largest share of the other classes' images that one channel sends to it; a label's score is that share averaged over
+stages and levels, and a pair's (source -> target) the share of the source's images minus the mean over the other
+sources, averaged the same way (a label-specific backdoor moves its source alone).
 
 Prints per model the target's rank among the labels by score, the robust z-score of the top label and of the target,
 the planted pair's rank for label-specific models, and the ROC-AUC of the top label's z-score (infected against clean
@@ -19,6 +19,7 @@ models), which is what the scan's decision would get from this reading alone. A 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,8 +30,8 @@ import torch
 from torch import nn
 
 from benchmarks.detection_table import roc_auc
-from benchmarks.zoo_scans import add_selection_arguments, scan_jobs
-from fixtures.paths import shared_data_dir
+from benchmarks.pair_scans import stage_jobs
+from benchmarks.zoo_scans import add_selection_arguments
 from fixtures.zoo import ZooCard, model_paths
 from scanner.config import ScanConfig
 from scanner.decision.statistics import robust_z
@@ -132,20 +133,19 @@ def pair_scores(tables: list[np.ndarray], sources: np.ndarray, classes: int) -> 
     return scores
 
 
-def measure(model_path: Path, data: Path, per_class: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """(label scores, pair scores, seconds) of one model."""
-    inputs = scan_inputs(model_path, data, ScanConfig(seed=0, threads=1, max_images=1000))
+def measure(
+    model_path: Path, data: Path, seed: int, max_images: int, per_class: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(label scores, pair scores, seconds) of one model, on the clean images a scan with `seed` draws."""
+    inputs = scan_inputs(model_path, data, ScanConfig(seed=seed, threads=1, max_images=max_images))
     classes = inputs.converted.contract.num_classes
     predictions = inputs.predictions
     chosen = chosen_images(predictions, classes, per_class)
     images = torch.from_numpy(np.ascontiguousarray(inputs.data.images[chosen])).to(inputs.device)
+    sources = predictions[chosen]
     started = time.perf_counter()
-    tables = stimulation_counts(inputs.model, inputs.model.module, images, predictions[chosen], classes)
-    return (
-        label_scores(tables, predictions[chosen], classes),
-        pair_scores(tables, predictions[chosen], classes),
-        (time.perf_counter() - started),
-    )
+    tables = stimulation_counts(inputs.model, inputs.model.module, images, sources, classes)
+    return label_scores(tables, sources, classes), pair_scores(tables, sources, classes), time.perf_counter() - started
 
 
 def rank_of(scores: np.ndarray, index: int) -> int:
@@ -162,17 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=3, help="clean images of each class (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    only = args.only.split(",") if args.only else None
-    data = args.data or shared_data_dir()
-    jobs, missing = scan_jobs(only, [0], args.max_images, args.models, data, Path("/dev/null"))
-    if missing:
-        print(f"not built (python -m fixtures.build zoo): {', '.join(missing)}")
     infected, clean, infected_pairs, clean_pairs = [], [], [], []
-    for job in jobs:
-        if job.name.startswith("tiny-") and not only:
-            continue
+    for job in stage_jobs(args, Path(os.devnull)):  # nothing is written: the jobs give each model, its data and seed
         card = ZooCard.read(model_paths(args.models, job.name)[1])
-        labels, pairs, seconds = measure(job.model, job.data, args.per_class)
+        labels, pairs, seconds = measure(job.model, job.data, job.seed, job.max_images, args.per_class)
         z = robust_z(dict(enumerate(labels.tolist())), 0.01, larger_is_suspicious=True)
         top = max(z, key=z.__getitem__)
         pair_z = robust_z({i: v for i, v in enumerate(pairs.ravel().tolist()) if not np.isnan(v)}, 0.01, True)

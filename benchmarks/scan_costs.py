@@ -12,6 +12,7 @@ through the model; the evidence measurements' forward passes are not counted.
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ def summary_lines(costs: list[ScanCost]) -> list[str]:
         nearly_all = sum(cost.finished >= classes - 1 for cost in group)
         lines.append(
             f"{classes} classes, {len(group)} scans, {total / len(group):,.0f} images a scan: {shares}; labels "
-            f"finished {finished[0]} to {finished[-1]} (median {finished[len(finished) // 2]}), {nearly_all} scans "
+            f"finished {finished[0]} to {finished[-1]} (median {statistics.median(finished):g}), {nearly_all} scans "
             f"finished all but one at most"
         )
     return lines
