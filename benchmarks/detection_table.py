@@ -45,6 +45,12 @@ scan's own, on the scans that have records.
 more of the per-label measurements (an evidence field such as `faded_success`) among its measures, judged as
 `evidence` is, so that a candidate measure is tried on the same scans before it joins the rule.
 
+`--second-opinions N` adds the rule `opinions`: each scan judged as `cleanse scan --second-opinions N` judges it
+(scanner/second_opinion.py): a close result takes the runs of the next seeds (seed + 1, + 2, ...) from `--scans` or
+`--opinions DIR` (scans of seeds beyond the table's, from `python -m benchmarks.zoo_scans --seeds 3,4 --scans DIR`),
+until one verdict holds more than half of the N + 1 runs; its flagged labels are that verdict's (none where the runs
+disagree) and its score the median of the runs'. Runs it needs and finds in neither folder are listed.
+
 `--remeasure` recomputes the evidence from each scan's saved triggers through the model (for when the
 measurements change; the reversal is not rerun) and keeps it beside the scan (seed<K>.evidence.json), where
 later runs read it.
@@ -64,9 +70,10 @@ from benchmarks.additive_scans import ADDITIVE_DIR
 from benchmarks.pair_scans import PAIRS_DIR
 from benchmarks.retry_scans import RETRY_DIR
 from benchmarks.zoo_scans import SCANS_DIR
+from cleanse_base.exit_codes import CLEAN, INCONCLUSIVE, INFECTED
 from fixtures.paths import DEFAULT_CACHE
 from fixtures.zoo import ZooCard, model_paths
-from scanner.config import RetryConfig
+from scanner.config import SEED_MAX, RetryConfig
 from scanner.decision.additive import AdditiveLooks, AdditiveMeasurement, looks_by_bound
 from scanner.decision.evidence import LabelEvidence
 from scanner.decision.pairs import Carried
@@ -74,6 +81,7 @@ from scanner.decision.rules import EVIDENCE_MEASURES, DecisionResult, EvidenceDe
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import ScanReport
 from scanner.retry import LIKELIEST, SMALLEST, retry_count, split_sure
+from scanner.second_opinion import RunVerdict, SecondOpinion, close_result, opinion_seeds, settled, shown_run
 
 
 @dataclass(frozen=True)
@@ -446,6 +454,43 @@ def auc_loss_lines(scans: list[ZooScan], judged: dict, rule: str = "evidence", s
     return lines
 
 
+def run_verdict(seed: int, result: DecisionResult) -> RunVerdict:
+    """A judged scan as a second opinion counts it."""
+    verdict = INFECTED if result.flagged else INCONCLUSIVE if result.inconclusive else CLEAN
+    return RunVerdict(seed, verdict, list(result.flagged), result.score, close_result(result))
+
+
+def opinion_results(
+    scans: list[ZooScan], judged: dict, count: int, others: dict[tuple[str, int], DecisionResult]
+) -> tuple[dict[tuple[str, str, int], DecisionResult], list[str], int]:
+    """Each scan's `evidence` result after `count` second opinions, as rule `opinions`: the shown run's judgement
+    with the opinion's flagged labels and score. Also the runs needed and missing, and how many extra runs it took.
+    `others`: judged scans of seeds beyond the table's (--opinions)."""
+    results = {**others, **{(s.model, s.seed): judged[("evidence", s.model, s.seed)] for s in scans}}
+    combined, missing, extra = {}, [], 0
+    for scan in scans:
+        first = results[(scan.model, scan.seed)]
+        runs = [run_verdict(scan.seed, first)]
+        for seed in opinion_seeds(scan.seed, count, SEED_MAX) if close_result(first) else []:
+            if settled([run.key for run in runs], 1 + count):
+                break
+            if (scan.model, seed) not in results:
+                missing.append(f"{scan.model} seed {seed}")
+                runs = runs[:1]
+                break
+            runs.append(run_verdict(seed, results[(scan.model, seed)]))
+        extra += len(runs) - 1
+        opinion = SecondOpinion(runs, 1 + count, shown_run(runs, 1 + count).seed) if len(runs) > 1 else None
+        combined[("opinions", scan.model, scan.seed)] = (
+            first
+            if opinion is None
+            else dataclasses.replace(
+                results[(scan.model, opinion.shown_seed)], flagged=opinion.flagged, score=opinion.score
+            )
+        )
+    return combined, sorted(set(missing)), extra
+
+
 def verdict_text(result: DecisionResult) -> str:
     """The flagged labels (in label order), or "close call" (the evidence rule's inconclusive band), or "clean"."""
     if result.flagged:
@@ -590,6 +635,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--retry-likeliest", type=int, default=RetryConfig().likeliest, help="likeliest targets judged (%(default)s)"
     )
+    parser.add_argument(
+        "--second-opinions",
+        type=int,
+        default=0,
+        help="also judge as `cleanse scan --second-opinions N` (rule opinions)",
+    )
+    parser.add_argument("--opinions", type=Path, help="scans of further seeds the second opinions take runs from")
     args = parser.parse_args(argv)
     folders = [args.scans, *([args.compare] if args.compare else [])]
     loaded = [
@@ -628,13 +680,34 @@ def main(argv: list[str] | None = None) -> None:
     for folder, scans in zip(folders, loaded, strict=True):
         scans = [scan for scan in scans if (scan.model, scan.seed) in shared]
         judged = judge_all(scans, rules)
+        opinion_lines = []
+        if args.second_opinions:
+            others = load_scans(args.opinions, args.models, args.remeasure) if args.opinions else []
+            other_results = judge_all(others, {"evidence": rules["evidence"]})
+            combined, missing, extra = opinion_results(
+                scans, judged, args.second_opinions, {(model, seed): r for (_, model, seed), r in other_results.items()}
+            )
+            judged.update(combined)
+            opinion_lines = [
+                f"opinions: second opinions ({args.second_opinions} at most) took {extra} more runs over "
+                f"{len(scans)} scans",
+                *(
+                    [f"  runs needed and not found (their scans' first result stands): {', '.join(missing)}"]
+                    if missing
+                    else []
+                ),
+            ]
+        shown_rules = [*rules, *(["opinions"] if args.second_opinions else [])]
         models = {scan.model for scan in scans}
         clean = {scan.model for scan in scans if scan.family == "clean"}
         seeds = sorted({s.seed for s in scans})
         print(f"{folder}: {len(scans)} scans of {len(models)} models ({len(clean)} clean), seeds {seeds}")
         for block in (family_table, auc_lines, stability_lines):
             print()
-            print("\n".join(block(scans, judged, list(rules))))
+            print("\n".join(block(scans, judged, shown_rules)))
+        if opinion_lines:
+            print()
+            print("\n".join(opinion_lines))
         print()
         print("\n".join(auc_loss_lines(scans, judged)))
         print()

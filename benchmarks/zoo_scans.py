@@ -8,13 +8,14 @@ For each built zoo model (`python -m fixtures.build zoo`) and seed, runs
 
     python -m scanner.cli scan <model>.onnx --data <the data set's test file> --max-images N
         --seed K --threads 1 --labels-per-batch 1 --schedule full --starts 2 --start-trial-steps 10
-        [--initial-mask-max M] --out .cache/zoo/scans/<name>/seed<K>
+        [--initial-mask-max M] --second-opinions 0 --out .cache/zoo/scans/<name>/seed<K>
 
 with OMP_NUM_THREADS=1, at most --jobs at once (by default one label a pass: a convolution's round-off depends on the
 batch, so this way a label's trajectory is the same under both schedules, on any CPU), skipping scans whose
-report.json exists. Beside each report folder, `seed<K>.run.json` keeps the exit code, seconds and command of
-the run that wrote it. Prints one line per scan (name, seed, exit code, flagged labels, true targets, seconds)
-and a final count; no statistics.
+report.json exists. Each scan is one run (`--second-opinions 0`): `benchmarks.detection_table --second-opinions N`
+combines a close scan with the scans of its next seeds as `cleanse scan` would. Beside each report folder,
+`seed<K>.run.json` keeps the exit code, seconds and command of the run that wrote it. Prints one line per scan (name,
+seed, exit code, flagged labels, true targets, seconds) and a final count; no statistics.
 
 The test file is in the shared data folder, or for a data set prepared from it (Tiny-ImageNet's decoded
 `tinyimagenet/val.npz`) in the models folder, decoded there first if missing (fixtures.zoo.DatasetSpec.folder).
@@ -95,6 +96,8 @@ class ScanJob:
             str(self.screen_starts),
             *(["--initial-mask-max", self.initial_mask_max] if self.initial_mask_max else []),
             *(["--early-stop-patience", str(self.early_stop_patience)] if self.early_stop_patience else []),
+            "--second-opinions",
+            "0",
             "--out",
             str(self.out),
             "--quiet",

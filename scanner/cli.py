@@ -417,6 +417,13 @@ shared_scan_options = options(
         help="evidence rule: a model with no label flagged whose p-value lies below alpha times this is "
         "inconclusive, a close call (exit 2; default 10; 1: never).",
     ),
+    count_option(
+        "--second-opinions",
+        minimum=0,
+        help="a close result (a close call, or a flag another seed may not repeat) runs the scan again from up to "
+        "this many more seeds (the seed + 1, + 2, ...) and takes the verdict more than half of the runs reach; "
+        "where none does, inconclusive (default 2; 0: the close result stands).",
+    ),
     seed_option,
     device_option,
     threads_option,
@@ -474,8 +481,8 @@ def label_progress(quiet: bool, unit: str = "labels") -> Callable[[LabelTrigger,
     shown: list[Progress] = []
 
     def show(result: LabelTrigger, done: int, total: int) -> None:
-        if not shown:
-            shown.append(Progress(total, unit, quiet))
+        if done == 1:  # a run begins (a second opinion runs the scan again)
+            shown[:] = [Progress(total, unit, quiet)]
         shown[0].advance(f"label {result.label}: L1 {result.norm:.1f} in {result.steps} steps")
 
     return show
@@ -486,8 +493,8 @@ def pair_progress(quiet: bool) -> Callable[[int, int], None]:
     shown: list[Progress] = []
 
     def show(done: int, total: int) -> None:
-        if not shown:
-            shown.append(Progress(total, "pairs", quiet))
+        if done == 1:
+            shown[:] = [Progress(total, "pairs", quiet)]
         shown[0].advance()
 
     return show
@@ -501,6 +508,16 @@ def additive_progress(quiet: bool) -> AdditiveProgress:
         if done == 1:  # a new bound
             shown[:] = [Progress(total, f"labels at epsilon {probe.epsilon:g}", quiet)]
         shown[0].advance(f"label {probe.label}: success {probe.success:.2f}")
+
+    return show
+
+
+def opinion_progress(quiet: bool) -> Callable[[int, int, int], None]:
+    """A line as each second opinion's run begins."""
+
+    def show(seed: int, number: int, planned: int) -> None:
+        if not quiet:
+            click.echo(f"the result is close: a second opinion, run {number} of up to {planned}, seed {seed}", err=True)
 
     return show
 
@@ -567,6 +584,7 @@ def scan(
         additive_progress=additive_progress(quiet),
         retry_progress=label_progress(quiet, "retry rounds"),
         screen_progress=label_progress(quiet, "labels screened"),
+        opinion_progress=opinion_progress(quiet),
     )
     if out:
         write_report(report, out, [config_file])

@@ -27,6 +27,7 @@ SCALE_NAMES = ("raw", "unit", "inception", "imagenet-caffe", "imagenet-torch", "
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a 64-bit seed
+MAX_SECOND_OPINIONS = 8  # each is a whole scan again
 LIMITS_TABLE = "limits"  # the config file's [limits] table: cleanse_base.limits.Limits, not scan settings
 # Keys that older config files used, with their new names: the error tells the user which to write.
 RENAMED = {("reverse", "batch_size"): "mini_batch", ("contract", "batch_size"): "fixed_batch"}
@@ -323,6 +324,9 @@ class ScanConfig:
     alpha: float = 0.001  # the evidence rule's family-wise p-value below which a label is flagged
     # evidence rule: an unflagged model whose p-value lies below alpha times this is inconclusive (1: never)
     inconclusive_factor: float = 10.0
+    # a close result (scanner/second_opinion.py) runs the scan again from up to this many more seeds (its seed + 1,
+    # + 2, ...) and takes the verdict more than half of the runs reach (0: none, the close result stands)
+    second_opinions: int = 2
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -364,6 +368,8 @@ class ScanConfig:
             raise ConfigError(f"alpha must be in (0, 1), not {self.alpha}")
         if not 1 <= self.inconclusive_factor < math.inf:
             raise ConfigError(f"inconclusive_factor must be 1 (no band) or above, not {self.inconclusive_factor}")
+        if not 0 <= self.second_opinions <= MAX_SECOND_OPINIONS:
+            raise ConfigError(f"second_opinions must be in [0, {MAX_SECOND_OPINIONS}], not {self.second_opinions}")
         if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError(f"seed must be in [0, {SEED_MAX}], not {self.seed}")
         if not DEVICE_PATTERN.fullmatch(self.device):

@@ -297,6 +297,29 @@ classes' clean images: a planted target draws probability from every class.</p>
 {table(["label", "chosen as", "first L1", *rounds, "kept"], rows, set(range(2, stage.rounds + 3)))}"""
 
 
+def opinion_section(report: ScanReport) -> str:
+    """A close result's second opinion: each run's verdict, and the run the report shows."""
+    opinion = report.second_opinion
+    if opinion is None:
+        return ""
+    rows = [
+        [
+            str(run.seed),
+            run.verdict + (" (close)" if run.close else ""),
+            ", ".join(map(str, run.flagged)) or "none",
+            f"{run.score:.3g}",
+            f"{run.seconds:.1f}",
+            "shown" if run.seed == opinion.shown_seed else "",
+        ]
+        for run in opinion.runs
+    ]
+    return f"""<h2 id="second-opinion">Second opinion</h2>
+<p>The first run's result was close, one another seed may not repeat, so the scan ran again from other seeds (up to
+{opinion.planned} runs in all) until one verdict was held by more than half of them: {escape(opinion.text())}. The
+rest of this report is seed {opinion.shown_seed}'s run.</p>
+{table(["seed", "verdict", "flagged", "score", "seconds", ""], rows, {3, 4})}"""
+
+
 def render_report(report: ScanReport, folder: Path) -> str:
     mad = report.mad
     cutoff = threshold_norm(mad.median, mad.mad, mad.threshold)
@@ -329,6 +352,7 @@ MAD {mad.mad:.2f}: labels with an L1 norm below {cutoff:.2f} are flagged.</p>
 <p>sha256 <code>{escape(report.model_sha256)}</code></p>
 <h2>L1 norm per label</h2>
 {bar_chart_svg(norms, report.flagged, mad.median, cutoff)}
+{opinion_section(report)}
 {evidence_section(report)}
 {retry_section(report)}
 {pairs_section(report, folder)}

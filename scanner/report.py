@@ -33,8 +33,9 @@ from scanner.mad import MIN_LABELS, MadResult
 from scanner.pairs import PairTrigger
 from scanner.retry import CHOSEN_AS, LIKELIEST, SMALLEST, Retry
 from scanner.reverse import LabelTrigger
+from scanner.second_opinion import SecondOpinion
 
-SCHEMA_VERSION = "1.26"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
+SCHEMA_VERSION = "1.27"  # 1.1: top-level "precision"; 1.2: verdict "inconclusive", "verdict_reason", config
 # reverse.mini_batch (was batch_size) and contract.fixed_batch (was batch_size); 1.3: "schedule", and per label
 # "final" and "estimated_norm"; 1.4: "decision" (rule, flagged labels, model score, per-label judgements), config
 # "decision" and "alpha", per label "evidence"; 1.5: config reverse.starts (per label "steps" count every start)
@@ -65,7 +66,8 @@ SCHEMA_VERSION = "1.26"  # 1.1: top-level "precision"; 1.2: verdict "inconclusiv
 # success with its mask at half strength; older reports: not measured, read as null); 1.25: per pair "carry_flagged"
 # (flagged by its carry, alone or in the cycle look, so the labels it carries classes to are flagged too; older
 # reports: false, as judged); 1.26: config schedule.screen_mini_batch (older reports: 0, the reversal's mini-batch,
-# as they ran)
+# as they ran); 1.27: config second_opinions and "second_opinion" (a close result's runs from more seeds and the
+# verdict more than half of them reach; older reports: null, none run, second_opinions 0)
 TRIGGER_FOLDER = "triggers"
 # What a report folder holds besides triggers/ (html_report writes the second).
 REPORT_FILES = ("report.json", "report.html")
@@ -234,15 +236,35 @@ class ScanReport:
     additive_triggers: list[AdditiveProbe] = field(default_factory=list, repr=False)
     additive_stage: AdditiveStage = field(default_factory=AdditiveStage)
     retry_stage: RetryStage = field(default_factory=RetryStage)
+    # a close result's runs from more seeds (scanner/second_opinion.py); None where none ran. The rest of the report
+    # is the run it shows
+    second_opinion: SecondOpinion | None = None
+
+    @property
+    def disagreed(self) -> bool:
+        """A second opinion ran and no verdict holds a majority of the runs."""
+        return self.second_opinion is not None and not self.second_opinion.agreed
 
     @property
     def verdict(self) -> str:
-        """clean, infected, or inconclusive where the statistics cannot decide (see verdict_reason)."""
+        """clean, infected, or inconclusive where the statistics cannot decide (see verdict_reason); after a second
+        opinion, the verdict more than half of the runs reach (the run shown holds it), else inconclusive."""
+        if self.disagreed:
+            return INCONCLUSIVE
         return decide_verdict(self.labels, self.mad, self.judged, self.config.reverse.attack_success_threshold)[0]
 
     @property
     def verdict_reason(self) -> str:
-        return decide_verdict(self.labels, self.mad, self.judged, self.config.reverse.attack_success_threshold)[1]
+        if self.second_opinion is not None and self.disagreed:
+            return self.second_opinion.text()
+        verdict, reason = decide_verdict(
+            self.labels, self.mad, self.judged, self.config.reverse.attack_success_threshold
+        )
+        if self.second_opinion is None:
+            return reason
+        if verdict == INFECTED:  # the runs settled the close flag: no advice to rerun
+            reason = flagged_text(self.judged)
+        return f"{reason}; {self.second_opinion.text()}"
 
     @property
     def close_flag(self) -> bool:
@@ -262,8 +284,15 @@ class ScanReport:
         return paper_result(self.mad)
 
     @property
+    def score(self) -> float:
+        """The model's score: the decision's, or after a second opinion the median of the runs' (evidence rule: a
+        p-value)."""
+        return self.judged.score if self.second_opinion is None else self.second_opinion.score
+
+    @property
     def flagged(self) -> list[int]:
-        return list(self.judged.flagged)
+        """The flagged labels of the verdict: none where a second opinion's runs disagree."""
+        return [] if self.disagreed else list(self.judged.flagged)
 
     def to_json_dict(self) -> dict[str, Any]:
         return json_safe(
@@ -292,6 +321,7 @@ class ScanReport:
                 "pair_stage": dataclasses.asdict(self.pair_stage),
                 "additive_stage": dataclasses.asdict(self.additive_stage),
                 "retry_stage": dataclasses.asdict(self.retry_stage),
+                "second_opinion": self.second_opinion.to_dict() if self.second_opinion else None,
                 "seconds_total": self.seconds_total,
                 "started_at": self.started_at,
             }
@@ -304,6 +334,13 @@ class ScanReport:
         document = from_plain(_ReportDocument, _as_they_ran(payload), where, ConfigError, allow_unknown=True)
         labels = [_label_from_json(entry, f"{where}.labels[{i}]") for i, entry in enumerate(document.labels)]
         flagged = document.flagged_labels
+        opinion = (
+            from_plain(SecondOpinion, document.second_opinion, f"{where}.second_opinion", ConfigError, True)
+            if document.second_opinion is not None
+            else None
+        )
+        if opinion is not None and opinion.agreed and opinion.flagged != flagged:
+            raise ConfigError(f"{where}: flagged_labels {flagged[:10]} differ from the second opinion's verdict")
         classes = document.contract.num_classes
         if len(set(flagged)) != len(flagged) or not all(0 <= label < classes for label in flagged):
             raise ConfigError(f"{where}: flagged_labels must be distinct labels in [0, {classes}), not {flagged[:10]}")
@@ -336,10 +373,11 @@ class ScanReport:
             additive_stage=document.additive_stage,
             retry_stage=document.retry_stage,
             decision=_decision_from_json(
-                document.decision, flagged, f"{where}.decision", document.additive_stage.epsilon
+                document.decision, flagged, f"{where}.decision", document.additive_stage.epsilon, opinion
             )
             if document.decision
             else None,
+            second_opinion=opinion,
         )
 
 
@@ -355,7 +393,7 @@ def decide_verdict(
     if not found:
         return INCONCLUSIVE, f"no label's trigger reached the attack success threshold ({success_threshold:g})"
     if decision.flagged:
-        reason = f"label(s) {', '.join(map(str, decision.flagged))} flagged: {rule_text(decision)}"
+        reason = flagged_text(decision)
         close = close_text(decision)
         return INFECTED, reason + (f"; {close}" if close else "")
     if decision.inconclusive:
@@ -368,6 +406,10 @@ def decide_verdict(
     if mad.all_equal:
         return INCONCLUSIVE, "every label's trigger has the same L1 norm: MAD is 0 and cannot tell them apart"
     return CLEAN, f"no label flagged: {rule_text(decision)}"
+
+
+def flagged_text(decision: DecisionResult) -> str:
+    return f"label(s) {', '.join(map(str, decision.flagged))} flagged: {rule_text(decision)}"
 
 
 def close_call_text(decision: DecisionResult) -> str:
@@ -454,6 +496,7 @@ class _ReportDocument:
     pair_stage: PairStage = field(default_factory=PairStage)  # absent before schema 1.9
     additive_stage: AdditiveStage = field(default_factory=AdditiveStage)  # absent before schema 1.13
     retry_stage: RetryStage = field(default_factory=RetryStage)  # absent before schema 1.18
+    second_opinion: dict[str, Any] | None = None  # absent before schema 1.27
 
 
 @dataclass(frozen=True)
@@ -473,8 +516,8 @@ class _DecisionJson:
 def _as_they_ran(payload: Any) -> Any:
     """Settings older reports leave out, as those scans ran: before schema 1.3 every label ran `full`, before 1.14
     the additive look judged one bound, before 1.15 every rung started from zero, before 1.17 a screened scan ran the
-    whole look, before 1.18 no label was retried, before 1.19 no likeliest target, before 1.21 no check label; before
-    1.8 a screen ran every start."""
+    whole look, before 1.18 no label was retried, before 1.19 no likeliest target, before 1.21 no check label, before
+    1.27 no second opinion; before 1.8 a screen ran every start."""
     config = payload.get("config") if isinstance(payload, dict) else None
     if not isinstance(config, dict):
         return payload
@@ -487,6 +530,8 @@ def _as_they_ran(payload: Any) -> Any:
         ran["schedule"] = {"mode": "full"}
     elif isinstance(schedule, dict):
         ran["schedule"] = {"mode": "full", "look_share": 1.0, "screen_starts": 0, "check_labels": 0, **schedule}
+    if "second_opinions" not in config:  # before schema 1.27 a close result stood
+        ran["second_opinions"] = 0
     retry = config.get("retry")
     if retry is None:
         ran["retry"] = {"rounds": 0, "likeliest": 0}
@@ -496,10 +541,19 @@ def _as_they_ran(payload: Any) -> Any:
 
 
 def _decision_from_json(
-    entry: dict[str, Any], flagged: list[int], where: str, settled_epsilon: float = 0.0
+    entry: dict[str, Any],
+    flagged: list[int],
+    where: str,
+    settled_epsilon: float = 0.0,
+    opinion: SecondOpinion | None = None,
 ) -> DecisionResult:
-    """The decision; additive looks of reports before schema 1.14 were all judged at the settled bound."""
+    """The decision of the run the report shows; additive looks of reports before schema 1.14 were all judged at the
+    settled bound. Its flagged labels are the report's, but where a second opinion's runs disagreed (none flagged)."""
     document = from_plain(_DecisionJson, entry, where, ConfigError, allow_unknown=True)
+    if opinion is not None and not opinion.agreed:
+        if flagged:
+            raise ConfigError(f"{where}: flagged_labels must be empty where the second opinion's runs disagree")
+        flagged = document.flagged
     if document.flagged != flagged:
         raise ConfigError(f"{where}.flagged {document.flagged[:10]} differs from flagged_labels {flagged[:10]}")
     judgements = {item.label: item for item in document.labels}
@@ -733,9 +787,18 @@ def retry_lines(report: ScanReport) -> list[str]:
     return [f"retry      {text}"] if text else []
 
 
+def opinion_lines(report: ScanReport) -> list[str]:
+    opinion = report.second_opinion
+    if opinion is None:
+        return []
+    shown = f"; this report shows seed {opinion.shown_seed}'s run" if len(opinion.runs) > 1 else ""
+    return [f"opinions   the first result was close, {opinion.text()}{shown}"]
+
+
 def format_summary(report: ScanReport) -> str:
     scaling = report.scaling
-    close = close_text(report.judged) if report.verdict == INFECTED else None
+    # a second opinion settled a close flag (its line says how)
+    close = close_text(report.judged) if report.verdict == INFECTED and report.second_opinion is None else None
     accuracy = f", clean accuracy {scaling.accuracy:.3f}" if scaling.accuracy is not None else ""
     lines = [
         f"model      {printable(report.model_path)}",
@@ -753,6 +816,7 @@ def format_summary(report: ScanReport) -> str:
         f"decision   {rule_text(report.judged)}",
         *pairs_lines(report),
         *additive_lines(report),
+        *opinion_lines(report),
         f"verdict    {report.verdict.upper()}"
         + (f": flagged label(s) {', '.join(map(str, report.flagged))}" if report.verdict == INFECTED else "")
         + (f" ({report.verdict_reason})" if report.verdict == INCONCLUSIVE else "")

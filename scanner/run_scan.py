@@ -18,7 +18,7 @@ from cleanse_base.version import __version__
 from converters.intake import IntakeResult, intake_model
 from converters.onnx_to_torch import ConvertedModel, load_onnx_classifier, softmax_bypassed
 from scanner.additive import AdditiveProbe, AdditiveProgress, AdditiveSearch, probe_labels
-from scanner.config import AdditiveConfig, ScanConfig, check_label_range
+from scanner.config import SEED_MAX, AdditiveConfig, ScanConfig, check_label_range
 from scanner.data import CleanData, load_clean_data
 from scanner.decision.additive import kept_looks
 from scanner.decision.evidence import EvidenceMeter, LabelEvidence
@@ -39,6 +39,7 @@ from scanner.retry import (
 from scanner.reverse import LabelTrigger, ReverseSession, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
+from scanner.second_opinion import RunVerdict, SecondOpinion, close_result, opinion_seeds, settled, shown_run
 
 ACCURACY_SAMPLE = 1000  # labelled images (a seeded random subset) used to measure accuracy per scaling
 # refuse a scan when clean accuracy is within this fraction of the way above chance, and under this multiple of
@@ -185,6 +186,7 @@ def scan(
     additive_progress: AdditiveProgress | None = None,
     retry_progress: Callable[[LabelTrigger, int, int], None] | None = None,
     screen_progress: Callable[[LabelTrigger, int, int], None] | None = None,
+    opinion_progress: Callable[[int, int, int], None] | None = None,
 ) -> ScanReport:
     """Scan an ONNX image classifier for backdoors with Neural Cleanse.
 
@@ -195,8 +197,73 @@ def scan(
     `screen_progress` as each label's screen ends under the screened schedule (its trigger so far, labels screened,
     labels total: the screen runs before any label runs to its end, minutes at 200 classes on a CPU).
     With fewer than 3 labels scanned the report's verdict is "inconclusive"; `require_verdict` refuses such a scan
-    before it runs.
+    before it runs. A close result runs the scan again from up to `config.second_opinions` more seeds
+    (scanner/second_opinion.py), each run calling the callbacks above from the start; `opinion_progress` is called
+    as each of those runs begins with (its seed, its run number from 2, the runs planned).
     """
+
+    callbacks = ScanCallbacks(progress, pair_progress, additive_progress, retry_progress, screen_progress)
+
+    def run(run_config: ScanConfig) -> ScanReport:
+        return scan_once(model_path, data, run_config, callbacks, require_verdict)
+
+    reports = [run(config)]
+    if not config.second_opinions or not close_result(reports[0].judged):
+        return reports[0]
+    planned = 1 + config.second_opinions
+    for number, seed in enumerate(opinion_seeds(config.seed, config.second_opinions, SEED_MAX), start=2):
+        if settled([run_verdict(report).key for report in reports], planned):
+            break
+        if opinion_progress:
+            opinion_progress(seed, number, planned)
+        reports.append(run(dataclasses.replace(config, seed=seed)))
+    return with_second_opinion(reports, planned)
+
+
+def run_verdict(report: ScanReport) -> RunVerdict:
+    return RunVerdict(
+        report.config.seed, report.verdict, report.flagged, report.judged.score, close_result(report.judged),
+        report.seconds_total,
+    )  # fmt: skip
+
+
+def with_second_opinion(reports: list[ScanReport], planned: int) -> ScanReport:
+    """The report of the run that holds the verdict most runs reach (else the first run's), every run listed in its
+    `second_opinion`, its time the whole of theirs."""
+    runs = [run_verdict(report) for report in reports]
+    shown = shown_run(runs, planned)
+    report = next(report for report in reports if report.config.seed == shown.seed)
+    return dataclasses.replace(
+        report,
+        second_opinion=SecondOpinion(runs, planned, shown.seed),
+        seconds_total=sum(run.seconds for run in runs),
+        started_at=reports[0].started_at,
+    )
+
+
+@dataclass(frozen=True)
+class ScanCallbacks:
+    """The progress callbacks of one run (`scan` says when each is called)."""
+
+    progress: Callable[[LabelTrigger, int, int], None] | None = None
+    pair_progress: PairProgress | None = None
+    additive_progress: AdditiveProgress | None = None
+    retry_progress: Callable[[LabelTrigger, int, int], None] | None = None
+    screen_progress: Callable[[LabelTrigger, int, int], None] | None = None
+
+
+def scan_once(
+    model_path: str | Path,
+    data: str | Path | CleanData,
+    config: ScanConfig = ScanConfig(),
+    callbacks: ScanCallbacks = ScanCallbacks(),
+    require_verdict: bool = False,
+) -> ScanReport:
+    """One run of the scan from `config.seed`: `scan` without a second opinion."""
+    progress, pair_progress = callbacks.progress, callbacks.pair_progress
+    additive_progress, retry_progress, screen_progress = (
+        callbacks.additive_progress, callbacks.retry_progress, callbacks.screen_progress
+    )  # fmt: skip
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     inputs = scan_inputs(model_path, data, config, require_verdict)
     device, converted, labels, data = inputs.device, inputs.converted, inputs.labels, inputs.data

@@ -344,7 +344,19 @@ def test_the_evidence_rule_on_the_digits_models_end_to_end(digits, tmp_path):
     out = tmp_path / "close"
     args = ["scan", str(digits["digits_clean.onnx"]), "--data", str(digits["digits_test.npz"]), "--out", str(out)]
     result = CliRunner().invoke(
-        main, [*args, "--quiet", "--threads", "1", "--alpha", str(alpha), "--inconclusive-factor", "4"]
+        main,
+        [
+            *args,
+            "--quiet",
+            "--threads",
+            "1",
+            "--alpha",
+            str(alpha),
+            "--inconclusive-factor",
+            "4",
+            "--second-opinions",
+            "0",
+        ],
     )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [

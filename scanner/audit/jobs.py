@@ -186,7 +186,7 @@ def run_job(job: AuditJob, device: str | None = None, threads: int | None = None
         verdict=report.verdict,
         anomaly_index=anomaly if math.isfinite(anomaly) else None,
         flagged_labels=report.flagged,
-        p_value=decision.score if decision.score_kind == "p_value" else None,
+        p_value=report.score if decision.score_kind == "p_value" else None,
         close_flag=report.close_flag,
         close_labels=report.close_labels,
         started=started,
