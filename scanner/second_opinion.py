@@ -40,6 +40,8 @@ class RunVerdict:
             raise ConfigError(f"a run's verdict must be clean, infected or inconclusive, not {self.verdict!r}")
         if bool(self.flagged) != (self.verdict == INFECTED):
             raise ConfigError("a run flags labels if and only if its verdict is infected")
+        if len(set(self.flagged)) != len(self.flagged) or min(self.flagged, default=0) < 0:
+            raise ConfigError(f"a run's flagged labels must be distinct labels, not {self.flagged[:10]}")
 
     @property
     def key(self) -> VerdictKey:

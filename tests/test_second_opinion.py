@@ -71,6 +71,7 @@ def test_second_opinions_take_the_next_seeds_and_wrap() -> None:
         ({"runs": [{"seed": 0, "verdict": "clean"}], "planned": 3, "shown_seed": 9}, "is not the first"),
         ({"runs": [{"seed": 0, "verdict": "infected"}], "planned": 3, "shown_seed": 0}, "if and only if"),
         ({"runs": [{"seed": 0, "verdict": "fine"}], "planned": 3, "shown_seed": 0}, "clean, infected or"),
+        ({"runs": [{"seed": 0, "verdict": "infected", "flagged": [3, 3]}], "planned": 3, "shown_seed": 0}, "distinct"),
     ],
 )
 def test_a_second_opinion_read_from_a_file_must_hold_together(opinion: dict, message: str) -> None:
