@@ -155,6 +155,7 @@ def timed_model(name: str, model: Path, data: Path, width: int, args: argparse.N
         "max_images": args.max_images,
         "device": args.device,
         "reverse": {"labels_per_batch": width},
+        "second_opinions": 0,  # schedules compared run against run: a close result's reruns would time three scans
     }
     warm_up(model, data, settings)
     screened_runs = []
