@@ -81,7 +81,7 @@ from scanner.decision.rules import EVIDENCE_MEASURES, DecisionResult, EvidenceDe
 from scanner.mitigate.report_folder import read_scan_report
 from scanner.report import ScanReport
 from scanner.retry import LIKELIEST, SMALLEST, retry_count, split_sure
-from scanner.second_opinion import RunVerdict, SecondOpinion, close_result, opinion_seeds, settled, shown_run
+from scanner.second_opinion import RunVerdict, SecondOpinion, close_result, gather_runs, shown_run
 
 
 @dataclass(frozen=True)
@@ -454,6 +454,10 @@ def auc_loss_lines(scans: list[ZooScan], judged: dict, rule: str = "evidence", s
     return lines
 
 
+class MissingRun(Exception):
+    """A second opinion needs a scan that neither folder holds (its model and seed)."""
+
+
 def run_verdict(seed: int, result: DecisionResult) -> RunVerdict:
     """A judged scan as a second opinion counts it."""
     verdict = INFECTED if result.flagged else INCONCLUSIVE if result.inconclusive else CLEAN
@@ -470,15 +474,17 @@ def opinion_results(
     combined, missing, extra = {}, [], 0
     for scan in scans:
         first = results[(scan.model, scan.seed)]
-        runs = [run_verdict(scan.seed, first)]
-        for seed in opinion_seeds(scan.seed, count, SEED_MAX) if close_result(first) else []:
-            if settled([run.key for run in runs], 1 + count):
-                break
-            if (scan.model, seed) not in results:
-                missing.append(f"{scan.model} seed {seed}")
-                runs = runs[:1]
-                break
-            runs.append(run_verdict(seed, results[(scan.model, seed)]))
+
+        def saved_run(seed: int, model: str = scan.model) -> RunVerdict:
+            if (model, seed) not in results:
+                raise MissingRun(f"{model} seed {seed}")
+            return run_verdict(seed, results[(model, seed)])
+
+        try:
+            runs = gather_runs(run_verdict(scan.seed, first), count, SEED_MAX, saved_run)
+        except MissingRun as exc:
+            missing.append(str(exc))
+            runs = [run_verdict(scan.seed, first)]
         extra += len(runs) - 1
         opinion = SecondOpinion(runs, 1 + count, shown_run(runs, 1 + count).seed) if len(runs) > 1 else None
         combined[("opinions", scan.model, scan.seed)] = (

@@ -39,7 +39,7 @@ from scanner.retry import (
 from scanner.reverse import LabelTrigger, ReverseSession, TriggerReverser
 from scanner.runtime import prepare_runtime
 from scanner.schedule import LabelScheduler
-from scanner.second_opinion import RunVerdict, SecondOpinion, close_result, opinion_seeds, settled, shown_run
+from scanner.second_opinion import RunVerdict, SecondOpinion, close_result, gather_runs, shown_run
 
 ACCURACY_SAMPLE = 1000  # labelled images (a seeded random subset) used to measure accuracy per scaling
 # refuse a scan when clean accuracy is within this fraction of the way above chance, and under this multiple of
@@ -207,17 +207,19 @@ def scan(
     def run(run_config: ScanConfig) -> ScanReport:
         return scan_once(model_path, data, run_config, callbacks, require_verdict)
 
-    reports = [run(config)]
-    if not config.second_opinions or not close_result(reports[0].judged):
-        return reports[0]
     planned = 1 + config.second_opinions
-    for number, seed in enumerate(opinion_seeds(config.seed, config.second_opinions, SEED_MAX), start=2):
-        if settled([run_verdict(report).key for report in reports], planned):
-            break
+    reports = {config.seed: run(config)}
+
+    def opinion(seed: int) -> RunVerdict:
         if opinion_progress:
-            opinion_progress(seed, number, planned)
-        reports.append(run(dataclasses.replace(config, seed=seed)))
-    return with_second_opinion(reports, planned)
+            opinion_progress(seed, len(reports) + 1, planned)
+        reports[seed] = run(dataclasses.replace(config, seed=seed))
+        return run_verdict(reports[seed])
+
+    runs = gather_runs(run_verdict(reports[config.seed]), config.second_opinions, SEED_MAX, opinion)
+    if len(runs) == 1:
+        return reports[config.seed]
+    return with_second_opinion(reports, runs, planned)
 
 
 def run_verdict(report: ScanReport) -> RunVerdict:
@@ -227,17 +229,15 @@ def run_verdict(report: ScanReport) -> RunVerdict:
     )  # fmt: skip
 
 
-def with_second_opinion(reports: list[ScanReport], planned: int) -> ScanReport:
-    """The report of the run that holds the verdict most runs reach (else the first run's), every run listed in its
-    `second_opinion`, its time the whole of theirs."""
-    runs = [run_verdict(report) for report in reports]
-    shown = shown_run(runs, planned)
-    report = next(report for report in reports if report.config.seed == shown.seed)
+def with_second_opinion(reports: dict[int, ScanReport], runs: list[RunVerdict], planned: int) -> ScanReport:
+    """The report (by seed) of the run that holds the verdict most runs reach (else the first run's), every run listed
+    in its `second_opinion`, its time the whole of theirs."""
+    shown = shown_run(runs, planned).seed
     return dataclasses.replace(
-        report,
-        second_opinion=SecondOpinion(runs, planned, shown.seed),
+        reports[shown],
+        second_opinion=SecondOpinion(runs, planned, shown),
         seconds_total=sum(run.seconds for run in runs),
-        started_at=reports[0].started_at,
+        started_at=reports[runs[0].seed].started_at,
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cleanse_base.errors import ConfigError
@@ -119,6 +119,17 @@ def close_result(decision: DecisionResult) -> bool:
 def opinion_seeds(seed: int, count: int, seed_max: int) -> list[int]:
     """The seeds of `count` second opinions after `seed`: seed + 1, seed + 2, ..., wrapping past `seed_max` to 0."""
     return [(seed + offset) % (seed_max + 1) for offset in range(1, count + 1)]
+
+
+def gather_runs(first: RunVerdict, count: int, seed_max: int, run: Callable[[int], RunVerdict]) -> list[RunVerdict]:
+    """The runs a scan's verdict rests on: `first` alone where it is not close; else it and `run(seed)` for each of
+    the next `count` seeds (opinion_seeds) until the runs settle."""
+    runs = [first]
+    for seed in opinion_seeds(first.seed, count, seed_max) if first.close else []:
+        if settled([earlier.key for earlier in runs], 1 + count):
+            break
+        runs.append(run(seed))
+    return runs
 
 
 def majority_key(keys: Sequence[VerdictKey], planned: int) -> VerdictKey | None:
